@@ -1,0 +1,116 @@
+"""Fixtures shared by all weightstream tests (real servers on loopback, no mocks).
+
+* ``moto`` (session): a moto S3 server subprocess -> :class:`MotoServer`.
+* ``s3_bucket``: a fresh, uniquely named bucket on ``moto`` -> its name.
+* ``origin``: factory ``await origin(root, **opts)`` -> :class:`RunningOrigin` served on the
+  test's event loop; stopped at teardown.
+* ``origin_process``: factory ``origin_process(root, **opts)`` -> :class:`OriginProcess`
+  (separate process, for CLI subprocess / SIGKILL tests); stopped at teardown.
+* ``synth_model``: a small Llama (F16, 2 shards) in a tmp dir -> :class:`SynthModel`.
+* ``synth``: factory ``synth(spec, name="model")`` -> :class:`SynthModel` under tmp_path.
+* ``subprocess_env``: factory ``subprocess_env(**extra)`` -> clean env dict (HOME in tmp).
+* ``run_cli``: ``run_cli(*args, env=..., cwd=None, timeout=300)`` -> :class:`ProcResult`
+  (rc, stdout, stderr, wall_s, peak_rss_bytes) of ``python -m streamer.cli.main``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from streamer import synth as _synth
+
+# tests.support is imported as a package of the repository root; pytest's default import
+# mode only puts tests/ itself on sys.path.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.support.moto_server import MotoServer, start_moto  # noqa: E402
+from tests.support.origin import (  # noqa: E402
+    OriginProcess,
+    RunningOrigin,
+    serve_origin,
+    start_origin_process,
+)
+from tests.support.process import ProcResult, clean_env  # noqa: E402
+from tests.support.process import run_cli as _run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto server for the session; use ``s3_bucket`` for per-test isolation."""
+    with start_moto(log_dir=tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(moto: MotoServer) -> str:
+    """A new empty bucket with a unique name on the session's moto server."""
+    return moto.create_bucket()
+
+
+@pytest.fixture
+async def origin() -> Callable:
+    """Factory: ``srv = await origin(root, faults=[...], etag="md5", max_keys=1000)``."""
+    async with AsyncExitStack() as stack:
+
+        async def start(root: Path | str, **opts) -> RunningOrigin:
+            return await stack.enter_async_context(serve_origin(root, **opts))
+
+        yield start
+
+
+@pytest.fixture
+def origin_process() -> Iterator[Callable[..., OriginProcess]]:
+    """Factory: ``proc = origin_process(root, faults=[...])`` (a separate process)."""
+    with ExitStack() as stack:
+
+        def start(root: Path | str, **opts) -> OriginProcess:
+            return stack.enter_context(start_origin_process(root, **opts))
+
+        yield start
+
+
+@pytest.fixture
+def synth(tmp_path: Path) -> Callable[..., _synth.SynthModel]:
+    """Factory: ``synth(spec, name="model")`` writes ``spec`` under ``tmp_path/name``."""
+
+    from streamer import synth as _synth  # deferred: a broken streamer import fails only users
+
+    def make(spec: _synth.LlamaSpec | _synth.SizedSpec, name: str = "model") -> _synth.SynthModel:
+        return _synth.generate(spec, tmp_path / name)
+
+    return make
+
+
+@pytest.fixture
+def synth_model(tmp_path: Path) -> _synth.SynthModel:
+    """A small Llama model (F16 so ``safetensors.numpy`` can read it; 2 shards, ~200 KB)."""
+    from streamer import synth as _synth
+
+    return _synth.generate(_synth.llama(dtype="f16", shards=2), tmp_path / "synth-llama")
+
+
+@pytest.fixture
+def subprocess_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """Factory: ``subprocess_env(**extra)`` -> a clean env with HOME in a tmp dir."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+
+    def make(**extra: str) -> dict[str, str]:
+        return clean_env(extra, home=home)
+
+    return make
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., ProcResult]:
+    """``run_cli(*args, env=..., cwd=None, timeout=300)`` runs ``python -m streamer.cli.main``."""
+    return _run_cli

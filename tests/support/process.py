@@ -1,0 +1,165 @@
+"""Run weightstream (and other tools) as real subprocesses with explicit environments.
+
+* :func:`clean_env` builds an environment from scratch (no ``AWS_*`` or ``WEIGHTSTREAM_*``
+  leaking in from the developer's shell, no shared AWS config files), with the repository
+  root on ``PYTHONPATH`` so ``python -m streamer.cli.main`` works without an install.
+* :func:`run_cmd` / :func:`run_cli` run to completion and return a :class:`ProcResult`
+  with the exit code, output, wall time and the child's peak RSS (``ru_maxrss`` from
+  ``os.wait4``; it covers the child and the descendants it waited for).
+* :func:`spawn_cli` starts the CLI without waiting, for SIGKILL / concurrency tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLI_MODULE = "streamer.cli.main"
+
+_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "SYSTEMROOT")
+
+
+def clean_env(
+    extra: Mapping[str, str] | None = None, *, home: Path | str | None = None
+) -> dict[str, str]:
+    """A minimal environment for a subprocess.
+
+    Args:
+        extra: variables to add (last word).
+        home: value for ``HOME`` (default: the current one); pass a tmp dir for isolation.
+
+    Returns:
+        A new dict; ``os.environ`` is not modified.
+    """
+    env = {k: os.environ[k] for k in _KEEP if k in os.environ}
+    env["HOME"] = str(home) if home is not None else os.environ.get("HOME", "/tmp")
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # Keep botocore from reading the developer's ~/.aws or probing instance metadata.
+    env["AWS_CONFIG_FILE"] = os.devnull
+    env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcResult:
+    """Outcome of a finished subprocess."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    peak_rss_bytes: int
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def check(self) -> ProcResult:
+        """Return self, or raise AssertionError with the output if the exit code is not 0."""
+        if self.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(self.argv)} exited {self.returncode}\n"
+                f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+            )
+        return self
+
+
+def _drain(stream, sink: list[bytes]) -> None:
+    for chunk in iter(lambda: stream.read(65536), b""):
+        sink.append(chunk)
+    stream.close()
+
+
+def run_cmd(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str | None = None,
+    timeout: float = 300.0,
+    stdin: bytes | None = None,
+) -> ProcResult:
+    """Run ``argv`` to completion; measure wall time and peak RSS of the child.
+
+    The child is killed (SIGKILL) after ``timeout`` seconds and the result has a negative
+    return code. ``env`` is used as is (build it with :func:`clean_env`).
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv), env=dict(env), cwd=cwd,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [threading.Thread(target=_drain, args=(proc.stdout, out), daemon=True),
+               threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)]
+    for t in readers:
+        t.start()
+    if stdin is not None:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        # os.wait4 (not Popen.wait) because only it returns the child's rusage.
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        killer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for t in readers:
+        t.join()
+    return ProcResult(
+        argv=tuple(argv),
+        returncode=proc.returncode,
+        stdout=b"".join(out).decode(errors="replace"),
+        stderr=b"".join(err).decode(errors="replace"),
+        wall_s=time.monotonic() - start,
+        peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+    )
+
+
+def cli_argv(*args: str, module: str = CLI_MODULE) -> list[str]:
+    """``[python, -m, streamer.cli.main, *args]`` with this interpreter."""
+    return [sys.executable, "-m", module, *map(str, args)]
+
+
+def script_path(name: str) -> str:
+    """Path of a console script (``weightstream``) installed beside this interpreter."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def run_cli(
+    *args: str | os.PathLike,
+    env: Mapping[str, str],
+    cwd: Path | str | None = None,
+    timeout: float = 300.0,
+    module: str = CLI_MODULE,
+) -> ProcResult:
+    """Run ``python -m streamer.cli.main *args`` (e.g. ``run_cli("download", src, dst, env=e)``)."""
+    return run_cmd(cli_argv(*map(str, args), module=module), env=env, cwd=cwd, timeout=timeout)
+
+
+def spawn_cli(
+    *args: str | os.PathLike,
+    env: Mapping[str, str],
+    cwd: Path | str | None = None,
+    module: str = CLI_MODULE,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+) -> subprocess.Popen:
+    """Start the CLI without waiting (the caller kills / waits and closes the pipes)."""
+    return subprocess.Popen(cli_argv(*map(str, args), module=module), env=dict(env), cwd=cwd,
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
