@@ -1,0 +1,176 @@
+{{/*
+Names.
+*/}}
+{{- define "weightstream.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "weightstream.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A scalar as a string: numbers print as integers (values arrive as float64 from files and
+int64 from --set), strings as they are.
+*/}}
+{{- define "weightstream.scalar" -}}
+{{- if kindIs "string" . }}{{ . }}{{ else if kindIs "bool" . }}{{ . }}{{ else }}{{ int64 . }}{{ end }}
+{{- end }}
+
+{{- define "weightstream.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "weightstream.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "weightstream.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels: the standard app.kubernetes.io/* set. Selector labels never change across
+upgrades (a DaemonSet selector is immutable).
+*/}}
+{{- define "weightstream.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "weightstream.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "weightstream.labels" -}}
+helm.sh/chart: {{ include "weightstream.chart" . }}
+{{ include "weightstream.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: weightstream
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "weightstream.daemonSelectorLabels" -}}
+{{ include "weightstream.selectorLabels" . }}
+app.kubernetes.io/component: node-cache
+{{- end }}
+
+{{/*
+Image reference: repository:tag, or repository:tag@digest when a digest is set.
+*/}}
+{{- define "weightstream.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Cache paths. The host path is mounted at the same path in every container, so one value
+gives the cache root, the socket path and the mount path everywhere.
+*/}}
+{{- define "weightstream.cacheRoot" -}}
+{{- .Values.cache.hostPath }}
+{{- end }}
+
+{{- define "weightstream.socketPath" -}}
+{{- printf "%s/daemon.sock" .Values.cache.hostPath }}
+{{- end }}
+
+{{/*
+Name of the hostPath volume in model pods (the preset, the ClusterStorageContainer with
+nodeCache, and the examples must agree on it).
+*/}}
+{{- define "weightstream.cacheVolumeName" -}}
+weightstream-cache
+{{- end }}
+
+{{- define "weightstream.cacheVolume" -}}
+- name: {{ include "weightstream.cacheVolumeName" . }}
+  hostPath:
+    path: {{ include "weightstream.cacheRoot" . }}
+    type: DirectoryOrCreate
+{{- end }}
+
+{{/*
+Read-only mount of the cache for model pods. Read-only still lets the init container
+connect to the daemon's socket: connect(2) on a unix socket is not a write to the
+filesystem (EROFS applies to regular files, directories and symlinks only).
+*/}}
+{{- define "weightstream.cacheMountReadOnly" -}}
+- name: {{ include "weightstream.cacheVolumeName" . }}
+  mountPath: {{ include "weightstream.cacheRoot" . }}
+  readOnly: true
+{{- end }}
+
+{{/*
+Environment of the storage initializer (docs/interfaces.md). `nodeCache` adds the socket
+and the lease holder id.
+*/}}
+{{- define "weightstream.initEnv" -}}
+{{- $v := .root.Values.initContainer }}
+{{- if .nodeCache }}
+- name: WEIGHTSTREAM_CACHE_SOCKET
+  value: {{ include "weightstream.socketPath" .root | quote }}
+- name: WEIGHTSTREAM_CACHE_MODE
+  value: {{ $v.cacheMode | quote }}
+{{- end }}
+- name: WEIGHTSTREAM_POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
+- name: WEIGHTSTREAM_MODE
+  value: {{ $v.mode | quote }}
+- name: WEIGHTSTREAM_CONCURRENCY
+  value: {{ include "weightstream.scalar" $v.concurrency | quote }}
+- name: WEIGHTSTREAM_CHUNK_SIZE
+  value: {{ include "weightstream.scalar" $v.chunkSize | quote }}
+- name: WEIGHTSTREAM_MAX_MEMORY
+  value: {{ include "weightstream.scalar" $v.maxMemory | quote }}
+- name: WEIGHTSTREAM_LOG_FORMAT
+  value: {{ .root.Values.logFormat | quote }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Security context of the storage initializer: same user as the daemon's image, no
+privileges. The root filesystem stays writable because KServe's credential helpers and
+some SDKs write under $HOME.
+*/}}
+{{- define "weightstream.initSecurityContext" -}}
+allowPrivilegeEscalation: false
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+vLLM arguments for the `main` container, as one shell-quoted string. KServe's main
+container runs `eval "exec vllm serve /mnt/models ... ${VLLM_ADDITIONAL_ARGS} $@"`, so the
+JSON is wrapped in single quotes to survive that eval.
+*/}}
+{{- define "weightstream.vllmArgs" -}}
+{{- $vllm := .Values.kserve.llmPreset.vllm }}
+{{- if $vllm.runaiStreamer }}
+{{- $args := list "--load-format" "runai_streamer" }}
+{{- if $vllm.loaderExtraConfig }}
+{{- $args = append $args "--model-loader-extra-config" }}
+{{- $args = append $args (printf "'%s'" (toJson $vllm.loaderExtraConfig)) }}
+{{- end }}
+{{- join " " $args }}
+{{- end }}
+{{- end }}
