@@ -1,0 +1,333 @@
+"""``download``: a source URI into a local directory, verified and atomically published.
+
+The entry point only routes; the steps read top to bottom:
+
+1. plan: list the source (whole path segments), filter, map keys to relative paths;
+2. skip what the manifest says is already there (same size and ETag, file present);
+3. check free space, open one sink per file (resuming from its journal);
+4. fetch every missing range through the :class:`~streamer.engine.Engine`;
+5. as each file completes: fsync, check size, validate safetensors headers;
+6. check ``model.safetensors.index.json`` against the shards, then publish every file with
+   one ``os.replace`` each and write the manifest last.
+
+Nothing is ever visible under its final name before it was verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends.base import Backend
+from .backends.registry import open_backend
+from .engine import Engine, EngineOptions, FileSink
+from .errors import InsufficientSpaceError, IntegrityError, UsageError
+from .manifest import STATE_DIR, ManifestEntry, load_manifest, write_manifest
+from .plan import Plan, PlannedFile, plan
+from .progress import ProgressCallback, ProgressTracker
+from .retry import RetryPolicy, Sleep
+from .safetensors import INDEX_NAME, check_index, check_index_tensors, read_header
+from .settings import StorageSettings
+from .uri import ObjectURI, parse_uri
+
+log = logging.getLogger(__name__)
+PARTIAL_DIR = "partial"
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """What to fetch and how hard to push.
+
+    Attributes:
+        include: fnmatch patterns a file's relative path (or basename) must match.
+        exclude: fnmatch patterns that drop a file.
+        concurrency: ranged GETs in flight.
+        chunk_size: bytes per ranged GET.
+        max_memory: byte budget for fetched-but-unwritten ranges.
+        verify: validate safetensors headers and the index after download.
+        checksum: also compare each file's MD5 with a single-part S3 ETag (costs CPU).
+        max_attempts: attempts per range (the first included).
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    concurrency: int = 16
+    chunk_size: int = 8 << 20
+    max_memory: int = 192 << 20
+    verify: bool = True
+    checksum: bool = False
+    max_attempts: int = 5
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(
+            concurrency=self.concurrency,
+            chunk_size=self.chunk_size,
+            max_memory=self.max_memory,
+            retry=RetryPolicy(max_attempts=self.max_attempts),
+        )
+
+
+@dataclass(frozen=True)
+class DownloadReport:
+    """What a download did."""
+
+    source: str
+    dest: Path
+    files: tuple[str, ...]
+    skipped: tuple[str, ...]
+    bytes_total: int
+    bytes_fetched: int
+    seconds: float
+    requests: int
+    retries: int
+    resumed_files: int = 0
+    peak_buffered: int = 0
+    exact_object: bool = False
+
+    @property
+    def throughput(self) -> float:
+        """Fetched bytes per second."""
+        return self.bytes_fetched / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Run:
+    """Mutable state of one download, kept in one place."""
+
+    dest: Path
+    staging: Path
+    options: DownloadOptions
+    executor: ThreadPoolExecutor
+    verified: dict[str, ManifestEntry] = field(default_factory=dict)
+
+
+async def download(
+    source: str | ObjectURI,
+    dest: str | os.PathLike[str],
+    *,
+    options: DownloadOptions | None = None,
+    storage: StorageSettings | None = None,
+    progress: ProgressCallback | None = None,
+    backend: Backend | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> DownloadReport:
+    """Download ``source`` (a file or a prefix) into the directory ``dest``.
+
+    Args:
+        source: ``s3://bucket/prefix``, ``http(s)://...``, a local path, ...
+        dest: the destination directory (created if missing).
+        options: what to fetch and how (defaults: :class:`DownloadOptions`).
+        storage: endpoint and credentials (defaults: empty settings, botocore's chain).
+        progress: called with a :class:`~streamer.progress.ProgressSnapshot` as bytes land.
+        backend: use this backend instead of opening one for ``source`` (tests, daemon).
+        sleep: injected for retry back-off (tests run the schedule without waiting).
+
+    Returns:
+        A :class:`DownloadReport`.
+
+    Raises:
+        WeightstreamError subclasses: see :mod:`streamer.errors`.
+    """
+    options = options or DownloadOptions()
+    storage = storage or StorageSettings()
+    uri = source if isinstance(source, ObjectURI) else parse_uri(source)
+    dest_path = Path(dest).absolute()
+    if dest_path.exists() and not dest_path.is_dir():
+        raise UsageError(f"destination {dest_path} exists and is not a directory")
+    engine_options = options.engine_options()  # validate before any network I/O
+    own_backend = backend is None
+    backend = backend or open_backend(uri, storage)
+    started = time.monotonic()
+    try:
+        the_plan = await plan(backend, uri, include=options.include, exclude=options.exclude)
+        return await _fetch_plan(
+            the_plan, backend, dest_path, options, engine_options, progress, sleep, started
+        )
+    finally:
+        if own_backend:
+            await backend.close()
+
+
+def download_sync(
+    source: str, dest: str | os.PathLike[str], **kwargs: object
+) -> DownloadReport:
+    """Blocking wrapper around :func:`download` for scripts and threads."""
+    return asyncio.run(download(source, dest, **kwargs))  # type: ignore[arg-type]
+
+
+async def _fetch_plan(
+    the_plan: Plan,
+    backend: Backend,
+    dest: Path,
+    options: DownloadOptions,
+    engine_options: EngineOptions,
+    progress: ProgressCallback | None,
+    sleep: Sleep,
+    started: float,
+) -> DownloadReport:
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = dest / STATE_DIR / PARTIAL_DIR
+    previous = load_manifest(dest)
+    todo: list[PlannedFile] = []
+    skipped: list[str] = []
+    run = _Run(dest, staging, options, ThreadPoolExecutor(4, thread_name_prefix="ws-io"))
+    for f in the_plan.files:
+        entry = previous.get(f.rel)
+        if entry and _unchanged(dest / f.rel, entry, f):
+            skipped.append(f.rel)
+            run.verified[f.rel] = entry
+        else:
+            todo.append(f)
+    _check_space(dest, staging, todo)
+
+    loop = asyncio.get_running_loop()
+    sinks = [FileSink(f, staging / (f.rel + ".part"), chunk_size=options.chunk_size) for f in todo]
+    try:
+        for sink in sinks:
+            await loop.run_in_executor(run.executor, sink.open)
+        total = sum(f.info.size for f in todo)
+        tracker = ProgressTracker(total_bytes=total, total_files=len(todo), callback=progress)
+        resumed = [s for s in sinks if s.journal is not None and s.journal.resumed]
+        for s in resumed:
+            s.counted = sum(e - b for i, (b, e) in enumerate(s.ranges) if i in s.journal.done)
+            tracker.done_bytes += s.counted
+        if resumed:
+            log.info("resuming %d partial files (%d bytes already on disk)",
+                     len(resumed), tracker.done_bytes)
+        fetched_before = tracker.done_bytes
+        engine = Engine(backend, engine_options, executor=run.executor, progress=tracker,
+                        sleep=sleep)  # fmt: skip
+        await engine.run(sinks, lambda sink: _finish_file(run, the_plan, sink))
+        await loop.run_in_executor(run.executor, _check_model, run, the_plan)
+        fetched = [s.planned for s in sinks]
+        await loop.run_in_executor(run.executor, _publish, run, the_plan, fetched)
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+    finally:
+        run.executor.shutdown(wait=False)
+    return DownloadReport(
+        source=str(the_plan.source),
+        dest=dest,
+        files=tuple(f.rel for f in the_plan.files),
+        skipped=tuple(skipped),
+        bytes_total=the_plan.total_bytes,
+        bytes_fetched=total - fetched_before,
+        seconds=time.monotonic() - started,
+        requests=engine.requests,
+        retries=engine.retrier.retries,
+        resumed_files=len(resumed),
+        peak_buffered=engine.budget.peak,
+        exact_object=the_plan.exact_object,
+    )
+
+
+def _unchanged(path: Path, entry: ManifestEntry, f: PlannedFile) -> bool:
+    try:
+        return path.stat().st_size == f.info.size == entry.size and entry.etag == f.info.etag
+    except OSError:
+        return False
+
+
+def _check_space(dest: Path, staging: Path, todo: Sequence[PlannedFile]) -> None:
+    needed = 0
+    for f in todo:
+        part = staging / (f.rel + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        needed += max(0, f.info.size - have)
+    free = shutil.disk_usage(dest).free
+    if needed > free:
+        raise InsufficientSpaceError(str(dest), needed=needed, available=free)
+
+
+async def _finish_file(run: _Run, the_plan: Plan, sink: FileSink) -> None:
+    """Runs as each file completes: make it durable and verify it in place."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(run.executor, _verify_file, run, the_plan, sink)
+
+
+def _verify_file(run: _Run, the_plan: Plan, sink: FileSink) -> None:
+    sink.finish()
+    f = sink.planned
+    size = os.path.getsize(sink.part)
+    if size != f.info.size:
+        sink.part.unlink(missing_ok=True)
+        raise IntegrityError(f.rel, f"size {size} differs from the store's {f.info.size}")
+    md5 = None
+    if run.options.checksum and _is_md5_etag(f.info.etag):
+        md5 = _md5(sink.part)
+        if md5 != f.info.etag.strip('"'):  # type: ignore[union-attr]
+            sink.part.unlink(missing_ok=True)
+            raise IntegrityError(f.rel, f"MD5 {md5} differs from the store's ETag {f.info.etag}")
+    if run.options.verify and f.rel.endswith(".safetensors"):
+        try:
+            read_header(sink.part)
+        except IntegrityError as e:
+            sink.part.unlink(missing_ok=True)
+            raise IntegrityError(f.rel, e.reason) from e
+    run.verified[f.rel] = ManifestEntry(
+        f.rel, the_plan.source.child(f.info.key), f.info.size, f.info.etag, md5
+    )
+
+
+def _check_model(run: _Run, the_plan: Plan) -> None:
+    """Cross-file checks before anything is published: each sharded index."""
+    if not run.options.verify:
+        return
+    rels = {f.rel for f in the_plan.files}
+    for rel in sorted(rels):
+        if rel != INDEX_NAME and not rel.endswith("/" + INDEX_NAME):
+            continue
+        base = os.path.dirname(rel)
+        present = {os.path.relpath(r, base) if base else r for r in rels}
+        weight_map = check_index(_current(run, rel), present)
+        # Shards are read where they are now: staged, or published by an earlier run.
+        check_index_tensors(
+            rel, weight_map, lambda shard, base=base: _current(run, os.path.join(base, shard))
+        )
+
+
+def _current(run: _Run, rel: str) -> Path:
+    staged = run.staging / (rel + ".part")
+    return staged if staged.exists() else run.dest / rel
+
+
+def _publish(run: _Run, the_plan: Plan, fetched: Sequence[PlannedFile]) -> None:
+    for f in fetched:
+        final = run.dest / f.rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run.staging / (f.rel + ".part"), final)
+    _fsync_dir(run.dest)
+    shutil.rmtree(run.dest / STATE_DIR / "view", ignore_errors=True)
+    shutil.rmtree(run.staging, ignore_errors=True)
+    write_manifest(run.dest, str(the_plan.source), run.verified)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_md5_etag(etag: str | None) -> bool:
+    value = (etag or "").strip('"')
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,172 @@
+"""Plain HTTP(S) origins (including presigned URLs) through aiohttp.
+
+An http(s) URI names exactly one object: ``list`` returns that object. Ranged GETs carry
+``If-Match`` with the ETag seen by ``stat`` and have their ``Content-Range`` checked; a
+server that answers a range with the whole body (200) raises
+:class:`RangeNotSupportedError` so the engine can fall back to one sequential stream
+(:meth:`HTTPBackend.iter_object`).
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from ..errors import (
+    AccessDeniedError,
+    ObjectNotFoundError,
+    RangeNotSupportedError,
+    StoreError,
+    TransientError,
+    VersionChangedError,
+)
+from ..settings import StorageSettings
+from ..uri import ObjectURI
+from .base import Backend, Buffer, ObjectInfo
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_READ_BLOCK = 1 << 20
+
+
+class HTTPBackend(Backend):
+    """One HTTP origin (``scheme://host:port``); keys are URL paths."""
+
+    scheme = "http"
+
+    def __init__(self, origin: str, settings: StorageSettings) -> None:
+        self.origin = origin.rstrip("/")
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> HTTPBackend:
+        return cls(uri.bucket, storage)
+
+    def _url(self, key: str) -> str:
+        return f"{self.origin}/{key.lstrip('/')}"
+
+    def _printable(self, key: str) -> str:
+        return f"{self.origin}/{key.split('?', 1)[0]}"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            s = self.settings
+            ssl_ctx: Any = None
+            if not s.verify_ssl:
+                ssl_ctx = False
+            else:
+                ca = s.ca_bundle or s.env.get("REQUESTS_CA_BUNDLE") or s.env.get("SSL_CERT_FILE")
+                if ca:
+                    ssl_ctx = ssl.create_default_context(cafile=ca)
+            headers = {}
+            token = s.env.get("HF_TOKEN")
+            if token and "huggingface.co" in self.origin:
+                headers["Authorization"] = f"Bearer {token}"
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=ssl_ctx),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+                ),
+                read_bufsize=_READ_BLOCK,
+                headers=headers,
+            )
+        return self._session
+
+    async def stat(self, key: str) -> ObjectInfo:
+        uri = self._printable(key)
+        try:
+            async with self._client().head(self._url(key), allow_redirects=True) as r:
+                _raise_for_status(uri, r.status, r.headers)
+                if r.status == 200 and r.headers.get("Content-Length") is not None:
+                    return ObjectInfo(key, int(r.headers["Content-Length"]), r.headers.get("ETag"))
+            # HEAD without a length (or refused): ask for one byte instead.
+            async with self._client().get(self._url(key), headers={"Range": "bytes=0-0"}) as r:
+                _raise_for_status(uri, r.status, r.headers)
+                m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+                if r.status == 206 and m and m.group(3) != "*":
+                    return ObjectInfo(key, int(m.group(3)), r.headers.get("ETag"))
+                raise StoreError(uri, "server reports no object size")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise TransientError(uri, f"{type(e).__name__}: {e}") from e
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        return [await self.stat(prefix)]
+
+    async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
+        uri = self._printable(key)
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            headers["If-Match"] = etag
+        try:
+            async with self._client().get(self._url(key), headers=headers) as r:
+                _raise_for_status(uri, r.status, r.headers, etag=etag)
+                if r.status == 200:
+                    raise RangeNotSupportedError(uri)
+                m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+                if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
+                    raise TransientError(
+                        uri, f"Content-Range {r.headers.get('Content-Range')!r} "
+                        f"does not match the requested bytes {start}-{end - 1}"
+                    )
+                _check_etag(uri, etag, r.headers.get("ETag"))
+                return await _read_exactly(uri, r, end - start)
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise TransientError(uri, f"{type(e).__name__}: {e}") from e
+
+    async def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[bytes]:
+        """Stream the whole object in order (for servers that ignore ``Range``)."""
+        uri = self._printable(key)
+        headers = {"If-Match": etag} if etag else {}
+        try:
+            async with self._client().get(self._url(key), headers=headers) as r:
+                _raise_for_status(uri, r.status, r.headers, etag=etag)
+                _check_etag(uri, etag, r.headers.get("ETag"))
+                async for block in r.content.iter_chunked(_READ_BLOCK):
+                    yield block
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise TransientError(uri, f"{type(e).__name__}: {e}") from e
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _read_exactly(uri: str, r: aiohttp.ClientResponse, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        chunk = await r.content.read(min(_READ_BLOCK, n - got))
+        if not chunk:
+            raise TransientError(uri, f"body ended after {got} of {n} bytes")
+        view[got : got + len(chunk)] = chunk
+        got += len(chunk)
+    return buf
+
+
+def _check_etag(uri: str, expected: str | None, actual: str | None) -> None:
+    if expected and actual and _weak(expected) != _weak(actual):
+        raise VersionChangedError(uri, expected=expected, actual=actual)
+
+
+def _weak(etag: str) -> str:
+    return etag.removeprefix("W/")
+
+
+def _raise_for_status(uri: str, status: int, headers: Any, *, etag: str | None = None) -> None:
+    if status < 300:
+        return
+    if status == 412:
+        raise VersionChangedError(uri, expected=etag, actual=headers.get("ETag"))
+    if status == 404 or status == 410:
+        raise ObjectNotFoundError(uri)
+    if status in (401, 403):
+        raise AccessDeniedError(uri, f"access denied (HTTP {status})")
+    if status >= 500 or status in (408, 429):
+        raise TransientError(uri, f"HTTP {status}", status=status)
+    raise StoreError(uri, f"HTTP {status}", status=status)

@@ -1,0 +1,82 @@
+"""Local files (``file://`` and plain paths) as a backend, for tests, NFS and node caches."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+from ..errors import AccessDeniedError, ObjectNotFoundError, VersionChangedError
+from ..settings import StorageSettings
+from ..uri import ObjectURI
+from .base import Backend, Buffer, ObjectInfo
+
+
+def _etag(st: os.stat_result) -> str:
+    # Size and mtime stand in for a version: a rewrite in place changes one of them.
+    return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+class LocalBackend(Backend):
+    """Reads files with ``os.pread`` in the default executor."""
+
+    scheme = "file"
+
+    @classmethod
+    def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> LocalBackend:
+        del uri, storage
+        return cls()
+
+    async def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = await asyncio.to_thread(os.stat, key)
+        except FileNotFoundError as e:
+            raise ObjectNotFoundError(key) from e
+        except PermissionError as e:
+            raise AccessDeniedError(key) from e
+        if not Path(key).is_file():
+            raise ObjectNotFoundError(key, "not a regular file")
+        return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        return await asyncio.to_thread(self._list, prefix)
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
+        base = Path(prefix)
+        parent = base if base.is_dir() else base.parent
+        if not parent.exists():
+            raise ObjectNotFoundError(prefix, "no such directory")
+        out: list[ObjectInfo] = []
+        for root, dirs, files in os.walk(parent, followlinks=True):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                if not path.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                out.append(ObjectInfo(path, st.st_size, _etag(st), st.st_mtime))
+        return out
+
+    async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
+        return await asyncio.to_thread(self._read, key, start, end, etag)
+
+    def _read(self, key: str, start: int, end: int, etag: str | None) -> Buffer:
+        try:
+            fd = os.open(key, os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise ObjectNotFoundError(key) from e
+        except PermissionError as e:
+            raise AccessDeniedError(key) from e
+        try:
+            if etag is not None and _etag(os.fstat(fd)) != etag:
+                raise VersionChangedError(key, expected=etag, actual=_etag(os.fstat(fd)))
+            data = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        if len(data) != end - start:
+            raise OSError(errno.EIO, f"{key}: short read at {start}")
+        return data

@@ -1,0 +1,62 @@
+"""Find the backend for a URI scheme; imports are deferred so optional SDKs stay optional."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import UnsupportedSchemeError
+from ..settings import StorageSettings
+from ..uri import ObjectURI
+from .base import Backend
+
+BackendFactory = Callable[[ObjectURI, StorageSettings], Backend]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    module: str
+    factory: str
+    install_hint: str = ""
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "s3": _Entry("streamer.backends.s3", "S3Backend.from_uri"),
+    "http": _Entry("streamer.backends.http", "HTTPBackend.from_uri"),
+    "https": _Entry("streamer.backends.http", "HTTPBackend.from_uri"),
+    "file": _Entry("streamer.backends.local", "LocalBackend.from_uri"),
+    "gs": _Entry("streamer.backends.gcs", "GCSBackend.from_uri"),
+    "az": _Entry("streamer.backends.azure", "AzureBackend.from_uri"),
+    "hf": _Entry(
+        "streamer.backends.hf", "HFBackend.from_uri", "pip install 'weightstream[backends]'"
+    ),
+}
+_OVERRIDES: dict[str, BackendFactory] = {}
+
+
+def register_backend(scheme: str, factory: BackendFactory) -> None:
+    """Register (or replace) the backend for ``scheme``; used by plugins and tests."""
+    _OVERRIDES[scheme] = factory
+
+
+def open_backend(uri: ObjectURI, storage: StorageSettings) -> Backend:
+    """Return a backend for ``uri``'s bucket.
+
+    Raises:
+        UnsupportedSchemeError: no backend, or its optional dependency is not installed.
+    """
+    if uri.scheme in _OVERRIDES:
+        return _OVERRIDES[uri.scheme](uri, storage)
+    entry = _REGISTRY.get(uri.scheme)
+    if entry is None:
+        raise UnsupportedSchemeError(uri.scheme)
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as e:
+        hint = entry.install_hint or f"backend module {entry.module} is not available"
+        raise UnsupportedSchemeError(uri.scheme, hint=f"{hint} ({e})") from e
+    target: object = module
+    for attr in entry.factory.split("."):
+        target = getattr(target, attr)
+    return target(uri, storage)  # type: ignore[operator]

@@ -1,0 +1,268 @@
+"""S3 (and S3-compatible stores): botocore for the control plane, obstore for the bytes.
+
+Listing and HEAD go through botocore: its credential chain (env, shared files, web
+identity / IRSA, container and instance profiles), addressing options and structured
+error codes. Ranged GETs go through obstore (Rust ``object_store`` + reqwest), which moves
+bytes without holding the GIL: from an nginx origin on a 2-core machine it reads a 1 GiB
+object at about 1.7 GB/s where aiohttp manages about 0.7 GB/s (see README, "Transport").
+obstore's own retries are switched off; the engine's retry policy is the only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from functools import partial
+from typing import Any
+
+import obstore
+import obstore.exceptions as obx
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+from botocore.session import Session
+
+from ..errors import (
+    AccessDeniedError,
+    ObjectNotFoundError,
+    StoreError,
+    TransientError,
+    UsageError,
+    VersionChangedError,
+)
+from ..settings import StorageSettings
+from ..uri import ObjectURI
+from .base import Backend, Buffer, ObjectInfo
+
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_DENIED = {
+    "403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AccountProblem",
+}  # fmt: skip
+
+
+class _BotocoreCredentials:
+    """obstore credential provider backed by botocore's (possibly refreshing) credentials."""
+
+    def __init__(self, credentials: Any) -> None:
+        self._credentials = credentials
+
+    def __call__(self) -> dict[str, Any]:
+        frozen = self._credentials.get_frozen_credentials()
+        refreshing = hasattr(self._credentials, "refresh_needed")
+        expires = (
+            dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5) if refreshing else None
+        )
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            "expires_at": expires,
+        }
+
+
+class S3Backend(Backend):
+    """One bucket of an S3-compatible store."""
+
+    scheme = "s3"
+
+    def __init__(self, bucket: str, settings: StorageSettings) -> None:
+        self.bucket = bucket
+        self.settings = settings
+        self._client: Any = None
+        self._store: Any = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> S3Backend:
+        return cls(uri.bucket, storage)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    async def _ensure(self) -> None:
+        if self._store is not None:
+            return
+        async with self._lock:
+            if self._store is None:
+                self._client, self._store = await asyncio.to_thread(self._build)
+
+    def _build(self) -> tuple[Any, Any]:
+        s = self.settings
+        session = Session()
+        region = s.region or "us-east-1"
+        config = Config(
+            region_name=region,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            retries={"max_attempts": s.max_attempts, "mode": "standard"},
+            s3={
+                "addressing_style": "virtual" if s.virtual_addressing else "path",
+                "use_accelerate_endpoint": s.use_accelerate,
+            },
+            signature_version=_unsigned() if s.anonymous else None,
+        )
+        verify: bool | str = s.ca_bundle or s.verify_ssl
+        client = session.create_client(
+            "s3",
+            endpoint_url=s.endpoint_url,
+            aws_access_key_id=s.access_key_id,
+            aws_secret_access_key=s.secret_access_key,
+            aws_session_token=s.session_token,
+            config=config,
+            verify=verify,
+        )
+        store_kwargs: dict[str, Any] = {
+            "region": region,
+            "virtual_hosted_style_request": s.virtual_addressing,
+            "client_options": self._client_options(),
+            "retry_config": {"max_retries": 0, "retry_timeout": dt.timedelta(seconds=1)},
+        }
+        if s.endpoint_url:
+            store_kwargs["endpoint"] = s.endpoint_url
+        if s.anonymous:
+            store_kwargs["skip_signature"] = True
+        else:
+            if s.access_key_id and s.secret_access_key:
+                credentials: Any = Credentials(
+                    s.access_key_id, s.secret_access_key, s.session_token
+                )
+            else:
+                credentials = session.get_credentials()  # botocore's default chain
+            if credentials is None:
+                raise AccessDeniedError(
+                    f"s3://{self.bucket}",
+                    "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                    "use IRSA, or awsAnonymousCredential=true for a public bucket)",
+                )
+            store_kwargs["credential_provider"] = _BotocoreCredentials(credentials)
+        store = obstore.store.S3Store(self.bucket, **store_kwargs)
+        return client, store
+
+    def _client_options(self) -> dict[str, Any]:
+        s = self.settings
+        opts: dict[str, Any] = {
+            "allow_http": bool(s.endpoint_url and s.endpoint_url.startswith("http://")),
+            "connect_timeout": dt.timedelta(seconds=s.connect_timeout),
+            "read_timeout": dt.timedelta(seconds=s.read_timeout),
+            "timeout": dt.timedelta(hours=1),
+            "pool_max_idle_per_host": "64",
+        }
+        if not s.verify_ssl:
+            opts["allow_invalid_certificates"] = True
+        if s.ca_bundle:
+            try:
+                with open(s.ca_bundle, "rb") as f:
+                    opts["root_certificate"] = f.read()
+            except OSError as e:
+                raise UsageError(f"cannot read CA bundle {s.ca_bundle}: {e}") from e
+        return opts
+
+    # -- control plane (botocore) ----------------------------------------------------------
+
+    async def stat(self, key: str) -> ObjectInfo:
+        await self._ensure()
+        resp = await self._call(key, partial(self._client.head_object, Bucket=self.bucket, Key=key))
+        return ObjectInfo(
+            key,
+            int(resp["ContentLength"]),
+            resp.get("ETag"),
+            resp["LastModified"].timestamp() if resp.get("LastModified") else None,
+        )
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        await self._ensure()
+        return await self._call(prefix, partial(self._list, prefix))
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()):
+                out.append(
+                    ObjectInfo(
+                        obj["Key"],
+                        int(obj["Size"]),
+                        obj.get("ETag"),
+                        obj["LastModified"].timestamp() if obj.get("LastModified") else None,
+                    )
+                )
+        return out
+
+    async def _call(self, key: str, fn: Any) -> Any:
+        uri = f"s3://{self.bucket}/{key}"
+        try:
+            return await asyncio.to_thread(fn)
+        except ClientError as e:
+            raise _translate_client_error(uri, e) from e
+        except NoCredentialsError as e:
+            raise AccessDeniedError(uri, "no AWS credentials found") from e
+        except BotoConnectionError as e:
+            raise TransientError(uri, f"connection failed: {e}") from e
+        except BotoCoreError as e:
+            raise TransientError(uri, str(e)) from e
+
+    # -- data plane (obstore) --------------------------------------------------------------
+
+    async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
+        await self._ensure()
+        uri = f"s3://{self.bucket}/{key}"
+        options: dict[str, Any] = {"range": (start, end)}
+        if etag:
+            options["if_match"] = etag
+        try:
+            result = await obstore.get_async(self._store, key, options=options)
+            got = result.range
+            data = await result.bytes_async()
+        except obx.PreconditionError as e:
+            raise VersionChangedError(uri, expected=etag) from e
+        except (obx.NotFoundError, FileNotFoundError) as e:
+            raise ObjectNotFoundError(uri) from e
+        except (obx.PermissionDeniedError, obx.UnauthenticatedError, PermissionError) as e:
+            raise AccessDeniedError(uri) from e
+        except (obx.BaseError, OSError, TimeoutError) as e:
+            # Everything else from the transport (5xx, SlowDown, resets, timeouts, bodies
+            # cut short) is worth another attempt; the engine's policy decides how many.
+            raise TransientError(uri, _first_line(e)) from e
+        if tuple(got) != (start, end) or len(data) != end - start:
+            raise TransientError(
+                uri, f"short or misplaced body: asked {start}-{end}, got {got} ({len(data)} B)"
+            )
+        return data
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+        self._client = self._store = None
+
+
+def _unsigned() -> Any:
+    from botocore import UNSIGNED
+
+    return UNSIGNED
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def _translate_client_error(uri: str, e: ClientError) -> Exception:
+    err = e.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    message = err.get("Message") or code or str(status)
+    if code in _NOT_FOUND or status == 404:
+        reason = "bucket does not exist" if code == "NoSuchBucket" else "not found"
+        return ObjectNotFoundError(uri, reason)
+    if code in _DENIED or status in (401, 403):
+        return AccessDeniedError(uri, f"access denied ({code or status}: {message})")
+    if status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout", "InternalError"):
+        return TransientError(uri, f"{code or status}: {message}", status=status)
+    return StoreError(uri, f"{code or status}: {message}", status=status)

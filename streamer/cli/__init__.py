@@ -1,0 +1,1 @@
+"""The ``weightstream`` command line: each command is its own module."""

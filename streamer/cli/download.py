@@ -1,0 +1,82 @@
+"""``weightstream download SRC DEST``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Mapping
+
+from ..api import DownloadOptions, download
+from ..logs import configure
+from ..settings import StorageSettings, TransferDefaults
+from ..sizes import parse_size
+from .render import ProgressPrinter, report_json, summary_line
+
+log = logging.getLogger("weightstream")
+
+
+def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> None:
+    d = TransferDefaults.from_env(environ)
+    p = sub.add_parser(
+        "download",
+        help="download a model (or any prefix) into a directory",
+        description=(
+            "Download every object under SRC (s3://, gs://, az://, hf://, http(s)://, or a "
+            "local path) into the directory DEST with many concurrent ranged reads, "
+            "resume, verification and an atomic publish."
+        ),
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only files matching GLOB (relative path or basename); repeatable")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip files matching GLOB; repeatable")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, metavar="N",
+                   help=f"ranged GETs in flight (default {d.concurrency})")
+    p.add_argument("--chunk-size", default=d.chunk_size, metavar="SIZE",
+                   help="bytes per ranged GET, e.g. 8Mi (default %(default)s)")
+    p.add_argument("--max-memory", default=d.max_memory, metavar="SIZE",
+                   help="budget for buffered ranges, e.g. 192Mi (default %(default)s)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="validate safetensors headers and the shard index (default on)")
+    p.add_argument("--checksum", action="store_true",
+                   help="also compare MD5 with single-part S3 ETags (costs CPU)")
+    p.add_argument("--retries", type=int, default=5, metavar="N",
+                   help="attempts per range (default %(default)s)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
+    p.set_defaults(func=run)  # fmt: skip
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    configure(args.log_format, level=logging.DEBUG if args.debug else logging.INFO)
+    options = DownloadOptions(
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        concurrency=args.concurrency,
+        chunk_size=parse_size(args.chunk_size, name="chunk size"),
+        max_memory=parse_size(args.max_memory, name="max memory"),
+        verify=args.verify,
+        checksum=args.checksum,
+        max_attempts=args.retries,
+    )
+    storage = StorageSettings.from_env(environ)
+    printer = None if args.quiet else ProgressPrinter()
+    try:
+        report = asyncio.run(
+            download(args.src, args.dest, options=options, storage=storage, progress=printer)
+        )
+    finally:
+        if printer is not None:
+            printer.close()
+    if args.json:
+        json.dump(report_json(report), sys.stdout)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print(summary_line(report), file=sys.stderr)
+    return 0

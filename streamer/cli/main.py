@@ -1,0 +1,69 @@
+"""``weightstream``: assembles the commands and turns known errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from .. import __version__
+from ..errors import WeightstreamError, exit_code
+
+log = logging.getLogger("weightstream")
+
+# Each command is a module with ``register(subparsers, environ)``; a command whose module
+# is missing (an optional part) is simply not offered.
+COMMANDS = ("streamer.cli.download", "sidecar.cli")
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weightstream",
+        description="Stream LLM weights from object storage, fast and verified.",
+    )
+    parser.add_argument("--version", action="version", version=f"weightstream {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logs on failure"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not name.startswith(e.name):
+                raise
+            continue
+        module.register(sub, environ)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    try:
+        parser = build_parser(environ)
+    except WeightstreamError as e:
+        print(f"weightstream: error: {e}", file=sys.stderr)
+        return exit_code(e)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args, environ) or 0)
+    except KeyboardInterrupt:
+        print("weightstream: interrupted", file=sys.stderr)
+        return 130
+    except WeightstreamError as e:
+        if args.debug:
+            log.exception("failed")
+        print(f"weightstream: error: {e}", file=sys.stderr)
+        return exit_code(e)
+    except OSError as e:
+        if args.debug:
+            log.exception("failed")
+        print(f"weightstream: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The transfer engine: a sliding window of ranged GETs under a byte budget.
+
+Jobs are kept apart the way s3transfer keeps them apart:
+
+* planning happens before (``plan.py``); here every file is cut into ranges;
+* requesting: at most ``concurrency`` GETs in flight, a new one starts the moment one
+  finishes (a window, never fixed waves), each range pinned to the object's ETag and
+  retried on its own under the one :class:`~streamer.retry.RetryPolicy`;
+* memory: a :class:`ByteBudget` is taken *before* a range is requested and given back
+  only after its bytes are on disk, so buffered data never exceeds ``max_memory``
+  whatever the model size;
+* writing: one :class:`FileSink` per file owns its descriptor and its resume journal and
+  writes each range at its offset with ``pwrite`` on a small named executor.
+
+The first fatal error cancels every other task and is raised unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends.base import Backend, Buffer
+from .errors import InsufficientSpaceError, RangeNotSupportedError, TransientError, UsageError
+from .journal import Journal
+from .plan import PlannedFile
+from .progress import ProgressTracker
+from .retry import Retrier, RetryPolicy, Sleep
+
+log = logging.getLogger(__name__)
+
+MIN_CHUNK = 64 << 10
+_JOURNAL_FLUSH_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Knobs of the transfer engine (see README, "Configuration")."""
+
+    concurrency: int = 16
+    chunk_size: int = 8 << 20
+    max_memory: int = 192 << 20
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.chunk_size < MIN_CHUNK:
+            raise UsageError(f"chunk size must be at least {MIN_CHUNK} bytes")
+        if self.max_memory < self.chunk_size:
+            raise UsageError(
+                f"max memory ({self.max_memory} B) must hold at least one chunk "
+                f"({self.chunk_size} B)"
+            )
+
+
+class ByteBudget:
+    """An async semaphore counted in bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self.peak = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        n = min(n, self.capacity)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_use + n <= self.capacity)
+            self.in_use += n
+            self.peak = max(self.peak, self.in_use)
+
+    async def release(self, n: int) -> None:
+        n = min(n, self.capacity)
+        async with self._cond:
+            self.in_use -= n
+            self._cond.notify_all()
+
+
+class FileSink:
+    """The single writer of one partial file: descriptor, preallocation, journal."""
+
+    def __init__(self, planned: PlannedFile, part: Path, *, chunk_size: int) -> None:
+        self.planned = planned
+        self.part = part
+        self.chunk_size = chunk_size
+        size = planned.info.size
+        self.ranges = [(o, min(o + chunk_size, size)) for o in range(0, size, chunk_size)]
+        self.remaining = 0
+        self.sequential = False  # server ignored Range: one ordered stream instead
+        self.counted = 0  # bytes of this file reported to progress
+        self.journal: Journal | None = None
+        self.fd: int | None = None
+        self._last_flush = 0.0
+
+    def open(self) -> None:
+        """Open (or resume) the partial file; blocking, call on the executor."""
+        info = self.planned.info
+        pin = {"key": info.key, "size": info.size, "etag": info.etag, "chunk": self.chunk_size}
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        journal = Journal.open(self.part.with_name(self.part.name + ".journal"), pin)
+        if not journal.resumed:
+            self.part.unlink(missing_ok=True)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(self.fd).st_size != info.size:
+            _preallocate(self.fd, info.size, str(self.part))
+        self.journal = journal
+        self.remaining = len(self.ranges) - len(journal.done)
+
+    def todo(self) -> Iterator[tuple[int, int, int]]:
+        assert self.journal is not None
+        for i, (start, end) in enumerate(self.ranges):
+            if i not in self.journal.done:
+                yield i, start, end
+
+    def write(self, offset: int, data: Buffer) -> None:
+        """``pwrite`` all of ``data`` at ``offset`` (blocking)."""
+        assert self.fd is not None
+        view = memoryview(data).cast("B")
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def flush(self, *, force: bool = False) -> None:
+        """Journal completed ranges at most every half second (blocking)."""
+        assert self.journal is not None and self.fd is not None
+        now = time.monotonic()
+        if force or now - self._last_flush >= _JOURNAL_FLUSH_SECONDS:
+            self._last_flush = now
+            self.journal.flush(self.fd)
+
+    def finish(self) -> None:
+        """fsync and close the data file; drop the journal (blocking)."""
+        assert self.fd is not None and self.journal is not None
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        self.journal.remove()
+
+    def abort(self) -> None:
+        """Close without publishing; keep the journal so a rerun resumes."""
+        if self.fd is not None:
+            try:
+                if self.journal is not None:
+                    self.journal.flush(self.fd)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        if self.journal is not None:
+            self.journal.close()
+
+
+def _preallocate(fd: int, size: int, name: str) -> None:
+    try:
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise InsufficientSpaceError(name, needed=size, available=0) from e
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    os.ftruncate(fd, size)
+
+
+OnComplete = Callable[[FileSink], Awaitable[None]]
+
+
+class Engine:
+    """Fetches the ranges of many files through one window and one budget."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        options: EngineOptions,
+        *,
+        executor: Executor,
+        progress: ProgressTracker | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backend = backend
+        self.options = options
+        self.budget = ByteBudget(options.max_memory)
+        self.retrier = Retrier(options.retry, sleep=sleep, rng=rng)
+        self.requests = 0
+        self._executor = executor
+        self._progress = progress
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._error: BaseException | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, sinks: list[FileSink], on_complete: OnComplete) -> None:
+        """Fetch every missing range of ``sinks``; call ``on_complete`` as each file ends.
+
+        Raises:
+            The first fatal error of any range or completion callback.
+        """
+        self._on_complete = on_complete
+        try:
+            for sink in sinks:
+                if sink.remaining == 0:
+                    self._spawn(self._complete(sink))
+                    continue
+                for index, start, end in sink.todo():
+                    if self._error is not None or sink.sequential:
+                        break
+                    await self.budget.acquire(end - start)
+                    if self._error is not None:
+                        await self.budget.release(end - start)
+                        break
+                    await self._slots.acquire()
+                    self._spawn(self._range(sink, index, start, end))
+                if self._error is not None:
+                    break
+            while self._tasks and self._error is None:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            await self._cancel_all()
+        if self._error is not None:
+            raise self._error
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+
+    async def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _range(self, sink: FileSink, index: int, start: int, end: int) -> None:
+        loop = asyncio.get_running_loop()
+        info = sink.planned.info
+        try:
+            try:
+                data = await self.retrier.run(
+                    f"{info.key} bytes {start}-{end - 1}",
+                    lambda: self._get(info.key, start, end, info.etag),
+                )
+            finally:
+                self._slots.release()
+            if sink.sequential:
+                return
+            await loop.run_in_executor(self._executor, sink.write, start, data)
+            del data
+            assert sink.journal is not None
+            sink.journal.record(index)
+            await loop.run_in_executor(self._executor, sink.flush)
+        except RangeNotSupportedError:
+            if not sink.sequential:
+                sink.sequential = True
+                log.warning("%s: server ignores Range; reading it as one stream", info.key)
+                self._spawn(self._sequential(sink))
+            return
+        finally:
+            await self.budget.release(end - start)
+        sink.counted += end - start
+        if self._progress is not None:
+            self._progress.add_bytes(end - start)
+        sink.remaining -= 1
+        if sink.remaining == 0 and not sink.sequential:
+            await self._complete(sink)
+
+    async def _get(self, key: str, start: int, end: int, etag: str | None) -> Buffer:
+        self.requests += 1
+        return await self.backend.read_range(key, start, end, etag=etag)
+
+    async def _sequential(self, sink: FileSink) -> None:
+        """Fallback for servers that ignore Range: stream the object in order, once."""
+        iter_object = getattr(self.backend, "iter_object", None)
+        info = sink.planned.info
+        if iter_object is None:
+            raise RangeNotSupportedError(info.key)
+        loop = asyncio.get_running_loop()
+        chunk = self.options.chunk_size
+
+        async def stream() -> None:
+            offset = 0
+            pending = bytearray()
+            async for block in iter_object(info.key, etag=info.etag):
+                pending += block
+                if len(pending) >= chunk:
+                    await loop.run_in_executor(self._executor, sink.write, offset, pending)
+                    offset += len(pending)
+                    pending = bytearray()
+            if pending:
+                await loop.run_in_executor(self._executor, sink.write, offset, pending)
+                offset += len(pending)
+            if offset != info.size:
+                raise TransientError(info.key, f"stream ended at {offset} of {info.size} B")
+
+        await self.budget.acquire(chunk)
+        try:
+            await self.retrier.run(f"{info.key} (whole object)", stream)
+        finally:
+            await self.budget.release(chunk)
+        if self._progress is not None:
+            self._progress.add_bytes(max(0, info.size - sink.counted))
+        await self._complete(sink)
+
+    async def _complete(self, sink: FileSink) -> None:
+        await self._on_complete(sink)
+        if self._progress is not None:
+            self._progress.file_done()

@@ -1,0 +1,166 @@
+"""Every exception weightstream raises, with the fields a caller needs to act on it.
+
+Each error derives from :class:`WeightstreamError` and, where one fits, from a built-in
+(``ObjectNotFoundError`` is a ``FileNotFoundError``), so callers can catch either. Backends
+translate SDK errors into these at their edge; :func:`is_retryable` is the one place that
+decides whether an error is worth another attempt, and :func:`exit_code` the one place
+that maps errors to process exit codes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class WeightstreamError(Exception):
+    """Root of every weightstream error."""
+
+    exit_code = 1
+
+
+class UsageError(WeightstreamError, ValueError):
+    """The caller asked for something that cannot work (bad option, bad argument count)."""
+
+    exit_code = 2
+
+
+class InvalidURIError(UsageError):
+    """A source or destination URI is malformed."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"invalid URI {uri!r}: {reason}")
+
+
+class UnsupportedSchemeError(UsageError):
+    """No backend handles this URI scheme (or its optional dependency is missing)."""
+
+    def __init__(self, scheme: str, *, hint: str = "") -> None:
+        self.scheme = scheme
+        self.hint = hint
+        msg = f"unsupported URI scheme {scheme!r}"
+        super().__init__(f"{msg}: {hint}" if hint else msg)
+
+
+class ObjectNotFoundError(WeightstreamError, FileNotFoundError):
+    """The bucket, prefix or object does not exist (or the prefix matched nothing)."""
+
+    exit_code = 3
+
+    def __init__(self, uri: str, reason: str = "not found") -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"{uri}: {reason}")
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.reason}"
+
+
+class AccessDeniedError(WeightstreamError, PermissionError):
+    """The store refused the credentials in use (403, or 401 with bad credentials)."""
+
+    exit_code = 4
+
+    def __init__(self, uri: str, reason: str = "access denied") -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"{uri}: {reason}")
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.reason}"
+
+
+class IntegrityError(WeightstreamError):
+    """Downloaded bytes do not match what the store or the file format promises."""
+
+    exit_code = 5
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class VersionChangedError(IntegrityError):
+    """The object changed while it was being read (If-Match failed, ETag differs)."""
+
+    def __init__(self, path: str, *, expected: str | None, actual: str | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        detail = f"expected ETag {expected}" + (f", store now has {actual}" if actual else "")
+        super().__init__(path, f"object changed during download ({detail})")
+
+
+class SafetensorsError(IntegrityError):
+    """A ``.safetensors`` file or its index is malformed."""
+
+
+class TransientError(WeightstreamError):
+    """A failure worth retrying: 5xx, SlowDown, reset, timeout, short body."""
+
+    def __init__(self, uri: str, reason: str, *, status: int | None = None) -> None:
+        self.uri = uri
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{uri}: {reason}")
+
+
+class StoreError(WeightstreamError):
+    """The store rejected a request for a reason retrying will not fix (e.g. 400)."""
+
+    def __init__(self, uri: str, reason: str, *, status: int | None = None) -> None:
+        self.uri = uri
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{uri}: {reason}")
+
+
+class RangeNotSupportedError(WeightstreamError):
+    """The server answered a ranged GET with the whole object."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        super().__init__(f"{uri}: server ignored the Range header")
+
+
+class TransferError(WeightstreamError):
+    """A range could not be fetched within the retry budget."""
+
+    def __init__(self, uri: str, *, attempts: int, last: BaseException) -> None:
+        self.uri = uri
+        self.attempts = attempts
+        self.last = last
+        super().__init__(f"{uri}: giving up after {attempts} attempts: {last}")
+
+
+class InsufficientSpaceError(WeightstreamError, OSError):
+    """The destination filesystem cannot hold the download."""
+
+    def __init__(self, path: str, *, needed: int, available: int) -> None:
+        self.path = path
+        self.needed = needed
+        self.available = available
+        OSError.__init__(
+            self,
+            errno.ENOSPC,
+            f"not enough space in {path}: need {needed} bytes, {available} available",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Decide whether another attempt at the same request can succeed."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, WeightstreamError):
+        return False
+    # Raw socket-level failures that escaped a backend's translation.
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def exit_code(exc: BaseException) -> int:
+    """Map an exception to the CLI's exit code (2 usage, 3 not found, 4 denied, 5 integrity)."""
+    return exc.exit_code if isinstance(exc, WeightstreamError) else 1

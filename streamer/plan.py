@@ -1,0 +1,98 @@
+"""Turn a source URI into the list of files to fetch: listing, boundaries, filters, paths."""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .backends.base import Backend, ObjectInfo
+from .errors import InvalidURIError, ObjectNotFoundError
+from .uri import ObjectURI
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One object to fetch and where it goes, relative to the destination."""
+
+    info: ObjectInfo
+    rel: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: ObjectURI
+    files: tuple[PlannedFile, ...]
+    exact_object: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.info.size for f in self.files)
+
+
+def matches(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """fnmatch ``rel`` (and its basename) against include/exclude patterns."""
+
+    def hit(patterns: Sequence[str]) -> bool:
+        base = posixpath.basename(rel)
+        return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(base, p) for p in patterns)
+
+    if include and not hit(include):
+        return False
+    return not (exclude and hit(exclude))
+
+
+def safe_relpath(uri: str, rel: str) -> str:
+    """Refuse relative paths that would escape the destination (``..``, absolute)."""
+    norm = posixpath.normpath(rel)
+    if rel.startswith("/") or norm.startswith("..") or norm in ("", "."):
+        raise InvalidURIError(uri, f"object path {rel!r} would land outside the destination")
+    return norm
+
+
+async def plan(
+    backend: Backend,
+    source: ObjectURI,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> Plan:
+    """List ``source`` and decide what to fetch.
+
+    A prefix matches whole path segments: ``s3://b/m`` takes the object ``m`` itself and
+    everything under ``m/``, never ``m-old/...``. When ``m/`` has children they are
+    fetched relative to it; otherwise the exact object ``m`` lands under its basename.
+
+    Raises:
+        ObjectNotFoundError: nothing exists there, or the filters left nothing.
+    """
+    key = source.key
+    objects = await backend.list(key)
+    dir_prefix = key if key.endswith("/") or key == "" else key + "/"
+    if source.scheme in ("http", "https"):
+        children: list[ObjectInfo] = []
+    else:
+        children = [o for o in objects if o.key.startswith(dir_prefix) and o.key != dir_prefix]
+    exact = [o for o in objects if o.key == key and key and not key.endswith("/")]
+    exact_object = not children and bool(exact)
+    if exact_object:
+        name = posixpath.basename(key.split("?", 1)[0].rstrip("/")) or "download"
+        candidates = [(exact[0], name)]
+    else:
+        candidates = [
+            (o, o.key[len(dir_prefix) :]) for o in children if not o.key.endswith("/")
+        ]
+    if not candidates:
+        raise ObjectNotFoundError(str(source), "no objects at this location")
+    files = tuple(
+        PlannedFile(info, safe_relpath(str(source), rel))
+        for info, rel in candidates
+        if exact_object or matches(rel, include, exclude)
+    )
+    if not files:
+        raise ObjectNotFoundError(
+            str(source),
+            f"{len(candidates)} objects found but none match the include/exclude patterns",
+        )
+    return Plan(source, files, exact_object)

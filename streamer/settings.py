@@ -1,0 +1,208 @@
+"""Storage settings: where the bytes live and how to authenticate, read once per entry point.
+
+This is the only module that reads the environment. It honours the names KServe's storage
+initializer uses (so our init container is a drop-in) on top of botocore's own chain::
+
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN   explicit credentials
+    AWS_ENDPOINT_URL, or S3_ENDPOINT (+ S3_USE_HTTPS=0 for http)    custom endpoint
+    AWS_DEFAULT_REGION / AWS_REGION                                 region
+    S3_VERIFY_SSL=0, AWS_CA_BUNDLE                                  TLS
+    S3_USER_VIRTUAL_BUCKET=true                                     virtual-host addressing
+    S3_USE_ACCELERATE=true                                          transfer acceleration
+    awsAnonymousCredential=true                                     unsigned requests
+    S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT (s), S3_MAX_ATTEMPTS        timeouts and retries
+    STORAGE_CONFIG (JSON), STORAGE_OVERRIDE_CONFIG (JSON)           KServe storage spec
+
+When none of the explicit credentials are given, botocore's chain resolves them
+(shared files, web identity / IRSA, container and instance profiles).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from .errors import UsageError
+
+# Environment variables that non-S3 backends may need; copied into settings.env so that
+# backends never read os.environ themselves.
+_PASSTHROUGH_PREFIXES = ("AZURE_", "GOOGLE_", "GCS_", "HF_", "HUGGING_FACE_", "AWS_")
+_PASSTHROUGH_NAMES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "HOME")
+
+
+def _truthy(value: str | None, *, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How to reach the object store. Build it with :meth:`from_env` or by hand."""
+
+    # Endpoint
+    endpoint_url: str | None = None
+    region: str | None = None
+    virtual_addressing: bool = False
+    use_accelerate: bool = False
+    # Credentials (None: botocore's default chain)
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    anonymous: bool = False
+    # TLS
+    verify_ssl: bool = True
+    ca_bundle: str | None = None
+    # Timeouts and attempts
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_attempts: int = 5
+    # Environment snapshot for other backends (gs, az, hf) and botocore's chain.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if self.max_attempts < 1:
+            raise UsageError(f"max attempts must be at least 1, got {self.max_attempts}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> StorageSettings:
+        """Read settings from an environment mapping (pass ``os.environ``).
+
+        Raises:
+            UsageError: a variable holds a value that cannot be parsed.
+        """
+        env = {
+            k: v
+            for k, v in environ.items()
+            if k.startswith(_PASSTHROUGH_PREFIXES) or k in _PASSTHROUGH_NAMES
+        }
+        endpoint = environ.get("AWS_ENDPOINT_URL") or None
+        if not endpoint and environ.get("S3_ENDPOINT"):
+            host = environ["S3_ENDPOINT"]
+            if "://" not in host:
+                https = _truthy(environ.get("S3_USE_HTTPS"), default=True)
+                host = f"{'https' if https else 'http'}://{host}"
+            endpoint = host
+        settings = cls(
+            endpoint_url=endpoint,
+            region=environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or None,
+            virtual_addressing=_truthy(environ.get("S3_USER_VIRTUAL_BUCKET")),
+            use_accelerate=_truthy(environ.get("S3_USE_ACCELERATE")),
+            access_key_id=environ.get("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            session_token=environ.get("AWS_SESSION_TOKEN") or None,
+            anonymous=_truthy(environ.get("awsAnonymousCredential")),
+            verify_ssl=_truthy(environ.get("S3_VERIFY_SSL"), default=True),
+            ca_bundle=environ.get("AWS_CA_BUNDLE") or None,
+            connect_timeout=_number(environ, "S3_CONNECT_TIMEOUT", 10.0),
+            read_timeout=_number(environ, "S3_READ_TIMEOUT", 60.0),
+            max_attempts=int(_number(environ, "S3_MAX_ATTEMPTS", 5)),
+            env=env,
+        )
+        spec = _storage_spec(environ)
+        return settings.with_storage_spec(spec) if spec else settings
+
+    def with_storage_spec(self, spec: Mapping[str, Any]) -> StorageSettings:
+        """Apply a KServe storage spec (``STORAGE_CONFIG`` JSON); its fields win over env."""
+        kind = str(spec.get("type", "s3")).lower()
+        if kind != "s3":
+            return self
+        changes: dict[str, Any] = {}
+        mapping = {
+            "access_key_id": "access_key_id",
+            "secret_access_key": "secret_access_key",
+            "endpoint_url": "endpoint_url",
+            "region": "region",
+            "ca_bundle": "ca_bundle",
+        }
+        for src, dst in mapping.items():
+            if spec.get(src):
+                changes[dst] = str(spec[src])
+        if "verify_ssl" in spec:
+            changes["verify_ssl"] = _truthy(str(spec["verify_ssl"]), default=True)
+        if "anonymous" in spec:
+            changes["anonymous"] = _truthy(str(spec["anonymous"]))
+        if "virtual_bucket" in spec:
+            changes["virtual_addressing"] = _truthy(str(spec["virtual_bucket"]))
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise (credentials included) for handing to the node cache over its socket."""
+        data = asdict(self)
+        data["env"] = dict(self.env)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StorageSettings:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`UsageError`."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise UsageError(f"unknown storage settings: {', '.join(sorted(unknown))}")
+        return cls(**dict(data))
+
+
+def _number(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise UsageError(f"{name} must be a number, got {raw!r}") from e
+    if value <= 0:
+        raise UsageError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _storage_spec(environ: Mapping[str, str]) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    for name in ("STORAGE_CONFIG", "STORAGE_OVERRIDE_CONFIG"):
+        raw = environ.get(name)
+        if not raw:
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{name} is not valid JSON: {e.msg} at position {e.pos}") from e
+        if not isinstance(value, dict):
+            raise UsageError(f"{name} must be a JSON object")
+        spec.update(value)
+    return spec
+
+
+@dataclass(frozen=True)
+class TransferDefaults:
+    """``WEIGHTSTREAM_*`` defaults shared by the CLI, the init container and the daemon.
+
+    ``WEIGHTSTREAM_CONCURRENCY`` (16), ``WEIGHTSTREAM_CHUNK_SIZE`` (8Mi),
+    ``WEIGHTSTREAM_MAX_MEMORY`` (192Mi), ``WEIGHTSTREAM_LOG_FORMAT`` (text).
+    """
+
+    concurrency: int = 16
+    chunk_size: int = 8 << 20
+    max_memory: int = 192 << 20
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> TransferDefaults:
+        from .sizes import parse_size
+
+        d = cls()
+        fmt = environ.get("WEIGHTSTREAM_LOG_FORMAT", d.log_format)
+        if fmt not in ("text", "json"):
+            raise UsageError(f"WEIGHTSTREAM_LOG_FORMAT must be text or json, got {fmt!r}")
+        return cls(
+            concurrency=int(_number(environ, "WEIGHTSTREAM_CONCURRENCY", d.concurrency)),
+            chunk_size=parse_size(
+                environ.get("WEIGHTSTREAM_CHUNK_SIZE") or d.chunk_size, name="chunk size"
+            ),
+            max_memory=parse_size(
+                environ.get("WEIGHTSTREAM_MAX_MEMORY") or d.max_memory, name="max memory"
+            ),
+            log_format=fmt,
+        )

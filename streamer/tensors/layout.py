@@ -1,0 +1,104 @@
+"""One ``.safetensors`` shard as the tensor streamer sees it: checked entries with torch dtypes.
+
+The header is parsed and validated by :mod:`streamer.safetensors` (length prefix inside the
+file, JSON object, known dtypes, ``dtype x shape`` = byte length, offsets inside the data
+area, no overlaps or gaps); this module maps the result onto torch dtypes, so that a shard
+whose dtype torch cannot represent fails before any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import safetensors as st
+from ..errors import SafetensorsError
+
+# One ranged read is meant to cover the length prefix and the whole JSON header (headers of
+# real checkpoints are tens of KiB); a longer header costs one more read.
+HEADER_PROBE_BYTES = 1 << 20
+
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    name: dtype
+    for name, attr in {
+        "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+        "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+        "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8",
+        "BOOL": "bool", "C64": "complex64",
+        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+    }.items()
+    if isinstance(dtype := getattr(torch, attr, None), torch.dtype)
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a shard; ``start``/``end`` are absolute offsets in the file."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """A checked shard.
+
+    Attributes:
+        uri: the shard, as printed in errors and logs.
+        key: the object key (or absolute path) the reader fetches.
+        size: the shard's size in bytes.
+        etag: the version pin for every range (None for local files).
+        data_start: absolute offset of the data area (``8 + N``).
+        tensors: the tensors, sorted by offset.
+    """
+
+    uri: str
+    key: str
+    size: int
+    etag: str | None
+    data_start: int
+    tensors: tuple[TensorEntry, ...]
+
+    @property
+    def data_end(self) -> int:
+        """One past the last tensor byte."""
+        return max((t.end for t in self.tensors), default=self.data_start)
+
+
+def header_size(uri: str, prefix: bytes, size: int) -> int:
+    """Return ``8 + N``, the bytes to read for the whole header, from the first 8 bytes.
+
+    Raises:
+        SafetensorsError: the file is too short or the length prefix cannot be right.
+    """
+    return 8 + st.header_length(bytes(prefix[:8]), file_size=size, name=uri)
+
+
+def parse_shard(
+    uri: str, header: bytes, *, key: str, size: int, etag: str | None
+) -> ShardLayout:
+    """Check a shard's header (its first ``8 + N`` bytes) and map its dtypes onto torch.
+
+    Raises:
+        SafetensorsError: the header is malformed, inconsistent with ``size`` (a truncated
+            shard), or uses a dtype torch cannot hold.
+    """
+    total = header_size(uri, header, size)
+    if len(header) < total:
+        raise SafetensorsError(uri, "header is shorter than its length prefix says")
+    parsed = st.parse_header(bytes(header[8:total]), file_size=size, name=uri)
+    entries = []
+    for t in parsed.tensors:
+        dtype = _TORCH_DTYPES.get(t.dtype)
+        if dtype is None:
+            raise SafetensorsError(uri, f"tensor {t.name!r}: dtype {t.dtype} has no torch type")
+        entries.append(TensorEntry(t.name, dtype, tuple(t.shape), t.start, t.end))
+    return ShardLayout(uri, key, size, etag, parsed.data_start, tuple(entries))

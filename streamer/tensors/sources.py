@@ -1,0 +1,168 @@
+"""Find a model's shards and read byte ranges of them, from any backend or a local path.
+
+A model source is a directory or prefix (``s3://bucket/llama``, ``http://origin/llama``,
+``/var/lib/weightstream/models/<id>``, ``file:///...``) or one ``.safetensors`` object. The
+shards are the ``*.safetensors`` objects directly under the prefix (not recursive, like
+vLLM); where the store cannot list (plain HTTP), ``model.safetensors.index.json`` names
+them, else ``model.safetensors`` alone is tried.
+
+Readers fill caller-owned buffers: :class:`BackendReader` through the backend's
+``read_range`` (version pinned with the ETag, each range retried under the shared policy),
+:class:`LocalReader` with ``preadv`` straight into the buffer (the node-cache path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import posixpath
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..backends.base import Backend, ObjectInfo
+from ..errors import IntegrityError, ObjectNotFoundError, SafetensorsError
+from ..retry import Retrier, RetryPolicy
+from ..safetensors import INDEX_NAME
+from ..uri import ObjectURI
+
+SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard to stream: printable URI, key for the reader, size and version pin."""
+
+    uri: str
+    key: str
+    size: int
+    etag: str | None
+
+
+class ShardReader(ABC):
+    """Reads byte ranges of shards into caller-owned memory."""
+
+    @abstractmethod
+    async def read_into(self, shard: ShardRef, start: int, out: memoryview) -> None:
+        """Fill ``out`` with the shard's bytes ``[start, start + len(out))``."""
+
+    async def read(self, shard: ShardRef, start: int, end: int) -> bytes:
+        """Return the shard's bytes ``[start, end)`` (for headers)."""
+        buf = bytearray(end - start)
+        await self.read_into(shard, start, memoryview(buf))
+        return bytes(buf)
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class BackendReader(ShardReader):
+    """Ranged reads through a :class:`~streamer.backends.base.Backend`, retried and pinned."""
+
+    def __init__(self, backend: Backend, policy: RetryPolicy) -> None:
+        self.backend = backend
+        self.retrier = Retrier(policy)
+
+    async def read_into(self, shard: ShardRef, start: int, out: memoryview) -> None:
+        end = start + len(out)
+
+        async def attempt() -> None:
+            data = await self.backend.read_range(shard.key, start, end, etag=shard.etag)
+            view = memoryview(data).cast("B")
+            if len(view) != len(out):
+                raise IntegrityError(
+                    shard.uri, f"range {start}-{end} returned {len(view)} bytes"
+                )
+            out[:] = view
+
+        await self.retrier.run(f"{shard.uri} bytes {start}-{end - 1}", attempt)
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+class LocalReader(ShardReader):
+    """``preadv`` into the buffer, in worker threads; for local disks and the node cache."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    async def read_into(self, shard: ShardRef, start: int, out: memoryview) -> None:
+        await asyncio.to_thread(self._read, shard, start, out)
+
+    def _read(self, shard: ShardRef, start: int, out: memoryview) -> None:
+        fd = self._fd(shard.key)
+        done = 0
+        while done < len(out):
+            n = os.preadv(fd, [out[done:]], start + done)
+            if n == 0:
+                raise SafetensorsError(
+                    shard.uri,
+                    f"file ends at byte {start + done}, expected {start + len(out)}: truncated",
+                )
+            done += n
+
+    async def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
+async def find_shards(backend: Backend, source: ObjectURI) -> list[ShardRef]:
+    """Return the shards of the model at ``source``, sorted by name.
+
+    Raises:
+        ObjectNotFoundError: no ``.safetensors`` object there.
+    """
+    key = source.key
+    if _basename(key).endswith(SUFFIX):
+        return [_ref(source, await backend.stat(key))]
+    prefix = key if key.endswith("/") or key == "" else key + "/"
+    try:
+        objects = await backend.list(prefix)
+    except (ObjectNotFoundError, NotImplementedError):
+        objects = []
+    shards = [
+        o
+        for o in objects
+        if o.key.startswith(prefix) and "/" not in o.key[len(prefix) :] and o.key.endswith(SUFFIX)
+    ]
+    if not shards:
+        shards = await _shards_without_listing(backend, source, prefix)
+    return sorted((_ref(source, o) for o in shards), key=lambda r: r.key)
+
+
+async def _shards_without_listing(
+    backend: Backend, source: ObjectURI, prefix: str
+) -> list[ObjectInfo]:
+    try:
+        index = await backend.stat(prefix + INDEX_NAME)
+    except ObjectNotFoundError:
+        try:
+            return [await backend.stat(prefix + "model" + SUFFIX)]
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(str(source), "no .safetensors files found") from None
+    raw = await backend.read_range(index.key, 0, index.size, etag=index.etag)
+    uri = source.child(index.key)
+    try:
+        weight_map = json.loads(bytes(raw))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SafetensorsError(uri, f"index is not valid: {e}") from e
+    if not names or any(not isinstance(n, str) or posixpath.normpath(n) != n for n in names):
+        raise SafetensorsError(uri, "index names no shards, or a shard outside the model")
+    return list(await asyncio.gather(*(backend.stat(prefix + n) for n in names)))
+
+
+def _ref(source: ObjectURI, info: ObjectInfo) -> ShardRef:
+    return ShardRef(source.child(info.key), info.key, info.size, info.etag)
+
+
+def _basename(key: str) -> str:
+    return posixpath.basename(key.split("?", 1)[0].rstrip("/"))
