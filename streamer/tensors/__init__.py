@@ -24,8 +24,10 @@ copy is queued on the current stream, so work on that stream sees the data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 
 import torch
@@ -84,14 +86,14 @@ def stream_tensors(
     uri = parse_uri(str(source))
     target = torch.device(device)
     engine = _choose_engine(options.engine, uri)
-    shards = list_shards(uri, storage=storage)
     if engine == "runai":
+        shards = list_shards(uri, storage=storage)
         yield from stream_runai(uri, shards, device=target, storage=storage, stats=stats)
     else:
         budget = options.budget(remote=not uri.is_local)
         pin = options.pin_memory if options.pin_memory is not None else target.type == "cuda"
         yield from stream_plan_tensors(
-            shards=shards,
+            source=uri,
             reader=_reader(uri, storage, options),
             budget=budget,
             device=target,
@@ -108,16 +110,18 @@ def stream_tensors(
 def list_shards(
     source: str | ObjectURI, *, storage: StorageSettings | None = None
 ) -> list[ShardRef]:
-    """Return the ``.safetensors`` shards of the model at ``source``, sorted by name."""
-    import asyncio
+    """Return the ``.safetensors`` shards of the model at ``source``, sorted by name.
 
+    Runs its own event loop in a worker thread, so it may be called from async code too.
+    """
     uri = source if isinstance(source, ObjectURI) else parse_uri(source)
 
     async def run() -> list[ShardRef]:
         async with open_backend(uri, storage or StorageSettings()) as backend:
             return await find_shards(backend, uri)
 
-    return asyncio.run(run())
+    with ThreadPoolExecutor(1, thread_name_prefix="weightstream-list") as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def _choose_engine(engine: Engine, uri: ObjectURI) -> Engine:

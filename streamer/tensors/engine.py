@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import WeightstreamError
+from ..uri import ObjectURI
 from .layout import HEADER_PROBE_BYTES, ShardLayout, header_size, parse_shard
 from .options import Budget
 from .plan import Segment, StreamPlan, plan_stream
 from .pool import BufferPool
-from .sources import ShardReader, ShardRef
+from .sources import ShardReader, ShardRef, find_shards
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,13 @@ async def read_layouts(reader: ShardReader, shards: list[ShardRef]) -> list[Shar
         total = header_size(shard.uri, head, shard.size)
         if total > len(head):
             head += await reader.read(shard, len(head), total)
-        return parse_shard(shard.uri, head[:total], key=shard.key, size=shard.size,
-                           etag=shard.etag)
+        return parse_shard(shard.uri, head[:total], key=shard.key, size=shard.size, etag=shard.etag)
 
     return list(await asyncio.gather(*(one(s) for s in shards)))
+
+
+async def _prepare(source: ObjectURI, reader: ShardReader) -> list[ShardLayout]:
+    return await read_layouts(reader, await find_shards(reader.backend, source))
 
 
 async def _fetch(
@@ -143,14 +147,14 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:
 
 def stream_plan_tensors(
     *,
-    shards: list[ShardRef],
+    source: ObjectURI,
     reader: ShardReader,
     budget: Budget,
     device: torch.device,
     pin_memory: bool,
     stats: StreamStats | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every tensor of ``shards``, on ``device``.
+    """Yield ``(name, tensor)`` for every tensor of the model at ``source``, on ``device``.
 
     The reader is closed when the iterator ends, fails or is closed early.
 
@@ -163,7 +167,7 @@ def stream_plan_tensors(
     fetch_loop = _FetchLoop()
     fetch: Future | None = None
     try:
-        layouts = fetch_loop.submit(read_layouts(reader, shards)).result()
+        layouts = fetch_loop.submit(_prepare(source, reader)).result()
         plan = plan_stream(layouts, buffer_size=budget.buffer_size, chunk_size=budget.chunk_size)
         # A model smaller than the pool needs fewer buffers than the budget allows.
         count = max(1, min(budget.buffers, len(plan.segments)))

@@ -82,9 +82,7 @@ def header_size(uri: str, prefix: bytes, size: int) -> int:
     return 8 + st.header_length(bytes(prefix[:8]), file_size=size, name=uri)
 
 
-def parse_shard(
-    uri: str, header: bytes, *, key: str, size: int, etag: str | None
-) -> ShardLayout:
+def parse_shard(uri: str, header: bytes, *, key: str, size: int, etag: str | None) -> ShardLayout:
     """Check a shard's header (its first ``8 + N`` bytes) and map its dtypes onto torch.
 
     Raises:

@@ -81,9 +81,7 @@ class StreamPlan:
         return sum(s.nbytes for s in self.segments)
 
 
-def plan_stream(
-    shards: Sequence[ShardLayout], *, buffer_size: int, chunk_size: int
-) -> StreamPlan:
+def plan_stream(shards: Sequence[ShardLayout], *, buffer_size: int, chunk_size: int) -> StreamPlan:
     """Plan the segments and ranges covering the data area of every shard.
 
     Args:
@@ -126,7 +124,5 @@ def plan_stream(
                 (a, min(a + chunk_size, seg_end)) for a in range(seg_start, seg_end, chunk_size)
             )
             segments.append(Segment(len(segments), s, seg_start, seg_end, ranges, tuple(pieces)))
-    planned = tuple(
-        PlannedTensor(s, t, piece_count[i]) for i, (s, t) in enumerate(tensors)
-    )
+    planned = tuple(PlannedTensor(s, t, piece_count[i]) for i, (s, t) in enumerate(tensors))
     return StreamPlan(tuple(shards), planned, tuple(segments))

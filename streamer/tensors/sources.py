@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from ..backends.base import Backend, ObjectInfo
+from ..backends.local import LocalBackend
 from ..errors import IntegrityError, ObjectNotFoundError, SafetensorsError
 from ..retry import Retrier, RetryPolicy
 from ..safetensors import INDEX_NAME
@@ -40,7 +41,13 @@ class ShardRef:
 
 
 class ShardReader(ABC):
-    """Reads byte ranges of shards into caller-owned memory."""
+    """Reads byte ranges of shards into caller-owned memory.
+
+    Attributes:
+        backend: the backend that lists and stats the source (and reads, for remote ones).
+    """
+
+    backend: Backend
 
     @abstractmethod
     async def read_into(self, shard: ShardRef, start: int, out: memoryview) -> None:
@@ -70,9 +77,7 @@ class BackendReader(ShardReader):
             data = await self.backend.read_range(shard.key, start, end, etag=shard.etag)
             view = memoryview(data).cast("B")
             if len(view) != len(out):
-                raise IntegrityError(
-                    shard.uri, f"range {start}-{end} returned {len(view)} bytes"
-                )
+                raise IntegrityError(shard.uri, f"range {start}-{end} returned {len(view)} bytes")
             out[:] = view
 
         await self.retrier.run(f"{shard.uri} bytes {start}-{end - 1}", attempt)
@@ -85,6 +90,7 @@ class LocalReader(ShardReader):
     """``preadv`` into the buffer, in worker threads; for local disks and the node cache."""
 
     def __init__(self) -> None:
+        self.backend = LocalBackend()
         self._fds: dict[str, int] = {}
 
     def _fd(self, path: str) -> int:
