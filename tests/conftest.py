@@ -7,7 +7,8 @@
 * ``origin_process``: factory ``origin_process(root, **opts)`` -> :class:`OriginProcess`
   (separate process, for CLI subprocess / SIGKILL tests); stopped at teardown.
 * ``synth_model``: a small Llama (F16, 2 shards) in a tmp dir -> :class:`SynthModel`.
-* ``synth``: factory ``synth(spec, name="model")`` -> :class:`SynthModel` under tmp_path.
+* ``synth_factory``: factory ``synth_factory(spec, name="model")`` -> :class:`SynthModel`
+  written under tmp_path.
 * ``subprocess_env``: factory ``subprocess_env(**extra)`` -> clean env dict (HOME in tmp).
 * ``run_cli``: ``run_cli(*args, env=..., cwd=None, timeout=300)`` -> :class:`ProcResult`
   (rc, stdout, stderr, wall_s, peak_rss_bytes) of ``python -m streamer.cli.main``.
@@ -79,8 +80,8 @@ def origin_process() -> Iterator[Callable[..., OriginProcess]]:
 
 
 @pytest.fixture
-def synth(tmp_path: Path) -> Callable[..., _synth.SynthModel]:
-    """Factory: ``synth(spec, name="model")`` writes ``spec`` under ``tmp_path/name``."""
+def synth_factory(tmp_path: Path) -> Callable[..., _synth.SynthModel]:
+    """Factory: ``synth_factory(spec, name="model")`` writes ``spec`` under ``tmp_path/name``."""
 
     from streamer import synth as _synth  # deferred: a broken streamer import fails only users
 

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -83,6 +85,25 @@ def _drain(stream, sink: list[bytes]) -> None:
     stream.close()
 
 
+# Peak RSS must be measured from a *small* parent: Linux carries the pre-exec RSS of a
+# forked child (a copy of the big pytest process) into its ru_maxrss. So a tiny
+# interpreter (-S, no site) spawns the command, waits for it with os.wait4 and reports
+# "status maxrss_kib" on a pipe; its own RSS (~10 MiB) is the floor of the measurement.
+_LAUNCHER = """
+import os, sys
+fd = int(sys.argv[1])
+os.set_inheritable(fd, False)
+try:
+    pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+except OSError as e:
+    os.write(2, ("cannot run %s: %s\\n" % (sys.argv[2], e)).encode())
+    os.write(fd, b"32512 0")
+    sys.exit(0)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, b"%d %d" % (status, usage.ru_maxrss))
+"""
+
+
 def run_cmd(
     argv: Sequence[str],
     *,
@@ -93,15 +114,21 @@ def run_cmd(
 ) -> ProcResult:
     """Run ``argv`` to completion; measure wall time and peak RSS of the child.
 
-    The child is killed (SIGKILL) after ``timeout`` seconds and the result has a negative
-    return code. ``env`` is used as is (build it with :func:`clean_env`).
+    The command runs in its own session; after ``timeout`` seconds its whole process
+    group is killed (SIGKILL) and the result has return code -9. ``env`` is used as is
+    (build it with :func:`clean_env`).
     """
     start = time.monotonic()
-    proc = subprocess.Popen(
-        list(argv), env=dict(env), cwd=cwd,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    report_r, report_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", _LAUNCHER, str(report_w), *map(str, argv)],
+            env=dict(env), cwd=cwd, pass_fds=(report_w,), start_new_session=True,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(report_w)
     out: list[bytes] = []
     err: list[bytes] = []
     readers = [threading.Thread(target=_drain, args=(proc.stdout, out), daemon=True),
@@ -111,23 +138,33 @@ def run_cmd(
     if stdin is not None:
         proc.stdin.write(stdin)
         proc.stdin.close()
-    killer = threading.Timer(timeout, proc.kill)
+
+    def kill_group() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    killer = threading.Timer(timeout, kill_group)
     killer.start()
     try:
-        # os.wait4 (not Popen.wait) because only it returns the child's rusage.
-        _, status, usage = os.wait4(proc.pid, 0)
+        launcher_rc = proc.wait()
     finally:
         killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with os.fdopen(report_r, "rb") as f:
+        report = f.read().split()
     for t in readers:
         t.join()
+    if len(report) == 2:
+        returncode = os.waitstatus_to_exitcode(int(report[0]))
+        peak = int(report[1]) * 1024  # Linux reports KiB
+    else:  # the launcher itself was killed (timeout)
+        returncode, peak = launcher_rc, 0
     return ProcResult(
-        argv=tuple(argv),
-        returncode=proc.returncode,
+        argv=tuple(map(str, argv)),
+        returncode=returncode,
         stdout=b"".join(out).decode(errors="replace"),
         stderr=b"".join(err).decode(errors="replace"),
         wall_s=time.monotonic() - start,
-        peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+        peak_rss_bytes=peak,
     )
 
 
