@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+#
+# weightstream image: the KServe storage initializer (ENTRYPOINT `weightstream-init`;
+# KServe appends `<uri> <dest>` pairs) and the node cache daemon (the Helm chart's
+# DaemonSet runs `weightstream cache serve`). Build from the repository root:
+#
+#   docker build -t ghcr.io/weightstream/weightstream:0.1.0 .
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- builder: install the package (and its backends extra) into a self-contained venv --
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/weightstream
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY streamer ./streamer
+COPY initcontainer ./initcontainer
+COPY sidecar ./sidecar
+# Same command as the README's install: a wheel built from this tree, with the extra
+# backends (gs/az/hf). The tensors/vllm extras belong to the model server, not here.
+RUN /opt/weightstream/bin/pip install ".[backends]"
+# Fail the build if an entry point the chart and KServe rely on is missing.
+RUN test -x /opt/weightstream/bin/weightstream \
+ && test -x /opt/weightstream/bin/weightstream-init
+
+# --- runtime -----------------------------------------------------------------------------
+# The venv's interpreter links to /usr/local/bin/python3.11 of the same base image.
+FROM ${PYTHON_IMAGE} AS runtime
+# UID/GID 1000, like KServe's storage initializer; the chart's DaemonSet runs as this user.
+RUN groupadd --system --gid 1000 weightstream \
+ && useradd --system --uid 1000 --gid 1000 --home-dir /home/weightstream --create-home \
+        --shell /usr/sbin/nologin weightstream
+COPY --from=builder /opt/weightstream /opt/weightstream
+ENV PATH=/opt/weightstream/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 1000:1000
+WORKDIR /home/weightstream
+ENTRYPOINT ["weightstream-init"]
