@@ -1,0 +1,420 @@
+"""Wiring checks on the rendered chart: paths, commands, labels and vLLM arguments agree.
+
+The daemon, the storage-initializer init container and the model server each see the node
+cache; the socket the init container is told to use must be the one the daemon binds,
+inside the directory the daemon writes and the model pod mounts, at the same path
+everywhere (the links the init container writes into /mnt/models point into it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .support import (
+    FIXTURES,
+    REPO,
+    VALUE_SETS,
+    container,
+    env_map,
+    find,
+    find_all,
+    llm_template_main_command,
+    load_yaml_docs,
+    mount,
+    volume,
+)
+
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+VLLM_LOADER_KEYS = {"concurrency", "memory_limit", "distributed"}
+CACHE_VOLUME = "weightstream-cache"
+
+
+def _ids(v: str | None) -> str:
+    return v or "defaults"
+
+
+def _values(values: str | None) -> dict[str, Any]:
+    import yaml
+
+    from .support import CHART, VALUES_DIR
+
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    if values:
+        _merge(base, yaml.safe_load((VALUES_DIR / values).read_text()))
+    return base
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _daemon(objs) -> tuple[dict[str, Any], dict[str, Any]]:
+    ds = find(objs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    return spec, container(spec["containers"], "daemon")
+
+
+def _daemon_cache(objs) -> tuple[str, str]:
+    """(cache root, socket path) as the daemon sees them."""
+    spec, daemon = _daemon(objs)
+    cm = find(objs, "ConfigMap")
+    root = cm["data"]["WEIGHTSTREAM_CACHE_ROOT"]
+    args = daemon["args"]
+    socket = args[args.index("--socket") + 1]
+    host = volume(spec["volumes"], "cache")["hostPath"]
+    assert host == {"path": root, "type": "DirectoryOrCreate"}
+    assert mount(daemon, "cache")["mountPath"] == root
+    assert not mount(daemon, "cache").get("readOnly", False)
+    return root, socket
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+def test_daemon_cache_root_and_socket(render, values):
+    root, socket = _daemon_cache(render(values))
+    assert root == _values(values)["cache"]["hostPath"]
+    # docs/interfaces.md: the socket defaults to <cache-root>/daemon.sock
+    assert socket == posixpath.join(root, "daemon.sock")
+    assert len(socket.encode()) < 108  # sun_path
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+def test_preset_mounts_match_daemon(render, values):
+    objs = render(values)
+    presets = find_all(objs, "LLMInferenceServiceConfig")
+    if not presets:
+        pytest.skip("preset disabled in this value set")
+    root, socket = _daemon_cache(objs)
+    template = presets[0]["spec"]["template"]
+
+    assert volume(template["volumes"], CACHE_VOLUME)["hostPath"] == {
+        "path": root, "type": "DirectoryOrCreate",
+    }
+    init = container(template["initContainers"], "storage-initializer")
+    main = container(template["containers"], "main")
+    for c in (init, main):
+        m = mount(c, CACHE_VOLUME)
+        assert m["mountPath"] == root, c["name"]
+        assert m["readOnly"] is True, c["name"]
+
+    env = env_map(init)
+    assert env["WEIGHTSTREAM_CACHE_SOCKET"] == socket
+    assert posixpath.dirname(env["WEIGHTSTREAM_CACHE_SOCKET"]) == root
+    assert env["WEIGHTSTREAM_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert env["WEIGHTSTREAM_CACHE_MODE"] == _values(values)["initContainer"]["cacheMode"]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+def test_preset_does_not_collide_with_kserve_template(render, values):
+    """Our volume and mounts must not shadow the well-known template's or /mnt/models."""
+    presets = find_all(render(values), "LLMInferenceServiceConfig")
+    if not presets:
+        pytest.skip("preset disabled in this value set")
+    well_known = load_yaml_docs(FIXTURES / "config-llm-template.yaml")[0]["spec"]["template"]
+    taken_volumes = {v["name"] for v in well_known["volumes"]} | {"kserve-provision-location"}
+    kserve_main = container(well_known["containers"], "main")
+    taken_paths = {m["mountPath"] for m in kserve_main["volumeMounts"]} | {"/mnt/models"}
+
+    template = presets[0]["spec"]["template"]
+    assert {v["name"] for v in template["volumes"]}.isdisjoint(taken_volumes)
+    root = volume(template["volumes"], CACHE_VOLUME)["hostPath"]["path"]
+    for path in taken_paths:
+        assert not (root == path or root.startswith(path + "/") or path.startswith(root + "/"))
+    # KServe renders configs as Go templates before merging them.
+    assert "{{" not in json.dumps(presets[0])
+
+
+def test_cluster_storage_containers(render):
+    objs = render(None)
+    init = find(objs, "ClusterStorageContainer", "weightstream")["spec"]
+    job = find(objs, "ClusterStorageContainer", "weightstream-localmodel")["spec"]
+    assert init["workloadType"] == "initContainer"
+    assert init["container"]["name"] == "storage-initializer"
+    assert job["workloadType"] == "localModelDownloadJob"
+    for spec in (init, job):
+        # KServe appends the URI arguments; the image's ENTRYPOINT must stay in charge.
+        assert "command" not in spec["container"] and "args" not in spec["container"]
+        assert spec["container"]["image"] == find(objs, "DaemonSet")["spec"]["template"][
+            "spec"]["containers"][0]["image"]
+        formats = spec["supportedUriFormats"]
+        prefixes = {f["prefix"] for f in formats if "prefix" in f}
+        assert {"s3://", "gs://", "hf://"} <= prefixes
+        assert any("blob" in f.get("regex", "") for f in formats)
+        assert any(f.get("regex", "").startswith("https?://") for f in formats)
+        # No node cache by default: a pod without the hostPath volume would be rejected.
+        assert "volumeMounts" not in spec["container"]
+        assert "WEIGHTSTREAM_CACHE_SOCKET" not in env_map(spec["container"])
+
+
+def test_cluster_storage_container_node_cache(render):
+    objs = render("custom-cache.yaml")
+    root, socket = _daemon_cache(objs)
+    c = find(objs, "ClusterStorageContainer", "weightstream")["spec"]["container"]
+    assert mount(c, CACHE_VOLUME) == {"name": CACHE_VOLUME, "mountPath": root, "readOnly": True}
+    assert env_map(c)["WEIGHTSTREAM_CACHE_SOCKET"] == socket
+    job = find(objs, "ClusterStorageContainer", "weightstream-localmodel")["spec"]["container"]
+    assert "volumeMounts" not in job
+
+
+def test_entry_points_match_pyproject(render):
+    objs = render(None)
+    _, daemon = _daemon(objs)
+    # One image: ENTRYPOINT weightstream-init (see test_dockerfile), the DaemonSet
+    # overrides the command with the `weightstream` CLI.
+    assert daemon["command"] == ["weightstream", "cache", "serve"]
+    assert daemon["command"][0] in SCRIPTS
+    assert "weightstream-init" in SCRIPTS
+    assert SCRIPTS["weightstream-init"].startswith("initcontainer")
+    preset = find(objs, "LLMInferenceServiceConfig")["spec"]["template"]
+    init = container(preset["initContainers"], "storage-initializer")
+    assert "command" not in init and "args" not in init
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+def test_one_image_everywhere(render, values):
+    objs = render(values)
+    v = _values(values)["image"]
+    expected = f"{v['repository']}:{v['tag'] or '0.1.0'}"
+    if v["digest"]:
+        expected += "@" + v["digest"]
+    images = set()
+    for obj in objs:
+        if obj["kind"] == "DaemonSet":
+            spec = obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "LLMInferenceServiceConfig":
+            spec = obj["spec"]["template"]
+            images.add(container(spec["initContainers"], "storage-initializer")["image"])
+            continue
+        elif obj["kind"] == "ClusterStorageContainer":
+            images.add(obj["spec"]["container"]["image"])
+            continue
+        else:
+            continue
+        images |= {c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+    assert images == {expected}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+def test_configmap_matches_interfaces(render, values):
+    objs = render(values)
+    v = _values(values)
+    data = find(objs, "ConfigMap")["data"]
+    assert data["WEIGHTSTREAM_CACHE_LISTEN"] == f"0.0.0.0:{v['daemon']['port']}"
+    assert data["WEIGHTSTREAM_LOG_FORMAT"] == v["logFormat"]
+    assert data.get("WEIGHTSTREAM_CACHE_ALLOW", "") == ",".join(v["cache"]["allow"])
+    assert set(data) <= {
+        "WEIGHTSTREAM_CACHE_ROOT", "WEIGHTSTREAM_CACHE_CAPACITY", "WEIGHTSTREAM_CACHE_MIN_FREE",
+        "WEIGHTSTREAM_CACHE_LISTEN", "WEIGHTSTREAM_CACHE_ALLOW", "WEIGHTSTREAM_LOG_FORMAT",
+    }
+    _, daemon = _daemon(objs)
+    assert daemon["envFrom"] == [{"configMapRef": {"name": find(objs, "ConfigMap")["metadata"][
+        "name"]}}]
+    # Numbers from --set or files print as integers, never as 3.3554432e+07.
+    for value in data.values():
+        assert "e+" not in value
+
+
+def test_sizes_print_as_integers(render):
+    objs = render("custom-cache.yaml")
+    env = env_map(container(find(objs, "LLMInferenceServiceConfig")["spec"]["template"][
+        "initContainers"], "storage-initializer"))
+    assert env["WEIGHTSTREAM_CHUNK_SIZE"] == "33554432"
+    assert env["WEIGHTSTREAM_CONCURRENCY"] == "32"
+    objs = render(None, "cache.capacity=536870912000", "initContainer.maxMemory=268435456")
+    assert find(objs, "ConfigMap")["data"]["WEIGHTSTREAM_CACHE_CAPACITY"] == "536870912000"
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+def test_daemon_probes_security_and_rollout(render, values):
+    objs = render(values)
+    ds = find(objs, "DaemonSet")
+    spec, daemon = _daemon(objs)
+    port = _values(values)["daemon"]["port"]
+    assert daemon["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    assert daemon["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert daemon["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert daemon["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+    sc = daemon["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in sc["capabilities"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert mount(daemon, "tmp")["mountPath"] == "/tmp"  # writable scratch on a RO root
+
+    rolling = ds["spec"]["updateStrategy"]
+    assert rolling["type"] == "RollingUpdate"
+    assert rolling["rollingUpdate"]["maxSurge"] == 0  # one writer per cache directory
+    assert "hostPort" not in json.dumps(spec) and not spec.get("hostNetwork")
+
+    env = env_map(daemon)
+    assert env["WEIGHTSTREAM_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_fix_permissions_init_container(render):
+    objs = render(None)
+    spec, daemon = _daemon(objs)
+    fix = container(spec["initContainers"], "fix-permissions")
+    root = find(objs, "ConfigMap")["data"]["WEIGHTSTREAM_CACHE_ROOT"]
+    uid = spec["securityContext"]["runAsUser"]
+    gid = spec["securityContext"]["runAsGroup"]
+    assert fix["command"] == ["chown", f"{uid}:{gid}", root]  # not recursive
+    assert fix["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert fix["securityContext"]["allowPrivilegeEscalation"] is False
+    assert mount(fix, "cache")["mountPath"] == root
+    spec, _ = _daemon(render("minimal.yaml"))
+    assert "initContainers" not in spec
+
+
+def test_default_scheduling(render):
+    spec, _ = _daemon(render(None))
+    assert spec["priorityClassName"] == "system-node-critical"
+    keys = {t["key"] for t in spec["tolerations"]}
+    assert keys == {"nvidia.com/gpu", "amd.com/gpu"}
+    assert all(t["operator"] == "Exists" and "effect" not in t for t in spec["tolerations"])
+    assert "affinity" not in spec  # every node by default
+
+
+def test_gpu_nodes_only(render):
+    spec, _ = _daemon(render("gpu-only.yaml"))
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    # Terms are ORed: a node with any GPU label qualifies.
+    assert [t["matchExpressions"][0]["key"] for t in terms] == [
+        "nvidia.com/gpu.present", "feature.node.kubernetes.io/amd-gpu",
+    ]
+    assert spec["affinity"]["podAntiAffinity"] == {}
+    assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
+    assert {t["key"] for t in spec["tolerations"]} == {"nvidia.com/gpu", "amd.com/gpu", "dedicated"}
+
+
+def test_minimal_scheduling_and_service_account(render):
+    objs = render("minimal.yaml")
+    spec, _ = _daemon(objs)
+    assert "priorityClassName" not in spec and "tolerations" not in spec
+    assert spec["serviceAccountName"] == "existing-sa"
+    assert find(objs, "DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"][
+        "maxUnavailable"] == "10%"
+
+
+def test_rbac_reads_pods_only(render):
+    objs = render(None)
+    role = find(objs, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    ]
+    binding = find(objs, "ClusterRoleBinding")
+    sa = find(objs, "ServiceAccount")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount", "name": sa["metadata"]["name"],
+        "namespace": sa["metadata"]["namespace"],
+    }]
+    spec, _ = _daemon(objs)
+    assert spec["serviceAccountName"] == sa["metadata"]["name"]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+def test_labels_and_selectors(render, values):
+    objs = render(values)
+    for obj in objs:
+        labels = obj["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance",
+                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/component", "helm.sh/chart"):
+            assert key in labels, f"{obj['kind']} lacks {key}"
+    ds = find(objs, "DaemonSet")
+    selector = ds["spec"]["selector"]["matchLabels"]
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert "app.kubernetes.io/version" not in selector  # selectors are immutable
+    svc = find(objs, "Service")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == selector
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    for sm in find_all(objs, "ServiceMonitor"):
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
+        assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    for np in find_all(objs, "NetworkPolicy"):
+        assert np["spec"]["podSelector"]["matchLabels"] == selector
+        rule = np["spec"]["ingress"][0]
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+        assert {"podSelector": {"matchLabels": selector}} in rule["from"]
+        assert any("namespaceSelector" in peer for peer in rule["from"])
+
+
+# --- vLLM arguments through KServe's real `main` command -------------------------------
+
+
+def _run_main_command(tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """Run the well-known template's `main` command with a stub vllm; return its argv."""
+    stub = tmp_path / "bin" / "vllm"
+    stub.parent.mkdir()
+    out = tmp_path / "argv.json"
+    stub.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "if sys.argv[1:] == ['--version']:\n"
+        "    print('0.23.0')\n"
+        "    sys.exit(0)\n"
+        f"open({str(out)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    stub.chmod(0o755)
+    command = llm_template_main_command(FIXTURES)
+    run_env = {"PATH": f"{stub.parent}:{os.environ['PATH']}", **env}
+    proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("values", [None, "custom-cache.yaml"], ids=_ids)
+def test_vllm_receives_runai_streamer_args(render, values, tmp_path):
+    preset = find(render(values), "LLMInferenceServiceConfig")
+    main = container(preset["spec"]["template"]["containers"], "main")
+    env = {k: v for k, v in env_map(main).items() if isinstance(v, str)}
+    argv = _run_main_command(tmp_path, env)
+
+    assert argv[:2] == ["serve", "/mnt/models"]
+    i = argv.index("--load-format")
+    assert argv[i + 1] == "runai_streamer"
+    j = argv.index("--model-loader-extra-config")
+    extra = json.loads(argv[j + 1])
+    assert set(extra) <= VLLM_LOADER_KEYS
+    assert extra == _values(values)["kserve"]["llmPreset"]["vllm"]["loaderExtraConfig"]
+
+    streamer_env = _values(values)["kserve"]["llmPreset"]["vllm"]["streamerEnv"]
+    assert {k: v for k, v in env.items() if k.startswith("RUNAI_STREAMER_")} == {
+        k: str(v) for k, v in streamer_env.items()
+    }
+
+
+def test_vllm_args_absent_without_streamer(render, tmp_path):
+    preset = find(render("no-streamer.yaml"), "LLMInferenceServiceConfig")
+    main = container(preset["spec"]["template"]["containers"], "main")
+    assert "env" not in main
+    argv = _run_main_command(tmp_path, {})
+    assert "--load-format" not in argv
+
+
+def test_vllm_args_are_shell_quoted(render):
+    preset = find(render(None), "LLMInferenceServiceConfig")
+    main = container(preset["spec"]["template"]["containers"], "main")
+    words = shlex.split(env_map(main)["VLLM_ADDITIONAL_ARGS"])
+    assert words[:3] == ["--load-format", "runai_streamer", "--model-loader-extra-config"]
+    assert set(json.loads(words[3])) <= VLLM_LOADER_KEYS
