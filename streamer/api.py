@@ -29,7 +29,7 @@ from pathlib import Path
 from .backends.base import Backend
 from .backends.registry import open_backend
 from .engine import Engine, EngineOptions, FileSink
-from .errors import InsufficientSpaceError, IntegrityError, UsageError
+from .errors import InsufficientSpaceError, IntegrityError, SafetensorsError, UsageError
 from .manifest import STATE_DIR, ManifestEntry, load_manifest, write_manifest
 from .plan import Plan, PlannedFile, plan
 from .progress import ProgressCallback, ProgressTracker
@@ -271,9 +271,9 @@ def _verify_file(run: _Run, the_plan: Plan, sink: FileSink) -> None:
     if run.options.verify and f.rel.endswith(".safetensors"):
         try:
             read_header(sink.part)
-        except IntegrityError as e:
+        except SafetensorsError as e:
             sink.part.unlink(missing_ok=True)
-            raise IntegrityError(f.rel, e.reason) from e
+            raise SafetensorsError(f.rel, e.reason) from e
     run.verified[f.rel] = ManifestEntry(
         f.rel, the_plan.source.child(f.info.key), f.info.size, f.info.etag, md5
     )
@@ -289,7 +289,9 @@ def _check_model(run: _Run, the_plan: Plan) -> None:
             continue
         base = os.path.dirname(rel)
         present = {os.path.relpath(r, base) if base else r for r in rels}
-        weight_map = check_index(_current(run, rel), present)
+        if not any(p.endswith(".safetensors") and "/" not in p for p in present):
+            continue  # weights filtered out on purpose (e.g. stream mode): nothing to check
+        weight_map = check_index(_current(run, rel), present, name=rel)
         # Shards are read where they are now: staged, or published by an earlier run.
         check_index_tensors(
             rel, weight_map, lambda shard, base=base: _current(run, os.path.join(base, shard))

@@ -159,12 +159,15 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     return parse_header(raw, file_size=size, name=name)
 
 
-def check_index(index_path: Path, present: Iterable[str]) -> dict[str, str]:
+def check_index(
+    index_path: Path, present: Iterable[str], *, name: str | None = None
+) -> dict[str, str]:
     """Check that ``model.safetensors.index.json`` only names shards that are present.
 
     Args:
         index_path: the index file.
         present: relative names of the files downloaded next to it.
+        name: how to name the index in errors (default: its path).
 
     Returns:
         The index's ``weight_map`` (tensor name -> shard file).
@@ -172,7 +175,7 @@ def check_index(index_path: Path, present: Iterable[str]) -> dict[str, str]:
     Raises:
         SafetensorsError: invalid JSON, no weight_map, or a shard missing.
     """
-    name = str(index_path)
+    name = name or str(index_path)
     try:
         doc = json.loads(index_path.read_bytes())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

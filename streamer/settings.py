@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -132,7 +132,7 @@ class StorageSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise (credentials included) for handing to the node cache over its socket."""
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["env"] = dict(self.env)
         return data
 
