@@ -267,7 +267,7 @@ def test_daemon_probes_security_and_rollout(render, values):
 
 def test_fix_permissions_init_container(render):
     objs = render(None)
-    spec, daemon = _daemon(objs)
+    spec, _ = _daemon(objs)
     fix = container(spec["initContainers"], "fix-permissions")
     root = find(objs, "ConfigMap")["data"]["WEIGHTSTREAM_CACHE_ROOT"]
     uid = spec["securityContext"]["runAsUser"]

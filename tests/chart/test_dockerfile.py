@@ -1,0 +1,127 @@
+"""The Dockerfile stays in step with pyproject, the README and the chart.
+
+No container engine runs here, so the file is checked by reading it: its entry points
+exist in [project.scripts], it installs the package the way the README does, its user is
+the UID the chart runs the daemon as, and it copies every package setuptools includes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+import pytest
+import yaml
+
+from .support import CHART, REPO
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SCRIPTS = PYPROJECT["project"]["scripts"]
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+INSTRUCTIONS = _instructions(DOCKERFILE)
+
+
+def _args(name: str) -> list[str]:
+    return [rest for word, rest in INSTRUCTIONS if word == name]
+
+
+def _pip_installs(text: str) -> list[str]:
+    """Targets of `pip install` commands (quotes removed), e.g. `.[backends]`."""
+    return [
+        m.strip("'\"")
+        for m in re.findall(r"pip install\s+(?:-[-\w]+\s+)*(\S+)", text)
+    ]
+
+
+def test_multi_stage_with_slim_python_base():
+    froms = _args("FROM")
+    assert len(froms) == 2
+    assert froms[0].endswith("AS builder") and froms[1].endswith("AS runtime")
+    base = dict(re.findall(r"(\w+)=(\S+)", " ".join(_args("ARG"))))["PYTHON_IMAGE"]
+    assert base == "python:3.11-slim"
+    # The venv copied from the builder links to the builder's interpreter: same base.
+    assert all(f.startswith("${PYTHON_IMAGE} ") for f in froms)
+    assert "COPY --from=builder /opt/weightstream /opt/weightstream" in DOCKERFILE
+
+
+def test_entrypoint_is_the_storage_initializer():
+    (entrypoint,) = _args("ENTRYPOINT")
+    command = json.loads(entrypoint)
+    assert command == ["weightstream-init"]
+    assert command[0] in SCRIPTS
+    assert not _args("CMD")  # KServe appends the URI arguments
+
+
+def test_every_named_entry_point_exists():
+    named = set(re.findall(r"/opt/weightstream/bin/([\w-]+)", DOCKERFILE)) - {"pip", "python"}
+    assert named == set(SCRIPTS), "the build checks exactly the console scripts of pyproject"
+
+
+def test_installs_package_with_existing_extras():
+    (target,) = _pip_installs(DOCKERFILE)
+    m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", target)
+    assert m, f"the image must install the source tree itself, got {target!r}"
+    extras = set(filter(None, (m.group(1) or "").split(",")))
+    assert extras <= set(EXTRAS)
+    assert "tensors" not in extras and "vllm" not in extras  # model-server side only
+
+
+def test_installs_the_way_the_readme_does():
+    readme = REPO / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not written yet")
+    documented = {t for t in _pip_installs(readme.read_text()) if t.startswith(".")}
+    assert documented, "README.md documents no `pip install .` of the source tree"
+    (target,) = _pip_installs(DOCKERFILE)
+    base = {t.split("[")[0] for t in documented}
+    assert "." in base
+    extras_in_readme = set()
+    for t in documented:
+        if "[" in t:
+            extras_in_readme |= set(t[t.index("[") + 1:-1].split(","))
+    if "[" in target:
+        assert set(target[target.index("[") + 1:-1].split(",")) <= extras_in_readme
+
+
+def test_copies_every_package():
+    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"][
+        "include"]}
+    copied = {rest.split()[0] for rest in _args("COPY") if not rest.startswith("--from")}
+    assert packages <= copied
+    assert "pyproject.toml" in " ".join(_args("COPY"))
+    readme = PYPROJECT["project"].get("readme")
+    assert readme in " ".join(_args("COPY"))  # setuptools reads it while building
+
+
+def test_dockerignore_keeps_the_build_context():
+    lines = [x.strip() for x in (REPO / ".dockerignore").read_text().splitlines()]
+    kept = {x[1:].split("/")[0] for x in lines if x.startswith("!")}
+    for word, rest in INSTRUCTIONS:
+        if word == "COPY" and not rest.startswith("--from"):
+            sources = rest.split()[:-1]
+            assert set(sources) <= kept, f"{sources} excluded by .dockerignore"
+
+
+def test_runs_as_the_daemons_user():
+    (user,) = _args("USER")
+    uid, gid = (int(x) for x in user.split(":"))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pod = values["daemon"]["podSecurityContext"]
+    assert (uid, gid) == (pod["runAsUser"], pod["runAsGroup"]) == (1000, 1000)
+    assert "--uid 1000" in DOCKERFILE and "--gid 1000" in DOCKERFILE
