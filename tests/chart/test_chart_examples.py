@@ -14,6 +14,8 @@ from .support import (
     volume,
 )
 
+pytestmark = pytest.mark.helm
+
 LLMISVC = EXAMPLES / "llminferenceservice.yaml"
 ISVC = EXAMPLES / "inferenceservice.yaml"
 

@@ -23,6 +23,8 @@ from .support import (
     find_all,
 )
 
+pytestmark = pytest.mark.helm
+
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 CUSTOM_API_GROUPS = ("serving.kserve.io/", "monitoring.coreos.com/")
 

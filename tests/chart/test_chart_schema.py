@@ -9,6 +9,8 @@ import pytest
 from .conftest import run_helm, template_args
 from .support import CHART
 
+pytestmark = pytest.mark.helm
+
 # (--set argument, text expected in helm's error)
 REJECTED = [
     ("unknownKey=1", "unknownKey"),

@@ -37,6 +37,9 @@ from .support import (
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 VLLM_LOADER_KEYS = {"concurrency", "memory_limit", "distributed"}
 CACHE_VOLUME = "weightstream-cache"
+PRESET_SETS = tuple(v for v in VALUE_SETS if v != "minimal.yaml")  # minimal: no preset
+
+pytestmark = pytest.mark.helm
 
 
 def _ids(v: str | None) -> str:
@@ -91,12 +94,10 @@ def test_daemon_cache_root_and_socket(render, values):
     assert len(socket.encode()) < 108  # sun_path
 
 
-@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+@pytest.mark.parametrize("values", PRESET_SETS, ids=_ids)
 def test_preset_mounts_match_daemon(render, values):
     objs = render(values)
     presets = find_all(objs, "LLMInferenceServiceConfig")
-    if not presets:
-        pytest.skip("preset disabled in this value set")
     root, socket = _daemon_cache(objs)
     template = presets[0]["spec"]["template"]
 
@@ -117,12 +118,10 @@ def test_preset_mounts_match_daemon(render, values):
     assert env["WEIGHTSTREAM_CACHE_MODE"] == _values(values)["initContainer"]["cacheMode"]
 
 
-@pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
+@pytest.mark.parametrize("values", PRESET_SETS, ids=_ids)
 def test_preset_does_not_collide_with_kserve_template(render, values):
     """Our volume and mounts must not shadow the well-known template's or /mnt/models."""
     presets = find_all(render(values), "LLMInferenceServiceConfig")
-    if not presets:
-        pytest.skip("preset disabled in this value set")
     well_known = load_yaml_docs(FIXTURES / "config-llm-template.yaml")[0]["spec"]["template"]
     taken_volumes = {v["name"] for v in well_known["volumes"]} | {"kserve-provision-location"}
     kserve_main = container(well_known["containers"], "main")
@@ -300,6 +299,18 @@ def test_gpu_nodes_only(render):
     assert spec["affinity"]["podAntiAffinity"] == {}
     assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
     assert {t["key"] for t in spec["tolerations"]} == {"nvidia.com/gpu", "amd.com/gpu", "dedicated"}
+
+
+def test_critical_pods_quota(render):
+    assert not find_all(render(None), "ResourceQuota")
+    objs = render("gpu-only.yaml")
+    quota = find(objs, "ResourceQuota")
+    spec, _ = _daemon(objs)
+    assert quota["spec"]["hard"] == {"pods": "500"}
+    assert quota["spec"]["scopeSelector"]["matchExpressions"] == [{
+        "scopeName": "PriorityClass", "operator": "In", "values": [spec["priorityClassName"]],
+    }]
+    assert quota["metadata"]["namespace"] == find(objs, "DaemonSet")["metadata"]["namespace"]
 
 
 def test_minimal_scheduling_and_service_account(render):

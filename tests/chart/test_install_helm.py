@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
+
 from .support import HELM, HELM_VERSION, REPO
+
+pytestmark = pytest.mark.helm
 
 SCRIPT = REPO / "scripts" / "install-helm.sh"
 
