@@ -217,7 +217,13 @@ def test_configmap_matches_interfaces(render, values):
     assert set(data) <= {
         "WEIGHTSTREAM_CACHE_ROOT", "WEIGHTSTREAM_CACHE_CAPACITY", "WEIGHTSTREAM_CACHE_MIN_FREE",
         "WEIGHTSTREAM_CACHE_LISTEN", "WEIGHTSTREAM_CACHE_ALLOW", "WEIGHTSTREAM_LOG_FORMAT",
+        "WEIGHTSTREAM_CONCURRENCY", "WEIGHTSTREAM_CHUNK_SIZE", "WEIGHTSTREAM_MAX_MEMORY",
     }
+    transfer = v["daemon"].get("transfer", {})
+    for key, env in (("concurrency", "WEIGHTSTREAM_CONCURRENCY"),
+                     ("chunkSize", "WEIGHTSTREAM_CHUNK_SIZE"),
+                     ("maxMemory", "WEIGHTSTREAM_MAX_MEMORY")):
+        assert data.get(env) == (str(transfer[key]) if key in transfer else None), env
     _, daemon = _daemon(objs)
     assert daemon["envFrom"] == [{"configMapRef": {"name": find(objs, "ConfigMap")["metadata"][
         "name"]}}]
