@@ -182,6 +182,22 @@ def test_entry_points_match_pyproject(render):
     assert "command" not in init and "args" not in init
 
 
+def test_entry_point_targets_exist():
+    """The console scripts the image runs point at real functions in this tree."""
+    import re
+
+    entrypoint = re.search(r'^ENTRYPOINT\s+\["([\w-]+)"\]', (REPO / "Dockerfile").read_text(),
+                           re.M)
+    assert entrypoint and entrypoint.group(1) == "weightstream-init"
+    for name in (entrypoint.group(1), "weightstream"):
+        module, func = SCRIPTS[name].split(":")
+        path = REPO / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = REPO / module.replace(".", "/") / "__init__.py"
+        assert path.exists(), f"{name} -> {SCRIPTS[name]}: no {path}"
+        assert re.search(rf"^def {func}\(", path.read_text(), re.M), f"{name}: no {func}()"
+
+
 @pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)
 def test_one_image_everywhere(render, values):
     objs = render(values)
