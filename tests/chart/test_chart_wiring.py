@@ -254,8 +254,12 @@ def test_sizes_print_as_integers(render):
         "initContainers"], "storage-initializer"))
     assert env["WEIGHTSTREAM_CHUNK_SIZE"] == "33554432"
     assert env["WEIGHTSTREAM_CONCURRENCY"] == "32"
-    objs = render(None, "cache.capacity=536870912000", "initContainer.maxMemory=268435456")
+    objs = render(None, "cache.capacity=536870912000", "initContainer.transfer.maxMemory=268435456")
     assert find(objs, "ConfigMap")["data"]["WEIGHTSTREAM_CACHE_CAPACITY"] == "536870912000"
+    init = find(objs, "ClusterStorageContainer", "weightstream")["spec"]["container"]
+    assert env_map(init)["WEIGHTSTREAM_MAX_MEMORY"] == "268435456"
+    # unset transfer keys are left to the library's defaults
+    assert "WEIGHTSTREAM_CHUNK_SIZE" not in env_map(init)
 
 
 @pytest.mark.parametrize("values", VALUE_SETS, ids=_ids)

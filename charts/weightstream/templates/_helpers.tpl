@@ -131,16 +131,24 @@ and the lease holder id.
       fieldPath: metadata.uid
 - name: WEIGHTSTREAM_MODE
   value: {{ $v.mode | quote }}
-- name: WEIGHTSTREAM_CONCURRENCY
-  value: {{ include "weightstream.scalar" $v.concurrency | quote }}
-- name: WEIGHTSTREAM_CHUNK_SIZE
-  value: {{ include "weightstream.scalar" $v.chunkSize | quote }}
-- name: WEIGHTSTREAM_MAX_MEMORY
-  value: {{ include "weightstream.scalar" $v.maxMemory | quote }}
+{{- include "weightstream.transferEnv" $v.transfer }}
 - name: WEIGHTSTREAM_LOG_FORMAT
   value: {{ .root.Values.logFormat | quote }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+WEIGHTSTREAM_CONCURRENCY / _CHUNK_SIZE / _MAX_MEMORY as env entries, for the keys set in
+a `transfer` map (unset keys keep the library's defaults).
+*/}}
+{{- define "weightstream.transferEnv" -}}
+{{- range $key, $env := dict "concurrency" "WEIGHTSTREAM_CONCURRENCY" "chunkSize" "WEIGHTSTREAM_CHUNK_SIZE" "maxMemory" "WEIGHTSTREAM_MAX_MEMORY" }}
+{{- if hasKey $ $key }}
+- name: {{ $env }}
+  value: {{ include "weightstream.scalar" (index $ $key) | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
