@@ -28,7 +28,14 @@ from pathlib import Path
 
 from .backends.base import Backend
 from .backends.registry import open_backend
-from .engine import Engine, EngineOptions, FileSink
+from .engine import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_MEMORY,
+    Engine,
+    EngineOptions,
+    FileSink,
+)
 from .errors import InsufficientSpaceError, IntegrityError, SafetensorsError, UsageError
 from .manifest import STATE_DIR, ManifestEntry, load_manifest, write_manifest
 from .plan import Plan, PlannedFile, plan
@@ -59,9 +66,9 @@ class DownloadOptions:
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    concurrency: int = 16
-    chunk_size: int = 8 << 20
-    max_memory: int = 192 << 20
+    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_memory: int = DEFAULT_MAX_MEMORY
     verify: bool = True
     checksum: bool = False
     max_attempts: int = 5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ class Journal:
         self.done: set[int] = set()
         self._pending: list[int] = []
         self._fd: int | None = None
+        self._lock = threading.Lock()  # the flusher and the final flush may overlap
 
     @classmethod
     def open(cls, path: Path, pin: dict[str, Any]) -> Journal:
@@ -62,17 +64,19 @@ class Journal:
 
     def flush(self, data_fd: int) -> None:
         """Make written ranges durable, then journal them (blocking)."""
-        if not self._pending or self._fd is None:
-            return
-        pending, self._pending = self._pending, []
-        os.fdatasync(data_fd)
-        os.write(self._fd, "".join(f"{i}\n" for i in pending).encode())
-        self.done.update(pending)
+        with self._lock:
+            if not self._pending or self._fd is None:
+                return
+            pending, self._pending = self._pending, []
+            os.fdatasync(data_fd)
+            os.write(self._fd, "".join(f"{i}\n" for i in pending).encode())
+            self.done.update(pending)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def remove(self) -> None:
         self.close()

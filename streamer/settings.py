@@ -25,12 +25,17 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from .engine import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_MEMORY
 from .errors import UsageError
 
 # Environment variables that non-S3 backends may need; copied into settings.env so that
 # backends never read os.environ themselves.
-_PASSTHROUGH_PREFIXES = ("AZURE_", "GOOGLE_", "GCS_", "HF_", "HUGGING_FACE_", "AWS_")
-_PASSTHROUGH_NAMES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "HOME")
+# AZ_ is KServe's own spelling of the Azure service principal (AZ_CLIENT_ID, ...);
+# STORAGE_EMULATOR_HOST is how Google's clients are pointed at a GCS emulator.
+_PASSTHROUGH_PREFIXES = ("AZURE_", "AZ_", "GOOGLE_", "GCS_", "HF_", "HUGGING_FACE_", "AWS_")
+_PASSTHROUGH_NAMES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "HOME", "STORAGE_EMULATOR_HOST")
+# KServe's legacy global endpoint: with another region it needs virtual addressing.
+_LEGACY_S3_ENDPOINT = "https://s3.amazonaws.com"
 
 
 def _truthy(value: str | None, *, default: bool = False) -> bool:
@@ -96,15 +101,21 @@ class StorageSettings:
             secret_access_key=environ.get("AWS_SECRET_ACCESS_KEY") or None,
             session_token=environ.get("AWS_SESSION_TOKEN") or None,
             anonymous=_truthy(environ.get("awsAnonymousCredential")),
-            verify_ssl=_truthy(environ.get("S3_VERIFY_SSL"), default=True),
-            ca_bundle=environ.get("AWS_CA_BUNDLE") or None,
+            verify_ssl=_verify(environ.get("S3_VERIFY_SSL")),
+            ca_bundle=_ca_bundle(environ),
             connect_timeout=_number(environ, "S3_CONNECT_TIMEOUT", 10.0),
             read_timeout=_number(environ, "S3_READ_TIMEOUT", 60.0),
             max_attempts=int(_number(environ, "S3_MAX_ATTEMPTS", 5)),
             env=env,
         )
         spec = _storage_spec(environ)
-        return settings.with_storage_spec(spec) if spec else settings
+        settings = settings.with_storage_spec(spec) if spec else settings
+        if (
+            settings.endpoint_url == _LEGACY_S3_ENDPOINT
+            and settings.region not in (None, "us-east-1")
+        ):
+            settings = replace(settings, virtual_addressing=True)
+        return settings
 
     def with_storage_spec(self, spec: Mapping[str, Any]) -> StorageSettings:
         """Apply a KServe storage spec (``STORAGE_CONFIG`` JSON); its fields win over env."""
@@ -123,7 +134,7 @@ class StorageSettings:
             if spec.get(src):
                 changes[dst] = str(spec[src])
         if "verify_ssl" in spec:
-            changes["verify_ssl"] = _truthy(str(spec["verify_ssl"]), default=True)
+            changes["verify_ssl"] = _verify(str(spec["verify_ssl"]))
         if "anonymous" in spec:
             changes["anonymous"] = _truthy(str(spec["anonymous"]))
         if "virtual_bucket" in spec:
@@ -144,6 +155,21 @@ class StorageSettings:
         if unknown:
             raise UsageError(f"unknown storage settings: {', '.join(sorted(unknown))}")
         return cls(**dict(data))
+
+
+def _verify(value: str | None) -> bool:
+    """KServe's rule for S3_VERIFY_SSL: verify unless the value is 0 or false."""
+    return value is None or value.strip().lower() not in ("0", "false")
+
+
+def _ca_bundle(environ: Mapping[str, str]) -> str | None:
+    """AWS_CA_BUNDLE, else KServe's global CA ConfigMap (``cabundle.crt`` in its mount)."""
+    if environ.get("AWS_CA_BUNDLE"):
+        return environ["AWS_CA_BUNDLE"]
+    if environ.get("CA_BUNDLE_CONFIGMAP_NAME"):
+        mount = environ.get("CA_BUNDLE_VOLUME_MOUNT_POINT") or "/etc/ssl/custom-certs"
+        return f"{mount.rstrip('/')}/cabundle.crt"
+    return None
 
 
 def _number(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -180,12 +206,12 @@ class TransferDefaults:
     """``WEIGHTSTREAM_*`` defaults shared by the CLI, the init container and the daemon.
 
     ``WEIGHTSTREAM_CONCURRENCY`` (16), ``WEIGHTSTREAM_CHUNK_SIZE`` (8Mi),
-    ``WEIGHTSTREAM_MAX_MEMORY`` (192Mi), ``WEIGHTSTREAM_LOG_FORMAT`` (text).
+    ``WEIGHTSTREAM_MAX_MEMORY`` (128Mi), ``WEIGHTSTREAM_LOG_FORMAT`` (text).
     """
 
-    concurrency: int = 16
-    chunk_size: int = 8 << 20
-    max_memory: int = 192 << 20
+    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_memory: int = DEFAULT_MAX_MEMORY
     log_format: str = "text"
 
     @classmethod

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from ..api import DownloadOptions, download
 from ..logs import configure
+from ..memory import tune_allocator
 from ..settings import StorageSettings, TransferDefaults
 from ..sizes import parse_size
 from .render import ProgressPrinter, report_json, summary_line
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
     p.add_argument("--chunk-size", default=d.chunk_size, metavar="SIZE",
                    help="bytes per ranged GET, e.g. 8Mi (default %(default)s)")
     p.add_argument("--max-memory", default=d.max_memory, metavar="SIZE",
-                   help="budget for buffered ranges, e.g. 192Mi (default %(default)s)")
+                   help="budget for buffered ranges, e.g. 128Mi (default %(default)s)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="validate safetensors headers and the shard index (default on)")
     p.add_argument("--checksum", action="store_true",
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     configure(args.log_format, level=logging.DEBUG if args.debug else logging.INFO)
+    tune_allocator()
     options = DownloadOptions(
         include=tuple(args.include),
         exclude=tuple(args.exclude),
