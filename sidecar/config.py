@@ -1,0 +1,223 @@
+"""The daemon's settings: one frozen object per entry point, built from flags then env.
+
+Sources in a fixed order: command-line flags, then the environment, then defaults. This
+is the only module of :mod:`sidecar` that reads the environment (the caller passes it in).
+
+=========================  ==============================  ==========================
+flag                       environment                     default
+=========================  ==============================  ==========================
+``--cache-root``           ``WEIGHTSTREAM_CACHE_ROOT``     ``/var/lib/weightstream``
+``--capacity``             ``WEIGHTSTREAM_CACHE_CAPACITY`` ``0`` (no limit but disk)
+``--min-free``             ``WEIGHTSTREAM_CACHE_MIN_FREE`` ``10Gi``
+``--socket``               (daemon) --                     ``<cache-root>/daemon.sock``
+``--listen``               ``WEIGHTSTREAM_CACHE_LISTEN``   ``0.0.0.0:8470`` (``off``)
+``--allow`` (repeatable)   ``WEIGHTSTREAM_CACHE_ALLOW``    any (comma separated)
+``--log-format``           ``WEIGHTSTREAM_LOG_FORMAT``     ``text``
+``--concurrency``          ``WEIGHTSTREAM_CONCURRENCY``    ``16``
+``--chunk-size``           ``WEIGHTSTREAM_CHUNK_SIZE``     ``8Mi``
+``--max-memory``           ``WEIGHTSTREAM_MAX_MEMORY``     ``192Mi``
+``--max-pulls``            --                              ``2``
+``--peer-files``           --                              off
+``--housekeeping``         --                              ``30`` seconds
+=========================  ==============================  ==========================
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamer.errors import UsageError
+from streamer.settings import TransferDefaults
+from streamer.sizes import parse_size
+
+from .layout import SOCKET_NAME
+
+DEFAULT_ROOT = "/var/lib/weightstream"
+DEFAULT_LISTEN = "0.0.0.0:8470"
+DEFAULT_MIN_FREE = 10 << 30
+# A unix socket path is limited to 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+MAX_REQUEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """Everything the daemon needs, resolved and validated.
+
+    Attributes:
+        cache_root: the cache directory (hostPath).
+        capacity: byte capacity of the models; 0 means no limit but the disk.
+        min_free: free-disk watermark kept by evicting unleased models.
+        socket_path: unix socket of the full API (node-local).
+        listen: ``(host, port)`` of the TCP API (health, metrics, peers); None: off.
+        allow: URI prefixes the daemon may fetch; empty: any (``file://`` only if listed).
+        log_format: ``text`` or ``json``.
+        concurrency, chunk_size, max_memory: transfer engine knobs for each pull.
+        max_pulls: pulls running at once (more wait in ``pending``).
+        peer_files: serve model files on the TCP listener (read-only, for peers).
+        housekeeping_interval: seconds between lease expiry / capacity passes.
+        default_lease_ttl, max_lease_ttl: lease lifetimes in seconds.
+        grant_ttl: seconds a grant from ``ensure`` stays valid.
+        staging_max_age: seconds an orphaned partial pull is kept for resuming.
+        max_wait: upper bound on one long-poll or event stream, seconds.
+        progress_interval: minimum seconds between progress events of one pull.
+        max_request_bytes: largest request body accepted.
+    """
+
+    cache_root: Path = Path(DEFAULT_ROOT)
+    capacity: int = 0
+    min_free: int = DEFAULT_MIN_FREE
+    socket_path: Path | None = None
+    listen: tuple[str, int] | None = ("0.0.0.0", 8470)
+    allow: tuple[str, ...] = ()
+    log_format: str = "text"
+    concurrency: int = 16
+    chunk_size: int = 8 << 20
+    max_memory: int = 192 << 20
+    max_pulls: int = 2
+    peer_files: bool = False
+    housekeeping_interval: float = 30.0
+    default_lease_ttl: float = 24 * 3600.0
+    max_lease_ttl: float = 7 * 24 * 3600.0
+    grant_ttl: float = 3600.0
+    staging_max_age: float = 24 * 3600.0
+    max_wait: float = 300.0
+    progress_interval: float = 0.5
+    max_request_bytes: int = MAX_REQUEST_BYTES
+
+    def __post_init__(self) -> None:
+        root = Path(self.cache_root).absolute()
+        object.__setattr__(self, "cache_root", root)
+        sock = Path(self.socket_path).absolute() if self.socket_path else root / SOCKET_NAME
+        object.__setattr__(self, "socket_path", sock)
+        if len(str(sock).encode()) > MAX_SOCKET_PATH:
+            raise UsageError(
+                f"socket path {sock} is {len(str(sock).encode())} bytes; unix sockets allow "
+                f"{MAX_SOCKET_PATH} (use a shorter --cache-root or --socket)"
+            )
+        for name in ("capacity", "min_free"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must not be negative")
+        if self.max_pulls < 1:
+            raise UsageError("max pulls must be at least 1")
+        if self.log_format not in ("text", "json"):
+            raise UsageError(f"log format must be text or json, got {self.log_format!r}")
+        for prefix in self.allow:
+            if "://" not in prefix:
+                raise UsageError(f"allow-list entry {prefix!r} is not a URI prefix (s3://b/p)")
+
+    @property
+    def socket(self) -> Path:
+        assert self.socket_path is not None
+        return self.socket_path
+
+    @classmethod
+    def from_sources(
+        cls, args: Mapping[str, Any], environ: Mapping[str, str], **overrides: Any
+    ) -> DaemonConfig:
+        """Resolve flags (``args``; None means not given), then ``environ``, then defaults.
+
+        Raises:
+            UsageError: a value cannot be parsed.
+        """
+
+        def pick(flag: str, env: str | None, default: Any) -> Any:
+            value = args.get(flag)
+            if value is not None:
+                return value
+            if env is not None and environ.get(env):
+                return environ[env]
+            return default
+
+        transfer = TransferDefaults.from_env(environ)
+        allow_flag = args.get("allow")
+        if allow_flag:
+            allow = tuple(allow_flag)
+        else:
+            allow = tuple(p.strip() for p in environ.get("WEIGHTSTREAM_CACHE_ALLOW", "")
+                          .split(",") if p.strip())
+        values: dict[str, Any] = dict(
+            cache_root=Path(pick("cache_root", "WEIGHTSTREAM_CACHE_ROOT", DEFAULT_ROOT)),
+            capacity=parse_size(pick("capacity", "WEIGHTSTREAM_CACHE_CAPACITY", 0),
+                                name="capacity"),
+            min_free=parse_size(pick("min_free", "WEIGHTSTREAM_CACHE_MIN_FREE",
+                                     DEFAULT_MIN_FREE), name="min free"),
+            socket_path=args.get("socket"),
+            listen=parse_listen(pick("listen", "WEIGHTSTREAM_CACHE_LISTEN", DEFAULT_LISTEN)),
+            allow=allow,
+            log_format=pick("log_format", "WEIGHTSTREAM_LOG_FORMAT", transfer.log_format),
+            concurrency=int(pick("concurrency", None, transfer.concurrency)),
+            chunk_size=parse_size(pick("chunk_size", None, transfer.chunk_size),
+                                  name="chunk size"),
+            max_memory=parse_size(pick("max_memory", None, transfer.max_memory),
+                                  name="max memory"),
+            max_pulls=int(pick("max_pulls", None, 2)),
+            peer_files=bool(args.get("peer_files") or False),
+            housekeeping_interval=float(pick("housekeeping", None, 30.0)),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def parse_listen(text: str | None) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::]:8470`` for IPv6) or ``off``.
+
+    Raises:
+        UsageError: not an address.
+    """
+    if text is None or text.strip().lower() in ("", "off", "none"):
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"listen address must be HOST:PORT or off, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``weightstream cache serve`` and ``python -m sidecar`` (defaults: env)."""
+    p.add_argument("--cache-root", metavar="DIR",
+                   help=f"cache directory (env WEIGHTSTREAM_CACHE_ROOT, default {DEFAULT_ROOT})")
+    p.add_argument("--capacity", metavar="BYTES",
+                   help="byte capacity, e.g. 500Gi; 0: no limit but the disk "
+                        "(env WEIGHTSTREAM_CACHE_CAPACITY)")
+    p.add_argument("--min-free", metavar="BYTES",
+                   help="free-disk watermark kept by evicting unleased models "
+                        "(env WEIGHTSTREAM_CACHE_MIN_FREE, default 10Gi)")
+    p.add_argument("--socket", metavar="PATH",
+                   help="unix socket of the API (default <cache-root>/daemon.sock)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="TCP address of /healthz, /readyz, /metrics and the peer file API, "
+                        f"or off (env WEIGHTSTREAM_CACHE_LISTEN, default {DEFAULT_LISTEN})")
+    p.add_argument("--allow", action="append", metavar="PREFIX",
+                   help="URI prefix the daemon may fetch; repeatable "
+                        "(env WEIGHTSTREAM_CACHE_ALLOW, comma separated; default any)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="log format (env WEIGHTSTREAM_LOG_FORMAT, default text)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="ranged GETs in flight per pull (env WEIGHTSTREAM_CONCURRENCY)")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help="bytes per ranged GET (env WEIGHTSTREAM_CHUNK_SIZE)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="buffered bytes per pull (env WEIGHTSTREAM_MAX_MEMORY)")
+    p.add_argument("--max-pulls", type=int, metavar="N",
+                   help="pulls running at once; more wait as pending (default 2)")
+    p.add_argument("--peer-files", action="store_true", default=None,
+                   help="also serve model files on the TCP listener (read-only, for peers; "
+                        "restrict it with a NetworkPolicy)")
+    p.add_argument("--housekeeping", type=float, metavar="SECONDS",
+                   help="seconds between lease-expiry and capacity passes (default 30)")
+
+
+def client_socket(args_socket: str | None, environ: Mapping[str, str]) -> Path:
+    """Socket path for the operator commands: flag, ``WEIGHTSTREAM_CACHE_SOCKET``, then
+    ``<WEIGHTSTREAM_CACHE_ROOT or default root>/daemon.sock``."""
+    if args_socket:
+        return Path(args_socket)
+    if environ.get("WEIGHTSTREAM_CACHE_SOCKET"):
+        return Path(environ["WEIGHTSTREAM_CACHE_SOCKET"])
+    return Path(environ.get("WEIGHTSTREAM_CACHE_ROOT") or DEFAULT_ROOT) / SOCKET_NAME

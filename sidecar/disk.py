@@ -1,0 +1,193 @@
+"""Blocking filesystem steps of the cache (run on the service's executors).
+
+Recovery after a restart, adopting a partial pull, the atomic publish of a verified
+model, and removal through ``trash/``. Every function here keeps the invariant of
+:mod:`sidecar.layout`: a directory under ``models/`` is complete and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamer.errors import VersionChangedError
+from streamer.manifest import load_manifest
+
+from .layout import ENTRY_ID, MANIFEST, CacheLayout, StagingDir, dir_size, fsync_dir
+from .layout import write_json_atomic as write_json_atomic
+from .models import Entry, PinnedFile, State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A partial pull on disk that no running pull owns (kept for resuming)."""
+
+    staging: StagingDir
+    size: int
+    mtime: float
+
+
+@dataclass
+class Recovered:
+    entries: list[Entry] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
+    discarded: int = 0
+
+
+def recover(layout: CacheLayout, *, now: float) -> Recovered:
+    """Rebuild the cache's state from disk after a (clean or unclean) restart."""
+    layout.create()
+    out = Recovered()
+    for p in layout.trash.iterdir():
+        remove_tree(p)
+    records: dict[str, Entry] = {}
+    for f in layout.state.iterdir():
+        if f.name.startswith(".") and f.name.endswith(".tmp"):
+            f.unlink(missing_ok=True)  # an interrupted atomic write
+            continue
+        try:
+            entry = Entry.from_record(json.loads(f.read_text()))
+            if f.name != f"{entry.id}.json" or not ENTRY_ID.match(entry.id):
+                raise ValueError("record name does not match its id")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("dropping unreadable state file %s: %s", f.name, e)
+            f.unlink(missing_ok=True)
+            continue
+        records[entry.id] = entry
+    for d in layout.models.iterdir():
+        entry = records.pop(d.name, None)
+        if not ENTRY_ID.match(d.name) or not d.is_dir() or d.is_symlink():
+            log.warning("discarding unexpected %s under models/", d.name)
+            move_to_trash(layout, d)
+            out.discarded += 1
+            continue
+        if entry is None:
+            entry = _adopt_published(d, now=now)
+            if entry is None:
+                log.warning("discarding %s: published without a manifest", d.name)
+                move_to_trash(layout, d)
+                out.discarded += 1
+                continue
+            write_json_atomic(layout.state_file(entry.id), entry.to_record())
+        out.entries.append(entry)
+    for stale in records:  # a record whose model directory is gone
+        layout.state_file(stale).unlink(missing_ok=True)
+    for item in layout.staging_dirs():
+        if isinstance(item, StagingDir):
+            st = item.path.stat()
+            out.orphans.append(Orphan(item, dir_size(item.path), st.st_mtime))
+        else:
+            move_to_trash(layout, item)
+            out.discarded += 1
+    for p in layout.trash.iterdir():
+        remove_tree(p)
+    return out
+
+
+def _adopt_published(d: Path, *, now: float) -> Entry | None:
+    """A model directory without its state file (crash between the two writes)."""
+    manifest = load_manifest(d)
+    if not manifest or not (d / MANIFEST).exists():
+        return None
+    try:
+        doc = json.loads((d / MANIFEST).read_text())
+        source = str(doc.get("source", "unknown"))
+    except (OSError, ValueError):
+        source = "unknown"
+    key, version = d.name.split("-")
+    files = tuple(sorted((e.path, e.size, e.etag) for e in manifest.values()))
+    return Entry(id=d.name, model_key=key, version=version, source=source, include=(),
+                 exclude=(), files=files, size=sum(f[1] for f in files), state=State.READY,
+                 created_at=now, last_used=now)
+
+
+def adopt_staging(layout: CacheLayout, entry_id: str, orphans: list[Orphan]) -> StagingDir:
+    """A fresh staging directory for a pull, resuming the newest partial one if any."""
+    fresh = layout.new_staging(entry_id)
+    mine = sorted((o for o in orphans if o.staging.entry_id == entry_id),
+                  key=lambda o: o.mtime, reverse=True)
+    if mine:
+        os.rename(mine[0].staging.path, fresh.path)
+        for extra in mine[1:]:
+            discard(layout, extra.staging.path)
+        log.info("resuming the partial pull of %s (%d bytes on disk)", entry_id, mine[0].size)
+    else:
+        fresh.path.mkdir(mode=0o755)
+    return fresh
+
+
+def publish(layout: CacheLayout, entry: Entry, staging: StagingDir) -> Path:
+    """Check the download against the pinned listing, then make it visible atomically.
+
+    Raises:
+        VersionChangedError: the files fetched are not the version that was proved.
+    """
+    manifest = load_manifest(staging.path)
+    got: tuple[PinnedFile, ...] = tuple(
+        sorted((e.path, e.size, e.etag) for e in manifest.values()))
+    if got != entry.files:
+        raise VersionChangedError(entry.source, expected=f"version {entry.version}",
+                                  actual="a different listing")
+    for dirpath, dirs, files in os.walk(staging.path):
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    os.chmod(staging.path, 0o755)
+    target = layout.model_dir(entry.id)
+    if target.exists():  # cannot happen while single flight holds; never serve a mix
+        move_to_trash(layout, target)
+    write_json_atomic(layout.state_file(entry.id), entry.to_record())
+    os.rename(staging.path, target)
+    fsync_dir(layout.models)
+    return target
+
+
+def unpublish(layout: CacheLayout, entry_id: str) -> int:
+    """Remove a published model: invisible at once (rename), then deleted. Returns bytes."""
+    target = layout.model_dir(entry_id)
+    size = 0
+    if target.exists():
+        trash = layout.trash_path(entry_id)
+        os.rename(target, trash)
+        layout.state_file(entry_id).unlink(missing_ok=True)
+        size = dir_size(trash)
+        remove_tree(trash)
+    else:
+        layout.state_file(entry_id).unlink(missing_ok=True)
+    return size
+
+
+def discard(layout: CacheLayout, path: Path) -> None:
+    """Remove a staging directory (or any junk) through trash/."""
+    if path.exists() or path.is_symlink():
+        remove_tree(move_to_trash(layout, path))
+
+
+def move_to_trash(layout: CacheLayout, path: Path) -> Path:
+    trash = layout.trash_path(path.name)
+    os.rename(path, trash)
+    return trash
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def staging_info(staging: StagingDir) -> Orphan:
+    """Measure a staging directory left by a failed pull (kept for resuming)."""
+    try:
+        mtime = staging.path.stat().st_mtime
+    except OSError:
+        mtime = time.time()
+    return Orphan(staging, dir_size(staging.path), mtime)

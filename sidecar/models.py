@@ -1,0 +1,156 @@
+"""One cached model as the service tracks it: state machine, progress, leases, record.
+
+An :class:`Entry` is owned by the service and only changed on the event loop. Each change
+a client can observe increments ``seq`` and wakes the waiters (:meth:`Entry.bump`);
+progress bumps are throttled by the service so that waiters are not woken per range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PinnedFile = tuple[str, int, "str | None"]
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"  # accepted; waiting for a pull slot or for room
+    PULLING = "pulling"  # bytes are moving into staging/
+    READY = "ready"  # published under models/
+    FAILED = "failed"  # the last pull failed; the next ensure retries
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.READY, State.FAILED)
+
+
+@dataclass
+class Progress:
+    bytes_done: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    rate: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        left = self.bytes_total - self.bytes_done
+        eta = round(left / self.rate, 1) if self.rate > 0 and left > 0 else None
+        return {"bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
+                "files_done": self.files_done, "files_total": self.files_total,
+                "rate_bytes_per_s": round(self.rate), "eta_s": eta}
+
+
+@dataclass(eq=False)
+class Entry:
+    """A model version known to the daemon (any state)."""
+
+    id: str
+    model_key: str
+    version: str
+    source: str  # credential-free, printable
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    files: tuple[PinnedFile, ...]
+    size: int
+    state: State
+    created_at: float
+    last_used: float
+    leases: dict[str, float] = field(default_factory=dict)  # holder -> expiry (wall clock)
+    progress: Progress = field(default_factory=Progress)
+    error: tuple[str, str] | None = None
+    failed_at: float | None = None
+    seq: int = 0
+    dirty: bool = False  # last_used changed since the record was written
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _file_set: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def __post_init__(self) -> None:
+        self._file_set = frozenset(rel for rel, _, _ in self.files)
+
+    # -- observation -------------------------------------------------------------------
+
+    def bump(self) -> None:
+        """Record an observable change and wake everyone waiting on the previous one."""
+        self.seq += 1
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def changed_since(self, seq: int, timeout: float) -> bool:
+        """Wait until ``self.seq > seq`` (True) or ``timeout`` seconds pass (False)."""
+        if self.seq > seq:
+            return True
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return self.seq > seq
+        return True
+
+    def has_file(self, rel: str) -> bool:
+        return rel in self._file_set
+
+    def live_leases(self, now: float) -> dict[str, float]:
+        return {h: t for h, t in self.leases.items() if t > now}
+
+    def view(self, *, path: Path | None, now: float) -> dict[str, Any]:
+        """The API document of this model (no credentials, no ETags)."""
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "model_id": self.model_key,
+            "version": self.version,
+            "source": self.source,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "state": str(self.state),
+            "seq": self.seq,
+            "size": self.size,
+            "files": len(self.files),
+            "created_at": self.created_at,
+            "last_used": self.last_used,
+            "leases": [{"holder": h, "expires_at": t}
+                       for h, t in sorted(self.live_leases(now).items())],
+        }
+        if self.state in (State.PENDING, State.PULLING):
+            doc["progress"] = self.progress.to_json()
+        if self.state is State.READY and path is not None:
+            doc["path"] = str(path)
+        if self.state is State.FAILED and self.error is not None:
+            doc["error"] = {"code": self.error[0], "message": self.error[1]}
+        return doc
+
+    # -- persistence -------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "id": self.id,
+            "model_key": self.model_key,
+            "version": self.version,
+            "source": self.source,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "files": [list(f) for f in self.files],
+            "size": self.size,
+            "created_at": self.created_at,
+            "last_used": self.last_used,
+            "leases": dict(self.leases),
+        }
+
+    @classmethod
+    def from_record(cls, doc: dict[str, Any]) -> Entry:
+        """Rebuild a ready entry from its state file.
+
+        Raises:
+            KeyError, TypeError, ValueError: the record is not one of ours.
+        """
+        files = tuple((str(r), int(s), None if e is None else str(e)) for r, s, e in doc["files"])
+        return cls(
+            id=str(doc["id"]), model_key=str(doc["model_key"]), version=str(doc["version"]),
+            source=str(doc["source"]), include=tuple(doc["include"]),
+            exclude=tuple(doc["exclude"]), files=files, size=int(doc["size"]),
+            state=State.READY, created_at=float(doc["created_at"]),
+            last_used=float(doc["last_used"]),
+            leases={str(h): float(t) for h, t in dict(doc.get("leases", {})).items()},
+        )
