@@ -86,13 +86,13 @@ def nginx_etag(st: os.stat_result) -> str:
     return f'"{int(st.st_mtime):x}-{st.st_size:x}"'
 
 
-def write_listing(root: Path, bucket: str, list_file: Path) -> list[tuple[str, int]]:
-    """A ListObjectsV2 answer for the whole bucket (the bucket holds only the model)."""
+def write_listing(root: Path, bucket: str, prefix: str, list_file: Path) -> list[tuple[str, int]]:
+    """A ListObjectsV2 answer with every object under ``prefix/`` (whatever the query)."""
     objects = []
     parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult '
              f'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{bucket}</Name>'
              "<Prefix></Prefix>"]
-    files = sorted(p for p in (root / bucket).rglob("*")
+    files = sorted(p for p in (root / bucket / prefix).rglob("*")
                    if p.is_file() and not p.name.startswith("."))
     for path in files:
         key = path.relative_to(root / bucket).as_posix()
@@ -294,6 +294,7 @@ class Run:
     peak_rss_mib: float
     bytes: int
     ok: bool
+    load: float = 0.0  # 1-minute load average when the run started
     note: str = ""
 
     @property
@@ -445,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = root / BUCKET / prefix
     generate_model(model_dir, size=size, shards=args.shards)
     list_file = work / "list.xml"
-    objects = write_listing(root, BUCKET, list_file)
+    objects = write_listing(root, BUCKET, prefix, list_file)
+    os.sync()  # no writeback of the freshly generated model during the first round
     total = sum(s for _, s in objects)
     expected = {key.removeprefix(prefix + "/"): (s, sample_digest(root / BUCKET / key, s))
                 for key, s in objects}
@@ -473,27 +475,32 @@ def main(argv: list[str] | None = None) -> int:
                 dest.mkdir(parents=True)
                 argv_ = tool_argv(tool, url=url, prefix=prefix, dest=dest)
                 log = logs / f"{tool}-{rnd}.log"
+                load = os.getloadavg()[0]
                 rc, wall, durable, rss = run_measured(argv_, env=env, log=log,
                                                       timeout=args.timeout)
                 ok, note = check_dest(dest, expected) if rc == 0 else (False, f"exit {rc}")
                 run = Run(tool=tool, round=rnd, returncode=rc, wall_s=wall, durable_s=durable,
-                          peak_rss_mib=rss / MiB, bytes=total, ok=ok, note=note)
+                          peak_rss_mib=rss / MiB, bytes=total, ok=ok, load=load, note=note)
                 runs.append(run)
                 status = "ok" if ok else f"FAILED ({note}; log {log})"
                 print(f"round {rnd} {tool:<13} {wall:7.2f}s {run.mb_s:7.0f} MB/s "
-                      f"rss {run.peak_rss_mib:6.0f} MiB  {status}", flush=True)
+                      f"rss {run.peak_rss_mib:6.0f} MiB  load {load:4.1f}  {status}", flush=True)
     finally:
         shutil.rmtree(work / "dest", ignore_errors=True)
         nginx.terminate()
         nginx.wait()
 
     rows = summarize(runs, available)
+    busiest = max((r.load for r in runs), default=0.0)
     print()
+    if busiest > (os.cpu_count() or 1):
+        print(f"WARNING: load average reached {busiest:.1f} on {os.cpu_count()} CPUs during "
+              "the runs; other work on this machine skews these numbers.")
     table = print_table(rows, total=total, files=len(objects))
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"size": size, "shards": args.shards, "rounds": args.rounds, "files": len(objects),
-            "total_bytes": total, "cpus": os.cpu_count(), "time": time.strftime("%FT%TZ",
-                                                                               time.gmtime())}
+            "total_bytes": total, "cpus": os.cpu_count(), "max_load": busiest,
+            "time": time.strftime("%FT%TZ", time.gmtime())}
     (args.out / "download_bench.json").write_text(json.dumps(
         {"meta": meta, "summary": rows, "runs": [asdict(r) for r in runs]}, indent=2) + "\n")
     (args.out / "download_bench.txt").write_text(table + "\n")
