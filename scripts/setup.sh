@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a development environment from nothing (idempotent): the repo venv with
+# weightstream and its test/bench extras, and with --full also what the whole test suite
+# needs beyond pip: helm (pinned 3.18.0), nginx and Azurite, vLLM 0.33.0 (CPU recipe).
+#
+#   scripts/setup.sh          # venv + package (enough for the demo and the unit tests)
+#   scripts/setup.sh --full   # everything the test suite uses
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+py="${PYTHON:-python3}"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    echo "setup: creating $venv"
+    "$py" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+echo "setup: installing weightstream (editable) with test, bench and backend extras"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    -e "$repo[test,bench,backends]"
+
+if [[ "${1:-}" == "--full" ]]; then
+    bash "$repo/scripts/install-helm.sh"
+    bash "$repo/scripts/install-test-servers.sh"
+    bash "$repo/scripts/install-vllm.sh"
+fi
