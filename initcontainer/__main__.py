@@ -1,0 +1,64 @@
+"""``weightstream-init SRC DST [SRC DST ...]``: the KServe storage-initializer entry point.
+
+Routes only: read the configuration, set up logging, run the pairs, and turn any failure
+into one last log line that states the cause (KServe's init containers use
+``terminationMessagePolicy: FallbackToLogsOnError``, so that line becomes the pod's
+termination message) and an exit code (2 usage, 3 not found, 4 access denied,
+5 integrity, 1 other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+from streamer.errors import WeightstreamError, exit_code
+from streamer.logs import configure
+
+from .config import InitConfig
+from .nodecache import open_node_cache
+from .runner import describe_results, run
+
+log = logging.getLogger("initcontainer")
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    started = time.monotonic()
+    fmt = environ.get("WEIGHTSTREAM_LOG_FORMAT", "text")
+    configure(fmt if fmt in ("text", "json") else "text")
+    try:
+        config = InitConfig.from_args(argv, environ)
+        log.info("weightstream-init: %d source(s): %s", len(config.pairs),
+                 ", ".join(f"{p.src} -> {p.dst}" for p in config.pairs))  # fmt: skip
+        cache = open_node_cache(
+            config.cache_socket, mode=config.cache_mode, pod_uid=config.pod_uid, log=log
+        )
+        results = asyncio.run(run(config, cache=cache))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except WeightstreamError as e:
+        return _fail(str(e), exit_code(e))
+    except OSError as e:
+        return _fail(f"{e.strerror or e} ({e.filename})" if e.filename else str(e), 1)
+    except Exception as e:
+        log.error("unexpected failure", exc_info=True)
+        return _fail(f"unexpected {type(e).__name__}: {e}", 1)
+    log.info("weightstream-init: %s", describe_results(results, time.monotonic() - started))
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    one_line = " ".join(message.split())
+    log.error("weightstream-init failed: %s", one_line, extra={"exit_code": code})
+    logging.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Run every ``SRC DST`` pair: no-op, local link, node cache, or a direct download.
+
+Pairs run concurrently (pairs sharing a destination run one after the other) and share
+one memory budget: the engine takes one budget per download, so ``max_memory`` is split
+evenly between the downloads that run at once, and their sum never exceeds it. KServe
+passes one pair in nearly every pod (LLMInferenceService adds a few small ones for
+adapters), so an even split costs little.
+
+For each pair, in order:
+
+1. a source under ``/mnt/models`` or equal to its destination: nothing to do;
+2. ``file://`` or a local path: symlinks (a lone archive is extracted);
+3. the node cache daemon, when one is configured and answers;
+4. a direct download through :func:`streamer.download`, then KServe's archive rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from streamer import DownloadOptions, DownloadReport, download
+from streamer.cli.render import summary_line
+from streamer.engine import MIN_CHUNK
+from streamer.errors import UsageError
+from streamer.sizes import format_size
+from streamer.uri import ObjectURI, parse_uri
+
+from .archive import extract, is_archive
+from .config import InitConfig, Pair
+from .local import link_local
+from .nodecache import NodeCacheClient
+from .progress import ProgressBoard, ticking
+
+log = logging.getLogger(__name__)
+MODEL_MOUNT = "/mnt/models"
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """What happened to one pair."""
+
+    pair: Pair
+    how: str  # "noop", "linked", "extracted", "cache", "download"
+    files: int = 0
+    bytes_fetched: int = 0
+    report: DownloadReport | None = None
+
+
+async def run(
+    config: InitConfig,
+    *,
+    cache: NodeCacheClient | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[PairResult]:
+    """Make every destination ready.
+
+    Raises:
+        WeightstreamError subclasses (the first pair to fail; the others are cancelled).
+    """
+    options = download_options(config)
+    board = ProgressBoard()
+    groups: dict[Path, list[tuple[int, Pair]]] = {}
+    for i, pair in enumerate(config.pairs):
+        groups.setdefault(pair.dst, []).append((i, pair))
+
+    async def run_group(items: list[tuple[int, Pair]]) -> list[tuple[int, PairResult]]:
+        return [
+            (i, await _run_pair(i, pair, config, options, cache=cache, board=board))
+            for i, pair in items
+        ]
+
+    results: dict[int, PairResult] = {}
+    try:
+        async with ticking(board, config.progress_interval), asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(run_group(items)) for items in groups.values()]
+    except BaseExceptionGroup as group:
+        # The first failure cancelled the other pairs; it is the one worth reporting.
+        raise group.exceptions[0] from None
+    for task in tasks:
+        results.update(task.result())
+    return [results[i] for i in range(len(config.pairs))]
+
+
+def download_options(config: InitConfig) -> DownloadOptions:
+    """Per-download options: the shared budget split between destinations."""
+    n = len({p.dst for p in config.pairs})
+    budget = config.max_memory // n
+    if budget < MIN_CHUNK:
+        raise UsageError(
+            f"WEIGHTSTREAM_MAX_MEMORY ({config.max_memory} B) is too small for {n} "
+            f"destinations: each needs at least {MIN_CHUNK} B"
+        )
+    include, exclude = config.include, config.exclude
+    return DownloadOptions(
+        include=include,
+        exclude=exclude,
+        concurrency=max(1, math.ceil(config.concurrency / n)),
+        chunk_size=max(MIN_CHUNK, min(config.chunk_size, budget)),
+        max_memory=budget,
+        max_attempts=config.storage.max_attempts,
+        # Stream mode leaves the shards to vLLM: an index naming absent shards is expected.
+        verify=config.mode == "download",
+    )
+
+
+async def _run_pair(
+    index: int,
+    pair: Pair,
+    config: InitConfig,
+    options: DownloadOptions,
+    *,
+    cache: NodeCacheClient | None,
+    board: ProgressBoard,
+) -> PairResult:
+    uri = parse_uri(pair.src)
+    label = f"[{index + 1}/{len(config.pairs)}]"
+    if _is_noop(uri, pair.dst):
+        log.info("%s %s is already in place at %s; nothing to do", label, uri, pair.dst)
+        return PairResult(pair, "noop")
+    if uri.is_local:
+        return await asyncio.to_thread(_local, label, uri, pair, config)
+    pair.dst.mkdir(parents=True, exist_ok=True)
+    if cache is not None:
+        result = await _from_cache(label, uri, pair, config, cache)
+        if result is not None:
+            return result
+    log.info("%s fetching %s into %s (%s mode)", label, uri, pair.dst, config.mode)
+    report = await download(
+        uri, pair.dst, options=options, storage=config.storage, progress=board.callback(index)
+    )
+    log.info("%s %s", label, summary_line(report))
+    how = "download"
+    if len(report.files) == 1 and is_archive(report.files[0]):
+        archive = pair.dst / report.files[0]
+        names = await asyncio.to_thread(extract, archive, pair.dst)
+        log.info("%s extracted %s into %s (%d entries) and removed it",
+                 label, report.files[0], pair.dst, len(names))  # fmt: skip
+        how = "extracted"
+    return PairResult(pair, how, len(report.files), report.bytes_fetched, report)
+
+
+def _is_noop(uri: ObjectURI, dst: Path) -> bool:
+    if not uri.is_local:
+        return False
+    path = os.path.normpath(uri.key)
+    if path == MODEL_MOUNT or path.startswith(MODEL_MOUNT + "/"):
+        return True
+    return Path(path).absolute() == dst or _same_file(Path(path), dst)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _local(label: str, uri: ObjectURI, pair: Pair, config: InitConfig) -> PairResult:
+    src = Path(uri.key)
+    if src.is_file() and is_archive(src.name):
+        pair.dst.mkdir(parents=True, exist_ok=True)
+        names = extract(src, pair.dst, remove=False)
+        log.info("%s extracted %s into %s (%d entries)", label, src, pair.dst, len(names))
+        return PairResult(pair, "extracted", len(names))
+    names = link_local(src, pair.dst, include=config.include, exclude=config.exclude)
+    log.info("%s linked %d entries of %s into %s", label, len(names), src, pair.dst)
+    return PairResult(pair, "linked", len(names))
+
+
+async def _from_cache(
+    label: str, uri: ObjectURI, pair: Pair, config: InitConfig, cache: NodeCacheClient
+) -> PairResult | None:
+    log.info("%s asking the node cache for %s", label, uri)
+    try:
+        ready = await cache.provide(
+            pair.src, pair.dst, storage=config.storage,
+            include=config.include, exclude=config.exclude,
+        )  # fmt: skip
+    except Exception as e:  # the daemon failing must never fail the pod
+        log.warning("%s node cache unavailable: %s; downloading directly", label, _reason(e))
+        return None
+    if not ready:
+        log.warning("%s node cache unavailable: the daemon could not provide %s; "
+                    "downloading directly", label, uri)  # fmt: skip
+        return None
+    log.info("%s %s ready from the node cache (%s mode)", label, pair.dst, config.cache_mode)
+    return PairResult(replace(pair), "cache")
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def describe_results(results: list[PairResult], seconds: float) -> str:
+    """The final summary line."""
+    fetched = sum(r.bytes_fetched for r in results)
+    files = sum(r.files for r in results)
+    kinds = ", ".join(f"{r.pair.dst}: {r.how}" for r in results)
+    return (
+        f"ready: {len(results)} of {len(results)} destinations ({kinds}); {files} files, "
+        f"{format_size(fetched)} fetched in {seconds:.1f}s"
+    )
