@@ -109,6 +109,7 @@ class Fault:
         methods: methods that match; default GET only for body faults, GET and HEAD for
             status faults and ``change``.
         nth: match counts that fire (``3`` or ``(2, 5)``); None: any.
+        from_nth: every match from this count on fires (``8``: the 8th, 9th, ...).
         times: fire at most this many times; None: no limit.
         probability: chance that a matching request fires.
         ranged_only: only requests that carry a ``Range`` header match.
@@ -122,6 +123,7 @@ class Fault:
     target: str = "object"
     methods: tuple[str, ...] | None = None
     nth: tuple[int, ...] | None = None
+    from_nth: int | None = None
     times: int | None = None
     probability: float = 1.0
     ranged_only: bool = False
@@ -282,6 +284,8 @@ class Origin:
             if chosen is not None:
                 continue
             if f.nth is not None and self._matches[i] not in f.nth:
+                continue
+            if f.from_nth is not None and self._matches[i] < f.from_nth:
                 continue
             if f.times is not None and self._fired[i] >= f.times:
                 continue
