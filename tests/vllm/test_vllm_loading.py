@@ -179,3 +179,23 @@ def test_weightstream_recovers_from_origin_faults(results: dict) -> None:
 def test_runai_fails_on_the_same_faults(results: dict) -> None:
     # The gap weightstream closes: one failed range fails runai's whole load.
     assert "error" in results["runai_faults"], results["runai_faults"]
+
+
+def test_entry_point_registers_the_load_format(tmp_path: Path) -> None:
+    from importlib.metadata import entry_points
+
+    names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    if names.get("weightstream") != "streamer.vllm_plugin:register":
+        pytest.skip("weightstream is not installed with its vllm.general_plugins entry point")
+    code = (
+        "from vllm.plugins import load_general_plugins\n"
+        "from vllm.config.load import LoadConfig\n"
+        "from vllm.model_executor.model_loader import get_model_loader\n"
+        "load_general_plugins()\n"
+        "print(type(get_model_loader(LoadConfig(load_format='weightstream'))).__name__)\n"
+    )
+    env = clean_env({"VLLM_TARGET_DEVICE": "cpu", "VLLM_CACHE_ROOT": str(tmp_path)}, home=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "WeightstreamModelLoader"

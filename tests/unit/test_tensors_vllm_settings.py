@@ -1,0 +1,49 @@
+"""The weightstream load format's --model-loader-extra-config parsing (no vLLM needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamer.errors import UsageError
+from streamer.vllm_plugin.settings import LoaderSettings
+
+
+def test_defaults() -> None:
+    s = LoaderSettings.from_extra_config(None)
+    assert s.source is None and s.cache_dir is None and s.device == "auto"
+    assert s.options.max_memory == 512 << 20
+    assert s.options.engine == "auto"
+
+
+def test_all_keys() -> None:
+    s = LoaderSettings.from_extra_config({
+        "source": "s3://b/m", "cache_dir": "/var/lib/weightstream/models/x", "engine": "runai",
+        "device": "cpu", "concurrency": 32, "max_memory": "1Gi", "buffer_size": 16 << 20,
+        "chunk_size": "4Mi", "max_attempts": 9, "retry_base_delay": 0.5, "retry_max_delay": 4,
+    })  # fmt: skip
+    assert s.source == "s3://b/m"
+    assert s.cache_dir == "/var/lib/weightstream/models/x"
+    assert s.device == "cpu"
+    o = s.options
+    assert (o.engine, o.concurrency, o.max_memory) == ("runai", 32, 1 << 30)
+    assert (o.buffer_size, o.chunk_size) == (16 << 20, 4 << 20)
+    assert (o.retry.max_attempts, o.retry.base_delay, o.retry.max_delay) == (9, 0.5, 4)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"memory_limit": 1},  # runai's key, not ours
+        {"concurrency": "16"},
+        {"concurrency": True},
+        {"max_memory": "lots"},
+        {"max_memory": 1.5},
+        {"engine": "fast"},
+        {"source": 3},
+        {"max_attempts": 0},
+        {"retry_base_delay": -1},
+    ],
+)
+def test_bad_values_are_usage_errors(extra) -> None:
+    with pytest.raises(UsageError):
+        LoaderSettings.from_extra_config(extra)
