@@ -82,6 +82,16 @@ def test_synth_llama_layout_index_and_config(synth_model):
         json.loads((path / name).read_text())
 
 
+def test_synth_side_files_load_with_tokenizers_and_transformers(synth_model):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(synth_model.path / "tokenizer.json"))
+    assert tok.encode("tok5 tok7 unknownword").ids == [5, 7, 0]
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.from_pretrained(synth_model.path)
+    assert type(config).__name__ == "LlamaConfig"
+    assert config.hidden_size == synth_model.spec.hidden_size
+
+
 def test_synth_bf16_matches_rounded_float32(synth_factory):
     spec = synth.llama(dtype="bf16", shards=1)
     model = synth_factory(spec)
