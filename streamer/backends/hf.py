@@ -15,6 +15,7 @@ on redirects to other hosts).
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 from urllib.parse import quote
@@ -31,9 +32,10 @@ from ..errors import (
 from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
-from .http import _CONTENT_RANGE, _read_exactly
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_READ_BLOCK = 1 << 20
 
 # The Hub's X-Error-Code header -> (error class, reason).
 _ERROR_CODES: dict[str, tuple[type[Exception], str]] = {
@@ -140,9 +142,17 @@ class HFBackend(Backend):
         return [info for name, info in sorted(files.items()) if name.startswith(prefix)]
 
     async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
+        buf = bytearray(end - start)
+        await self.read_into(key, start, memoryview(buf), etag=etag)
+        return buf
+
+    async def read_into(
+        self, key: str, start: int, buf: memoryview, *, etag: str | None
+    ) -> None:
         del etag  # the commit in the URL pins the version
         await self._load()
         uri = self._uri(key)
+        end = start + len(buf)
         url = f"{self.endpoint}/{self.repo_id}/resolve/{self._commit}/{quote(key)}"
         headers = {**self._headers(), "Range": f"bytes={start}-{end - 1}"}
         try:
@@ -156,7 +166,13 @@ class HFBackend(Backend):
                         uri, f"Content-Range {r.headers.get('Content-Range')!r} "
                         f"does not match the requested bytes {start}-{end - 1}"
                     )
-                return await _read_exactly(uri, r, end - start)
+                got = 0
+                while got < len(buf):
+                    chunk = await r.content.read(min(_READ_BLOCK, len(buf) - got))
+                    if not chunk:
+                        raise TransientError(uri, f"body ended after {got} of {len(buf)} bytes")
+                    buf[got : got + len(chunk)] = chunk
+                    got += len(chunk)
         except (TimeoutError, aiohttp.ClientError) as e:
             raise TransientError(uri, f"{type(e).__name__}: {e}") from e
 

@@ -20,3 +20,10 @@ def tree(root: Path) -> list[str]:
         for p in root.rglob("*")
         if (p.is_file() or p.is_symlink()) and ".weightstream" not in p.relative_to(root).parts
     )
+
+
+def seed(moto, bucket: str, objects: dict[str, bytes]) -> None:
+    """Write ``objects`` (key -> body) into ``bucket`` with one boto3 client."""
+    client = moto.client()
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)

@@ -6,16 +6,11 @@ import json
 import os
 from pathlib import Path
 
-from tests.kserve.helpers import last_line, tree
-
-
-def _seed(moto, bucket: str, objects: dict[str, bytes]) -> None:
-    for key, body in objects.items():
-        moto.put_object(bucket, key, body)
+from tests.kserve.helpers import last_line, seed, tree
 
 
 def test_prefix_lands_relative_to_prefix(moto, s3_bucket, moto_env, run_init, tmp_path):
-    _seed(moto, s3_bucket, {
+    seed(moto, s3_bucket, {
         "models/llama/config.json": b'{"a": 1}',
         "models/llama/tokenizer/vocab.txt": b"a\nb\n",
         "models/llama/empty.txt": b"",
@@ -29,7 +24,7 @@ def test_prefix_lands_relative_to_prefix(moto, s3_bucket, moto_env, run_init, tm
 
 def test_sibling_prefix_is_not_taken(moto, s3_bucket, moto_env, run_init, tmp_path):
     """kserve#3776: ``s3://b/m`` must not pick up ``m-hf/``."""
-    _seed(moto, s3_bucket, {
+    seed(moto, s3_bucket, {
         "m/config.json": b"{}",
         "m-hf/config.json": b'{"wrong": true}',
         "m-hf/model.bin": b"x" * 10,
@@ -42,7 +37,7 @@ def test_sibling_prefix_is_not_taken(moto, s3_bucket, moto_env, run_init, tmp_pa
 
 
 def test_trailing_slash_and_whole_bucket(moto, s3_bucket, moto_env, run_init, tmp_path):
-    _seed(moto, s3_bucket, {"a/x.json": b"1", "b.json": b"2"})
+    seed(moto, s3_bucket, {"a/x.json": b"1", "b.json": b"2"})
     run_init(f"s3://{s3_bucket}/a/", tmp_path / "one", env=moto_env()).check()
     assert tree(tmp_path / "one") == ["x.json"]
     run_init(f"s3://{s3_bucket}", tmp_path / "all", env=moto_env()).check()
@@ -50,7 +45,7 @@ def test_trailing_slash_and_whole_bucket(moto, s3_bucket, moto_env, run_init, tm
 
 
 def test_exact_object_lands_under_its_basename(moto, s3_bucket, moto_env, run_init, tmp_path):
-    _seed(moto, s3_bucket, {"models/m/config.json": b"{}", "models/m/w.bin": b"w" * 100})
+    seed(moto, s3_bucket, {"models/m/config.json": b"{}", "models/m/w.bin": b"w" * 100})
     dst = tmp_path / "out"
     run_init(f"s3://{s3_bucket}/models/m/w.bin", dst, env=moto_env()).check()
     assert tree(dst) == ["w.bin"]
@@ -58,7 +53,7 @@ def test_exact_object_lands_under_its_basename(moto, s3_bucket, moto_env, run_in
 
 
 def test_multiple_pairs_concurrently(moto, s3_bucket, moto_env, run_init, tmp_path):
-    _seed(moto, s3_bucket, {
+    seed(moto, s3_bucket, {
         "base/config.json": b"{}", "base/model.bin": b"b" * 1000,
         "lora/adapter_config.json": b"{}", "lora/adapter.bin": b"l" * 500,
     })  # fmt: skip
@@ -74,7 +69,7 @@ def test_multiple_pairs_concurrently(moto, s3_bucket, moto_env, run_init, tmp_pa
 
 
 def test_one_failing_pair_fails_the_run(moto, s3_bucket, moto_env, run_init, tmp_path):
-    _seed(moto, s3_bucket, {"ok/config.json": b"{}"})
+    seed(moto, s3_bucket, {"ok/config.json": b"{}"})
     r = run_init(
         f"s3://{s3_bucket}/ok", tmp_path / "a", f"s3://{s3_bucket}/missing", tmp_path / "b",
         env=moto_env(),
@@ -85,7 +80,7 @@ def test_one_failing_pair_fails_the_run(moto, s3_bucket, moto_env, run_init, tmp
 
 
 def test_console_script_same_contract(moto, s3_bucket, moto_env, run_init, tmp_path):
-    _seed(moto, s3_bucket, {"m/config.json": b"{}"})
+    seed(moto, s3_bucket, {"m/config.json": b"{}"})
     run_init(f"s3://{s3_bucket}/m", tmp_path / "out", env=moto_env(), script=True).check()
     assert tree(tmp_path / "out") == ["config.json"]
     r = run_init("s3://only-one-arg", env=moto_env(), script=True)
@@ -93,7 +88,7 @@ def test_console_script_same_contract(moto, s3_bucket, moto_env, run_init, tmp_p
 
 
 def test_rerun_is_idempotent(moto, s3_bucket, moto_env, run_init, tmp_path):
-    _seed(moto, s3_bucket, {"m/config.json": b"{}", "m/w.bin": b"w" * 64})
+    seed(moto, s3_bucket, {"m/config.json": b"{}", "m/w.bin": b"w" * 64})
     dst = tmp_path / "out"
     run_init(f"s3://{s3_bucket}/m", dst, env=moto_env()).check()
     r = run_init(f"s3://{s3_bucket}/m", dst, env=moto_env()).check()
