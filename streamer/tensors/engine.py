@@ -1,18 +1,24 @@
-"""weightstream's own tensor streamer: ranged reads into reusable buffers, tensors out.
+"""weightstream's own tensor streamer: ranged reads into bounded memory, tensors out.
 
 Two threads. A fetch thread runs an event loop that reads every shard's header (one ranged
-read each), plans segments (:mod:`.plan`), and fills host buffers from a bounded pool with a
-sliding window of ranged reads (``concurrency`` in flight, across segment boundaries, each
-read retried and version-pinned by the reader). The caller's thread takes each filled
-buffer, copies the tensor bytes out into tensors on the target device (asynchronously from
-pinned memory on CUDA), gives the buffer back, and yields every tensor whose bytes are all
-in. Host memory is the pool plus the reads in flight, whatever the model size.
+read each), plans segments (:mod:`.plan`), and fetches them with a sliding window of ranged
+reads (``concurrency`` in flight across segment boundaries, each read retried and
+version-pinned by the reader). The caller's thread takes each complete segment and yields
+every tensor whose bytes are all in. Where the bytes land depends on the device:
 
-::
+* CPU (:class:`_DirectSink`): straight into each tensor's own allocation (``preadv``
+  scatter for local files, one copy out of the response for remote ones); at most
+  ``buffers`` segments are in flight or waiting for the caller.
+* CUDA and other devices (:class:`_StagedSink`): into a bounded pool of reusable host
+  buffers, pinned for CUDA, then ``copy_(non_blocking=True)`` onto the device; a buffer is
+  reused only once the CUDA event recorded after its copies has completed.
 
-    fetch loop:  acquire buf -> ranged reads -> queue ---> caller: copy out -> release buf
-                   ^                                                    |
-                   +------------------- free buffers -------------------+
+Host memory is ``buffers x buffer_size`` plus the remote reads in flight, whatever the
+model size::
+
+    fetch loop:  acquire slot/buffer -> ranged reads -> queue ---> caller: copy out, release
+                   ^                                                         |
+                   +------------------------ freed -------------------------+
 """
 
 from __future__ import annotations
@@ -69,7 +75,10 @@ class _FetchLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        try:  # the worker threads of asyncio.to_thread (local reads, CUDA event waits)
+            self.submit(self.loop.shutdown_default_executor()).result()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
 
@@ -92,34 +101,134 @@ async def _prepare(source: ObjectURI, reader: ShardReader) -> list[ShardLayout]:
     return await read_layouts(reader, await find_shards(reader.backend, source))
 
 
+class _StagedSink:
+    """Ranges land in reusable host buffers; tensors are copied out onto the device.
+
+    For devices other than the CPU: the buffers are pinned for CUDA, so the copies are
+    asynchronous DMA, and a buffer is reused only after its copies ran.
+    """
+
+    def __init__(self, pool: BufferPool, device: torch.device) -> None:
+        self.pool = pool
+        self.device = device
+
+    async def acquire(self, seg: Segment) -> torch.Tensor:
+        return await self.pool.acquire()
+
+    def views(self, seg: Segment, buf: torch.Tensor, start: int, end: int) -> list[memoryview]:
+        view = memoryview(buf.numpy()).cast("B")
+        return [view[start - seg.start : end - seg.start]]
+
+    def consume(
+        self, plan: StreamPlan, seg: Segment, buf: torch.Tensor, partial: dict[int, torch.Tensor]
+    ) -> None:
+        cuda = self.device.type == "cuda"
+        for p in seg.pieces:
+            raw = partial.get(p.tensor)
+            if raw is None:
+                nbytes = plan.tensors[p.tensor].entry.nbytes
+                raw = partial[p.tensor] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            raw[p.dst : p.dst + p.length].copy_(buf[p.src : p.src + p.length], non_blocking=cuda)
+        event = None
+        if cuda:
+            # The copies above are queued on the current stream; the buffer is reused only
+            # after they ran (the pool waits for this event).
+            event = torch.cuda.Event()
+            event.record()
+        self.pool.release(buf, event)
+
+
+class _DirectSink:
+    """Ranges land in the tensors' own memory (CPU): no staging buffer, no second copy.
+
+    ``slots`` segments may be fetched but not yet handed over at once, which bounds the
+    host memory the stream holds (tensors are the caller's once yielded). A tensor that
+    crosses segments is allocated once, by the first segment that touches it.
+    """
+
+    def __init__(self, plan: StreamPlan, slots: int) -> None:
+        self.plan = plan
+        self.slots = asyncio.Semaphore(slots)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._open: dict[int, torch.Tensor] = {}
+        self._pending = [t.pieces for t in plan.tensors]
+
+    async def acquire(self, seg: Segment) -> list[torch.Tensor]:
+        self.loop = asyncio.get_running_loop()
+        await self.slots.acquire()
+        raws = []
+        for p in seg.pieces:
+            raw = self._open.get(p.tensor)
+            if raw is None:
+                nbytes = self.plan.tensors[p.tensor].entry.nbytes
+                raw = self._open[p.tensor] = torch.empty(nbytes, dtype=torch.uint8)
+            self._pending[p.tensor] -= 1
+            if not self._pending[p.tensor]:
+                del self._open[p.tensor]  # every piece has its destination
+            raws.append(raw)
+        return raws
+
+    def views(
+        self, seg: Segment, raws: list[torch.Tensor], start: int, end: int
+    ) -> list[memoryview]:
+        out: list[memoryview] = []
+        pos = start
+        for p, raw in zip(seg.pieces, raws, strict=True):
+            lo, hi = max(start, seg.start + p.src), min(end, seg.start + p.src + p.length)
+            if lo >= hi:
+                continue
+            if lo > pos:  # bytes between tensors: read and dropped
+                out.append(memoryview(bytearray(lo - pos)))
+            offset = p.dst + lo - (seg.start + p.src)
+            out.append(memoryview(raw.numpy()).cast("B")[offset : offset + hi - lo])
+            pos = hi
+        if pos < end:
+            out.append(memoryview(bytearray(end - pos)))
+        return out
+
+    def consume(
+        self,
+        plan: StreamPlan,
+        seg: Segment,
+        raws: list[torch.Tensor],
+        partial: dict[int, torch.Tensor],
+    ) -> None:
+        for p, raw in zip(seg.pieces, raws, strict=True):
+            partial.setdefault(p.tensor, raw)
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.slots.release)
+
+
 async def _fetch(
     plan: StreamPlan,
     reader: ShardReader,
-    pool: BufferPool,
+    sink: _StagedSink | _DirectSink,
     concurrency: int,
     out: queue.Queue,
 ) -> None:
-    """Fill buffers segment by segment; put ``(segment, buffer)`` on ``out`` as each is full."""
+    """Fill segments in order; put ``(segment, token)`` on ``out`` as each is complete.
+
+    Ranged reads of every segment share one window of ``concurrency`` (a sliding window
+    across segment boundaries, never waves); a segment waits only for its own ranges.
+    """
     window = asyncio.Semaphore(concurrency)
     shards = [ShardRef(s.uri, s.key, s.size, s.etag) for s in plan.shards]
 
-    async def read(shard: ShardRef, start: int, view: memoryview) -> None:
+    async def read(shard: ShardRef, start: int, views: list[memoryview]) -> None:
         async with window:
-            await reader.read_into(shard, start, view)
+            await reader.read_into(shard, start, views)
 
-    async def fill(seg: Segment, buf: torch.Tensor) -> None:
-        view = memoryview(buf.numpy()).cast("B")
+    async def fill(seg: Segment, token) -> None:
         await asyncio.gather(*(
-            read(shards[seg.shard], a, view[a - seg.start : b - seg.start])
-            for a, b in seg.ranges
+            read(shards[seg.shard], a, sink.views(seg, token, a, b)) for a, b in seg.ranges
         ))  # fmt: skip
-        out.put((seg, buf))
+        out.put((seg, token))
 
     try:
         async with asyncio.TaskGroup() as group:
             for seg in plan.segments:
-                buf = await pool.acquire()
-                group.create_task(fill(seg, buf))
+                token = await sink.acquire(seg)
+                group.create_task(fill(seg, token))
     except BaseExceptionGroup as eg:
         out.put(_first_error(eg))
         return
@@ -153,10 +262,15 @@ def stream_plan_tensors(
     device: torch.device,
     pin_memory: bool,
     stats: StreamStats | None = None,
+    staging: bool | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of the model at ``source``, on ``device``.
 
     The reader is closed when the iterator ends, fails or is closed early.
+
+    Args:
+        staging: copy through reusable host buffers (default: unless the device is the CPU,
+            where ranges land in the tensors directly).
 
     Raises:
         SafetensorsError: a header is malformed or a shard is truncated.
@@ -169,14 +283,18 @@ def stream_plan_tensors(
     try:
         layouts = fetch_loop.submit(_prepare(source, reader)).result()
         plan = plan_stream(layouts, buffer_size=budget.buffer_size, chunk_size=budget.chunk_size)
-        # A model smaller than the pool needs fewer buffers than the budget allows.
+        # A model smaller than the budget needs fewer buffers than the budget allows.
         count = max(1, min(budget.buffers, len(plan.segments)))
-        size = max((s.nbytes for s in plan.segments), default=1)
-        pool = BufferPool(count, min(budget.buffer_size, size), pin=pin_memory)
-        stats.shards, stats.buffers, stats.buffer_size = len(layouts), count, pool.size
+        size = min(budget.buffer_size, max((s.nbytes for s in plan.segments), default=1))
+        sink: _StagedSink | _DirectSink
+        if not (staging if staging is not None else device.type != "cpu"):
+            sink = _DirectSink(plan, count)
+        else:
+            sink = _StagedSink(BufferPool(count, size, pin=pin_memory), device)
+        stats.shards, stats.buffers, stats.buffer_size = len(layouts), count, size
         out: queue.Queue = queue.Queue()
-        fetch = fetch_loop.submit(_fetch(plan, reader, pool, budget.concurrency, out))
-        yield from _copy_out(plan, pool, out, device, stats)
+        fetch = fetch_loop.submit(_fetch(plan, reader, sink, budget.concurrency, out))
+        yield from _hand_over(plan, sink, out, device, stats)
         fetch.result()
     finally:
         if fetch is not None and not fetch.done():
@@ -189,14 +307,13 @@ def stream_plan_tensors(
         stats.retries = getattr(getattr(reader, "retrier", None), "retries", 0)
 
 
-def _copy_out(
+def _hand_over(
     plan: StreamPlan,
-    pool: BufferPool,
+    sink: _StagedSink | _DirectSink,
     out: queue.Queue,
     device: torch.device,
     stats: StreamStats,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    cuda = device.type == "cuda"
     left = [t.pieces for t in plan.tensors]
     partial: dict[int, torch.Tensor] = {}
 
@@ -215,24 +332,13 @@ def _copy_out(
             break
         if isinstance(item, BaseException):
             raise item
-        seg, buf = item
+        seg, token = item
+        sink.consume(plan, seg, token, partial)
         ready = []
         for p in seg.pieces:
-            raw = partial.get(p.tensor)
-            if raw is None:
-                nbytes = plan.tensors[p.tensor].entry.nbytes
-                raw = partial[p.tensor] = torch.empty(nbytes, dtype=torch.uint8, device=device)
-            raw[p.dst : p.dst + p.length].copy_(buf[p.src : p.src + p.length], non_blocking=cuda)
             left[p.tensor] -= 1
-            if left[p.tensor] == 0:
+            if not left[p.tensor]:
                 ready.append(p.tensor)
-        event = None
-        if cuda:
-            # The copies above are queued on the current stream; the buffer is reused only
-            # after they ran (the pool waits for this event).
-            event = torch.cuda.Event()
-            event.record()
-        pool.release(buf, event)
         for i in ready:
             yield finish(i, partial.pop(i))
     if partial:

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import posixpath
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -50,13 +51,13 @@ class ShardReader(ABC):
     backend: Backend
 
     @abstractmethod
-    async def read_into(self, shard: ShardRef, start: int, out: memoryview) -> None:
-        """Fill ``out`` with the shard's bytes ``[start, start + len(out))``."""
+    async def read_into(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
+        """Fill ``views``, in order, with the shard's bytes from ``start`` on (scatter read)."""
 
     async def read(self, shard: ShardRef, start: int, end: int) -> bytes:
         """Return the shard's bytes ``[start, end)`` (for headers)."""
         buf = bytearray(end - start)
-        await self.read_into(shard, start, memoryview(buf))
+        await self.read_into(shard, start, [memoryview(buf)])
         return bytes(buf)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
@@ -70,15 +71,18 @@ class BackendReader(ShardReader):
         self.backend = backend
         self.retrier = Retrier(policy)
 
-    async def read_into(self, shard: ShardRef, start: int, out: memoryview) -> None:
-        end = start + len(out)
+    async def read_into(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
+        end = start + sum(len(v) for v in views)
 
         async def attempt() -> None:
             data = await self.backend.read_range(shard.key, start, end, etag=shard.etag)
-            view = memoryview(data).cast("B")
-            if len(view) != len(out):
-                raise IntegrityError(shard.uri, f"range {start}-{end} returned {len(view)} bytes")
-            out[:] = view
+            got = memoryview(data).cast("B")
+            if len(got) != end - start:
+                raise IntegrityError(shard.uri, f"range {start}-{end} returned {len(got)} bytes")
+            pos = 0
+            for v in views:
+                v[:] = got[pos : pos + len(v)]
+                pos += len(v)
 
         await self.retrier.run(f"{shard.uri} bytes {start}-{end - 1}", attempt)
 
@@ -86,36 +90,48 @@ class BackendReader(ShardReader):
         await self.backend.close()
 
 
+# preadv takes at most IOV_MAX (1024 on Linux) buffers per call.
+_IOV_MAX = 1024
+
+
 class LocalReader(ShardReader):
-    """``preadv`` into the buffer, in worker threads; for local disks and the node cache."""
+    """``preadv`` straight into the destination, in worker threads; the node-cache path."""
 
     def __init__(self) -> None:
         self.backend = LocalBackend()
         self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _fd(self, path: str) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        return fd
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            return fd
 
-    async def read_into(self, shard: ShardRef, start: int, out: memoryview) -> None:
-        await asyncio.to_thread(self._read, shard, start, out)
+    async def read_into(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
+        await asyncio.to_thread(self._read, shard, start, list(views))
 
-    def _read(self, shard: ShardRef, start: int, out: memoryview) -> None:
+    def _read(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
         fd = self._fd(shard.key)
-        done = 0
-        while done < len(out):
-            n = os.preadv(fd, [out[done:]], start + done)
+        pos = start
+        while views:
+            n = os.preadv(fd, views[:_IOV_MAX], pos)
             if n == 0:
+                want = pos + sum(len(v) for v in views)
                 raise SafetensorsError(
-                    shard.uri,
-                    f"file ends at byte {start + done}, expected {start + len(out)}: truncated",
+                    shard.uri, f"file ends at byte {pos}, expected {want}: truncated"
                 )
-            done += n
+            pos += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
 
     async def close(self) -> None:
-        fds, self._fds = self._fds, {}
+        with self._lock:
+            fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
 

@@ -17,9 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from streamer.errors import ObjectNotFoundError, SafetensorsError, UsageError
 from streamer.tensors import StreamStats, TensorStreamOptions, stream_tensors
+from streamer.tensors.engine import stream_plan_tensors
 from streamer.tensors.layout import TensorEntry, parse_shard
 from streamer.tensors.plan import plan_stream
 from streamer.tensors.sources import LocalReader, ShardRef
+from streamer.uri import parse_uri
 
 KiB = 1 << 10
 
@@ -111,6 +113,36 @@ def test_tensor_larger_than_every_buffer(tmp_path: Path) -> None:
     assert_identical(got, load_file(tmp_path / "model.safetensors"))
     assert stats.buffer_size == 16 * KiB
     assert stats.buffers * stats.buffer_size <= 64 * KiB
+
+
+@pytest.mark.parametrize("max_memory", [8 * KiB, 1 << 20])
+def test_staged_path_is_bit_identical(mixed_model, max_memory) -> None:
+    # The reusable-buffer path (what CUDA uses, without pinning or a GPU here).
+    path, ref = mixed_model
+    options = TensorStreamOptions(max_memory=max_memory)
+    stats = StreamStats()
+    got = dict(
+        stream_plan_tensors(
+            source=parse_uri(str(path)),
+            reader=LocalReader(),
+            budget=options.budget(remote=False),
+            device=torch.device("cpu"),
+            pin_memory=False,
+            stats=stats,
+            staging=True,
+        )
+    )
+    assert_identical(got, ref)
+    assert stats.buffers * stats.buffer_size <= max_memory
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stream_is_bit_identical(mixed_model) -> None:
+    path, ref = mixed_model
+    got = dict(stream_tensors(path, device="cuda", options=TensorStreamOptions(max_memory=8 * KiB)))
+    torch.cuda.synchronize()
+    assert all(t.device.type == "cuda" for t in got.values())
+    assert_identical({k: v.cpu() for k, v in got.items()}, ref)
 
 
 def test_yielded_tensors_do_not_alias_reused_buffers(mixed_model) -> None:
@@ -219,7 +251,7 @@ async def test_local_reader_reports_a_file_shorter_than_listed(tmp_path) -> None
     shard = ShardRef(str(path), str(path), 200, None)
     out = bytearray(150)
     with pytest.raises(SafetensorsError, match="truncated"):
-        await reader.read_into(shard, 0, memoryview(out))
+        await reader.read_into(shard, 0, [memoryview(out)])
     await reader.close()
 
 
