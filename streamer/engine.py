@@ -6,9 +6,10 @@ Jobs are kept apart the way s3transfer keeps them apart:
 * requesting: at most ``concurrency`` GETs in flight, a new one starts the moment one
   finishes (a window, never fixed waves), each range pinned to the object's ETag and
   retried on its own under the one :class:`~streamer.retry.RetryPolicy`;
-* memory: a :class:`ByteBudget` is taken *before* a range is requested and given back
-  only after its bytes are on disk, so buffered data never exceeds ``max_memory``
-  whatever the model size;
+* memory: a buffer from a :class:`BufferPool` (``max_memory // chunk_size`` reusable
+  buffers) is taken *before* a range is requested and given back only after its bytes
+  are on disk, so buffered data never exceeds ``max_memory`` whatever the model size,
+  and the body is copied straight into it as it arrives;
 * writing: one :class:`FileSink` per file owns its descriptor and its resume journal and
   writes each range at its offset with ``pwrite`` on a small named executor.
 
@@ -68,36 +69,48 @@ class EngineOptions:
             )
 
 
-class ByteBudget:
-    """An async semaphore counted in bytes."""
+class BufferPool:
+    """``count`` reusable buffers of ``size`` bytes: taking one is taking budget.
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    Buffers are allocated on first use and then recycled, so resident memory stays at
+    ``count * size`` plus the interpreter whatever the model size, and the allocator never
+    sees a range-sized allocation again.
+    """
+
+    def __init__(self, *, count: int, size: int) -> None:
+        self.size = size
+        self.count = count
         self.in_use = 0
         self.peak = 0
-        self._cond = asyncio.Condition()
+        self._free: list[bytearray] = []
+        self._sem = asyncio.Semaphore(count)
 
-    async def acquire(self, n: int) -> None:
-        n = min(n, self.capacity)
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_use + n <= self.capacity)
-            self.in_use += n
-            self.peak = max(self.peak, self.in_use)
+    async def take(self) -> bytearray:
+        await self._sem.acquire()
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+        return self._free.pop() if self._free else bytearray(self.size)
 
-    async def release(self, n: int) -> None:
-        n = min(n, self.capacity)
-        async with self._cond:
-            self.in_use -= n
-            self._cond.notify_all()
+    def give(self, buf: bytearray) -> None:
+        self._free.append(buf)
+        self.in_use -= 1
+        self._sem.release()
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak * self.size
 
 
 class FileSink:
     """The single writer of one partial file: descriptor, preallocation, journal."""
 
-    def __init__(self, planned: PlannedFile, part: Path, *, chunk_size: int) -> None:
+    def __init__(
+        self, planned: PlannedFile, part: Path, *, chunk_size: int, durable: bool = False
+    ) -> None:
         self.planned = planned
         self.part = part
         self.chunk_size = chunk_size
+        self.durable = durable
         size = planned.info.size
         self.ranges = [(o, min(o + chunk_size, size)) for o in range(0, size, chunk_size)]
         self.remaining = 0
@@ -137,10 +150,10 @@ class FileSink:
             offset += n
 
     def flush(self) -> None:
-        """Make written ranges durable and journal them (blocking)."""
+        """Journal written ranges (after ``fdatasync`` when durable; blocking)."""
         with self._lock:
             if self.fd is not None and self.journal is not None:
-                self.journal.flush(self.fd)
+                self.journal.flush(self.fd, durable=self.durable)
 
     def finish(self) -> None:
         """Journal, fsync and close the data file (blocking).
@@ -150,8 +163,9 @@ class FileSink:
         """
         with self._lock:
             assert self.fd is not None and self.journal is not None
-            self.journal.flush(self.fd)
-            os.fsync(self.fd)
+            self.journal.flush(self.fd, durable=self.durable)
+            if self.durable:
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
             self.journal.close()
@@ -162,7 +176,7 @@ class FileSink:
             if self.fd is not None:
                 with contextlib.suppress(OSError):
                     if self.journal is not None:
-                        self.journal.flush(self.fd)
+                        self.journal.flush(self.fd, durable=self.durable)
                 os.close(self.fd)
                 self.fd = None
             if self.journal is not None:
@@ -199,7 +213,9 @@ class Engine:
     ) -> None:
         self.backend = backend
         self.options = options
-        self.budget = ByteBudget(options.max_memory)
+        self.pool = BufferPool(
+            count=max(1, options.max_memory // options.chunk_size), size=options.chunk_size
+        )
         self.retrier = Retrier(options.retry, sleep=sleep, rng=rng)
         self.requests = 0
         self._executor = executor
@@ -224,12 +240,12 @@ class Engine:
                 for index, start, end in sink.todo():
                     if self._error is not None or sink.sequential:
                         break
-                    await self.budget.acquire(end - start)
+                    buf = await self.pool.take()
                     if self._error is not None:
-                        await self.budget.release(end - start)
+                        self.pool.give(buf)
                         break
                     await self._slots.acquire()
-                    self._spawn(self._range(sink, index, start, end))
+                    self._spawn(self._range(sink, index, start, end, buf))
                 if self._error is not None:
                     break
             while self._tasks and self._error is None:
@@ -266,21 +282,23 @@ class Engine:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _range(self, sink: FileSink, index: int, start: int, end: int) -> None:
+    async def _range(
+        self, sink: FileSink, index: int, start: int, end: int, buf: bytearray
+    ) -> None:
         loop = asyncio.get_running_loop()
         info = sink.planned.info
+        view = memoryview(buf)[: end - start]
         try:
             try:
-                data = await self.retrier.run(
+                await self.retrier.run(
                     f"{info.key} bytes {start}-{end - 1}",
-                    lambda: self._get(info.key, start, end, info.etag),
+                    lambda: self._get(info.key, start, view, info.etag),
                 )
             finally:
                 self._slots.release()
             if sink.sequential:
                 return
-            await loop.run_in_executor(self._executor, sink.write, start, data)
-            del data
+            await loop.run_in_executor(self._executor, sink.write, start, view)
             assert sink.journal is not None
             sink.journal.record(index)
         except RangeNotSupportedError:
@@ -290,7 +308,8 @@ class Engine:
                 self._spawn(self._sequential(sink))
             return
         finally:
-            await self.budget.release(end - start)
+            view.release()
+            self.pool.give(buf)
         sink.counted += end - start
         if self._progress is not None:
             self._progress.add_bytes(end - start)
@@ -298,9 +317,9 @@ class Engine:
         if sink.remaining == 0 and not sink.sequential:
             await self._complete(sink)
 
-    async def _get(self, key: str, start: int, end: int, etag: str | None) -> Buffer:
+    async def _get(self, key: str, start: int, view: memoryview, etag: str | None) -> None:
         self.requests += 1
-        return await self.backend.read_range(key, start, end, etag=etag)
+        await self.backend.read_into(key, start, view, etag=etag)
 
     async def _sequential(self, sink: FileSink) -> None:
         """Fallback for servers that ignore Range: stream the object in order, once."""
@@ -309,28 +328,36 @@ class Engine:
         if iter_object is None:
             raise RangeNotSupportedError(info.key)
         loop = asyncio.get_running_loop()
-        chunk = self.options.chunk_size
 
-        async def stream() -> None:
-            offset = 0
-            pending = bytearray()
-            async for block in iter_object(info.key, etag=info.etag):
-                pending += block
-                if len(pending) >= chunk:
-                    await loop.run_in_executor(self._executor, sink.write, offset, pending)
-                    offset += len(pending)
-                    pending = bytearray()
-            if pending:
-                await loop.run_in_executor(self._executor, sink.write, offset, pending)
-                offset += len(pending)
+        async def stream(buf: bytearray) -> None:
+            view = memoryview(buf)
+            offset = filled = 0
+            try:
+                async for block in iter_object(info.key, etag=info.etag):
+                    block = memoryview(block)
+                    while block:
+                        n = min(len(block), len(view) - filled)
+                        view[filled : filled + n] = block[:n]
+                        filled += n
+                        block = block[n:]
+                        if filled == len(view):
+                            await loop.run_in_executor(
+                                self._executor, sink.write, offset, view[:filled]
+                            )
+                            offset, filled = offset + filled, 0
+                if filled:
+                    await loop.run_in_executor(self._executor, sink.write, offset, view[:filled])
+                    offset += filled
+            finally:
+                view.release()
             if offset != info.size:
                 raise TransientError(info.key, f"stream ended at {offset} of {info.size} B")
 
-        await self.budget.acquire(chunk)
+        buf = await self.pool.take()
         try:
-            await self.retrier.run(f"{info.key} (whole object)", stream)
+            await self.retrier.run(f"{info.key} (whole object)", lambda: stream(buf))
         finally:
-            await self.budget.release(chunk)
+            self.pool.give(buf)
         if self._progress is not None:
             self._progress.add_bytes(max(0, info.size - sink.counted))
         await self._complete(sink)

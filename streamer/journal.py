@@ -6,9 +6,11 @@ Layout (next to the destination, never under a final name)::
     <dest>/.weightstream/partial/<rel>.journal   line 1: JSON pin (key, size, etag, chunk)
                                                  then one completed range index per line
 
-A range index is appended only after its bytes were written and the data file was
-``fdatasync``-ed, so after a crash every journaled range is really there; unjournaled
-ranges are fetched again. A journal whose pin differs from the object (new ETag, size or
+A range index is appended only after its bytes were written, so after the process is
+killed every journaled range is in the page cache and thus in the file; unjournaled
+ranges are fetched again. In durable mode (``--fsync``, the node cache) the data file is
+``fdatasync``-ed before each journal append, so this also holds across a power loss.
+A journal whose pin differs from the object (new ETag, size or
 chunk size) is discarded together with its data.
 """
 
@@ -62,13 +64,14 @@ class Journal:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    def flush(self, data_fd: int) -> None:
-        """Make written ranges durable, then journal them (blocking)."""
+    def flush(self, data_fd: int, *, durable: bool) -> None:
+        """Journal written ranges (blocking). ``durable``: ``fdatasync`` the data first."""
         with self._lock:
             if not self._pending or self._fd is None:
                 return
             pending, self._pending = self._pending, []
-            os.fdatasync(data_fd)
+            if durable:
+                os.fdatasync(data_fd)
             os.write(self._fd, "".join(f"{i}\n" for i in pending).encode())
             self.done.update(pending)
 

@@ -66,6 +66,16 @@ class Backend(ABC):
             ObjectNotFoundError, AccessDeniedError.
         """
 
+    async def read_into(
+        self, key: str, start: int, buf: memoryview, *, etag: str | None
+    ) -> None:
+        """Fill ``buf`` with the bytes ``[start, start + len(buf))``; same errors as
+        :meth:`read_range`. Backends override this to stream into the engine's reusable
+        buffers instead of allocating one per range.
+        """
+        data = await self.read_range(key, start, start + len(buf), etag=etag)
+        buf[:] = memoryview(data).cast("B")
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

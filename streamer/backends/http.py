@@ -97,7 +97,15 @@ class HTTPBackend(Backend):
         return [await self.stat(prefix)]
 
     async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
+        buf = bytearray(end - start)
+        await self.read_into(key, start, memoryview(buf), etag=etag)
+        return buf
+
+    async def read_into(
+        self, key: str, start: int, buf: memoryview, *, etag: str | None
+    ) -> None:
         uri = self._printable(key)
+        end = start + len(buf)
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag:
             headers["If-Match"] = etag
@@ -113,8 +121,8 @@ class HTTPBackend(Backend):
                         f"does not match the requested bytes {start}-{end - 1}"
                     )
                 _check_etag(uri, etag, r.headers.get("ETag"))
-                return await _read_exactly(uri, r, end - start)
-        except (TimeoutError, aiohttp.ClientError) as e:
+                await _read_exactly(uri, r, buf)
+        except (aiohttp.ClientError, TimeoutError) as e:
             raise TransientError(uri, f"{type(e).__name__}: {e}") from e
 
     async def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[bytes]:
@@ -136,17 +144,14 @@ class HTTPBackend(Backend):
             self._session = None
 
 
-async def _read_exactly(uri: str, r: aiohttp.ClientResponse, n: int) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+async def _read_exactly(uri: str, r: aiohttp.ClientResponse, buf: memoryview) -> None:
+    got, n = 0, len(buf)
     while got < n:
         chunk = await r.content.read(min(_READ_BLOCK, n - got))
         if not chunk:
             raise TransientError(uri, f"body ended after {got} of {n} bytes")
-        view[got : got + len(chunk)] = chunk
+        buf[got : got + len(chunk)] = chunk
         got += len(chunk)
-    return buf
 
 
 def _check_etag(uri: str, expected: str | None, actual: str | None) -> None:

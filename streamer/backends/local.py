@@ -62,9 +62,16 @@ class LocalBackend(Backend):
         return out
 
     async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
-        return await asyncio.to_thread(self._read, key, start, end, etag)
+        buf = bytearray(end - start)
+        await self.read_into(key, start, memoryview(buf), etag=etag)
+        return buf
 
-    def _read(self, key: str, start: int, end: int, etag: str | None) -> Buffer:
+    async def read_into(
+        self, key: str, start: int, buf: memoryview, *, etag: str | None
+    ) -> None:
+        await asyncio.to_thread(self._read, key, start, buf, etag)
+
+    def _read(self, key: str, start: int, buf: memoryview, etag: str | None) -> None:
         try:
             fd = os.open(key, os.O_RDONLY)
         except FileNotFoundError as e:
@@ -74,9 +81,8 @@ class LocalBackend(Backend):
         try:
             if etag is not None and _etag(os.fstat(fd)) != etag:
                 raise VersionChangedError(key, expected=etag, actual=_etag(os.fstat(fd)))
-            data = os.pread(fd, end - start, start)
+            got = os.preadv(fd, [buf], start)
         finally:
             os.close(fd)
-        if len(data) != end - start:
+        if got != len(buf):
             raise OSError(errno.EIO, f"{key}: short read at {start}")
-        return data

@@ -41,6 +41,8 @@ from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
 
+# obstore hands the body over in pieces of at least this size (fewer Python iterations).
+_STREAM_CHUNK = 1 << 20
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
     "403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -211,15 +213,31 @@ class S3Backend(Backend):
     # -- data plane (obstore) --------------------------------------------------------------
 
     async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
+        buf = bytearray(end - start)
+        await self.read_into(key, start, memoryview(buf), etag=etag)
+        return buf
+
+    async def read_into(
+        self, key: str, start: int, buf: memoryview, *, etag: str | None
+    ) -> None:
         await self._ensure()
         uri = f"s3://{self.bucket}/{key}"
+        end = start + len(buf)
         options: dict[str, Any] = {"range": (start, end)}
         if etag:
             options["if_match"] = etag
+        pos = 0
         try:
             result = await obstore.get_async(self._store, key, options=options)
-            got = result.range
-            data = await result.bytes_async()
+            if tuple(result.range) != (start, end):
+                raise TransientError(uri, f"asked for bytes {start}-{end}, got {result.range}")
+            # Copy the body into the caller's buffer as it arrives: no allocation per range.
+            async for chunk in result.stream(min_chunk_size=_STREAM_CHUNK):
+                n = len(chunk)
+                if pos + n > len(buf):
+                    raise TransientError(uri, f"body longer than the {len(buf)} bytes asked")
+                buf[pos : pos + n] = chunk
+                pos += n
         except obx.PreconditionError as e:
             raise VersionChangedError(uri, expected=etag) from e
         except (obx.NotFoundError, FileNotFoundError) as e:
@@ -230,11 +248,8 @@ class S3Backend(Backend):
             # Everything else from the transport (5xx, SlowDown, resets, timeouts, bodies
             # cut short) is worth another attempt; the engine's policy decides how many.
             raise TransientError(uri, _first_line(e)) from e
-        if tuple(got) != (start, end) or len(data) != end - start:
-            raise TransientError(
-                uri, f"short or misplaced body: asked {start}-{end}, got {got} ({len(data)} B)"
-            )
-        return data
+        if pos != len(buf):
+            raise TransientError(uri, f"body ended after {pos} of {len(buf)} bytes")
 
     async def close(self) -> None:
         if self._client is not None:

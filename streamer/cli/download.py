@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 from ..api import DownloadOptions, download
 from ..logs import configure
-from ..memory import tune_allocator
 from ..settings import StorageSettings, TransferDefaults
 from ..sizes import parse_size
 from .render import ProgressPrinter, report_json, summary_line
@@ -46,6 +45,8 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
                    help="validate safetensors headers and the shard index (default on)")
     p.add_argument("--checksum", action="store_true",
                    help="also compare MD5 with single-part S3 ETags (costs CPU)")
+    p.add_argument("--fsync", action="store_true",
+                   help="make data durable before journaling/publishing (survives power loss)")
     p.add_argument("--retries", type=int, default=5, metavar="N",
                    help="attempts per range (default %(default)s)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -56,7 +57,6 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     configure(args.log_format, level=logging.DEBUG if args.debug else logging.INFO)
-    tune_allocator()
     options = DownloadOptions(
         include=tuple(args.include),
         exclude=tuple(args.exclude),
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         verify=args.verify,
         checksum=args.checksum,
         max_attempts=args.retries,
+        fsync=args.fsync,
     )
     storage = StorageSettings.from_env(environ)
     printer = None if args.quiet else ProgressPrinter()
