@@ -55,9 +55,10 @@ class Backend(ABC):
             AccessDeniedError, TransientError.
         """
 
-    @abstractmethod
     async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
         """Return exactly the bytes ``[start, end)`` of the object.
+
+        A backend implements this or :meth:`read_into` (each defaults to the other).
 
         Raises:
             VersionChangedError: ``etag`` no longer matches the object.
@@ -65,14 +66,19 @@ class Backend(ABC):
             TransientError: a retryable fault (5xx, SlowDown, reset, timeout, short body).
             ObjectNotFoundError, AccessDeniedError.
         """
+        buf = bytearray(end - start)
+        await self.read_into(key, start, memoryview(buf), etag=etag)
+        return buf
 
     async def read_into(
         self, key: str, start: int, buf: memoryview, *, etag: str | None
     ) -> None:
         """Fill ``buf`` with the bytes ``[start, start + len(buf))``; same errors as
-        :meth:`read_range`. Backends override this to stream into the engine's reusable
-        buffers instead of allocating one per range.
+        :meth:`read_range`. Backends that can stream a body into the engine's reusable
+        buffers implement this one, so no range is ever allocated on its own.
         """
+        if type(self).read_range is Backend.read_range:
+            raise NotImplementedError(f"{type(self).__name__} implements neither read method")
         data = await self.read_range(key, start, start + len(buf), etag=etag)
         buf[:] = memoryview(data).cast("B")
 

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, ObjectInfo
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _READ_BLOCK = 1 << 20
@@ -95,11 +95,6 @@ class HTTPBackend(Backend):
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         return [await self.stat(prefix)]
-
-    async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
-        buf = bytearray(end - start)
-        await self.read_into(key, start, memoryview(buf), etag=etag)
-        return buf
 
     async def read_into(
         self, key: str, start: int, buf: memoryview, *, etag: str | None

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import AccessDeniedError, ObjectNotFoundError, VersionChangedError
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, ObjectInfo
 
 
 def _etag(st: os.stat_result) -> str:
@@ -60,11 +60,6 @@ class LocalBackend(Backend):
                     continue
                 out.append(ObjectInfo(path, st.st_size, _etag(st), st.st_mtime))
         return out
-
-    async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
-        buf = bytearray(end - start)
-        await self.read_into(key, start, memoryview(buf), etag=etag)
-        return buf
 
     async def read_into(
         self, key: str, start: int, buf: memoryview, *, etag: str | None

@@ -39,7 +39,7 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, ObjectInfo
 
 # obstore hands the body over in pieces of at least this size (fewer Python iterations).
 _STREAM_CHUNK = 1 << 20
@@ -211,11 +211,6 @@ class S3Backend(Backend):
             raise TransientError(uri, str(e)) from e
 
     # -- data plane (obstore) --------------------------------------------------------------
-
-    async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
-        buf = bytearray(end - start)
-        await self.read_into(key, start, memoryview(buf), etag=etag)
-        return buf
 
     async def read_into(
         self, key: str, start: int, buf: memoryview, *, etag: str | None
