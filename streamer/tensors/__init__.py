@@ -140,5 +140,5 @@ def _choose_engine(engine: Engine, uri: ObjectURI) -> Engine:
 
 def _reader(uri: ObjectURI, storage: StorageSettings, options: TensorStreamOptions) -> ShardReader:
     if uri.is_local:
-        return LocalReader()
+        return LocalReader(threads=options.concurrency)
     return BackendReader(open_backend(uri, storage), options.retry)

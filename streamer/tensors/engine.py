@@ -97,6 +97,16 @@ async def read_layouts(reader: ShardReader, shards: list[ShardRef]) -> list[Shar
     return list(await asyncio.gather(*(one(s) for s in shards)))
 
 
+async def _shutdown(reader: ShardReader) -> None:
+    """Cancel what is still running (the caller stopped early or failed), then close."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await reader.close()  # waits for reads still running in worker threads
+
+
 async def _prepare(source: ObjectURI, reader: ShardReader) -> list[ShardLayout]:
     return await read_layouts(reader, await find_shards(reader.backend, source))
 
@@ -279,7 +289,6 @@ def stream_plan_tensors(
     stats = stats if stats is not None else StreamStats()
     started = time.perf_counter()
     fetch_loop = _FetchLoop()
-    fetch: Future | None = None
     try:
         layouts = fetch_loop.submit(_prepare(source, reader)).result()
         plan = plan_stream(layouts, buffer_size=budget.buffer_size, chunk_size=budget.chunk_size)
@@ -297,10 +306,8 @@ def stream_plan_tensors(
         yield from _hand_over(plan, sink, out, device, stats)
         fetch.result()
     finally:
-        if fetch is not None and not fetch.done():
-            fetch.cancel()
         try:
-            fetch_loop.submit(reader.close()).result()
+            fetch_loop.submit(_shutdown(reader)).result()
         finally:
             fetch_loop.close()
         stats.seconds = time.perf_counter() - started

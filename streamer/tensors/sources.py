@@ -19,6 +19,7 @@ import os
 import posixpath
 import threading
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..backends.base import Backend, ObjectInfo
@@ -98,12 +99,17 @@ _IOV_MAX = 1024
 
 
 class LocalReader(ShardReader):
-    """``preadv`` straight into the destination, in worker threads; the node-cache path."""
+    """``preadv`` straight into the destination, in worker threads; the node-cache path.
 
-    def __init__(self) -> None:
+    Owns its threads (one per read in flight, so an NVMe queue sees the whole window), and
+    :meth:`close` waits for them before closing the files.
+    """
+
+    def __init__(self, *, threads: int = 16) -> None:
         self.backend = LocalBackend()
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="weightstream-pread")
 
     def _fd(self, path: str) -> int:
         with self._lock:
@@ -113,7 +119,8 @@ class LocalReader(ShardReader):
             return fd
 
     async def read_into(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
-        await asyncio.to_thread(self._read, shard, start, list(views))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._threads, self._read, shard, start, list(views))
 
     def _read(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
         fd = self._fd(shard.key)
@@ -133,6 +140,7 @@ class LocalReader(ShardReader):
                 views[0] = views[0][n:]
 
     async def close(self) -> None:
+        await asyncio.to_thread(self._threads.shutdown, wait=True)
         with self._lock:
             fds, self._fds = self._fds, {}
         for fd in fds.values():
