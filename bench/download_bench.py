@@ -280,7 +280,7 @@ fd = int(sys.argv[1])
 os.set_inheritable(fd, False)
 pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
 _, status, usage = os.wait4(pid, 0)
-os.write(fd, b"%d %d" % (status, usage.ru_maxrss))
+os.write(fd, b"%d %d %.3f" % (status, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
 """
 
 
@@ -292,6 +292,7 @@ class Run:
     wall_s: float
     durable_s: float
     peak_rss_mib: float
+    cpu_s: float  # user + system CPU seconds of the tool (and its waited-for children)
     bytes: int
     ok: bool
     load: float = 0.0  # 1-minute load average when the run started
@@ -302,9 +303,10 @@ class Run:
         return self.bytes / 1e6 / self.wall_s
 
 
-def run_measured(argv: list[str], *, env: dict, log: Path, timeout: float) -> tuple[int, float,
-                                                                                    float, int]:
-    """Run argv; return (returncode, wall_s, durable_s, peak_rss_bytes)."""
+def run_measured(
+    argv: list[str], *, env: dict, log: Path, timeout: float
+) -> tuple[int, float, float, int, float]:
+    """Run argv; return (returncode, wall_s, durable_s, peak_rss_bytes, cpu_s)."""
     r, w = os.pipe()
     with open(log, "wb") as out:
         start = time.monotonic()
@@ -322,9 +324,10 @@ def run_measured(argv: list[str], *, env: dict, log: Path, timeout: float) -> tu
         durable = time.monotonic() - start
     with os.fdopen(r, "rb") as f:
         report = f.read().split()
-    if len(report) != 2:
-        return -9, wall, durable, 0
-    return os.waitstatus_to_exitcode(int(report[0])), wall, durable, int(report[1]) * 1024
+    if len(report) != 3:
+        return -9, wall, durable, 0, 0.0
+    status, rss_kib, cpu = int(report[0]), int(report[1]), float(report[2])
+    return os.waitstatus_to_exitcode(status), wall, durable, rss_kib * 1024, cpu
 
 
 def sample_digest(path: Path, size: int) -> str:
@@ -370,6 +373,7 @@ def summarize(runs: list[Run], tools: list[str]) -> list[dict]:
             "mb_s": mine[0].bytes / 1e6 / wall,
             "durable_mb_s": mine[0].bytes / 1e6 / statistics.median(r.durable_s for r in mine),
             "peak_rss_mib": max(r.peak_rss_mib for r in mine),
+            "cpu_s_per_gb": statistics.median(r.cpu_s for r in mine) / (mine[0].bytes / 1e9),
         })
     base = {row["tool"]: row.get("mb_s") for row in rows}
     for row in rows:
@@ -381,7 +385,7 @@ def summarize(runs: list[Run], tools: list[str]) -> list[dict]:
 
 def print_table(rows: list[dict], *, total: int, files: int) -> str:
     head = (f"{'tool':<13}{'runs':>5}{'median s':>10}{'MB/s':>9}{'durable MB/s':>14}"
-            f"{'peak RSS MiB':>14}{'x s5cmd':>9}{'x kserve':>10}")
+            f"{'peak RSS MiB':>14}{'CPU s/GB':>10}{'x s5cmd':>9}{'x kserve':>10}")
     lines = [f"model: {total / MiB:.0f} MiB in {files} files", head, "-" * len(head)]
     for row in rows:
         if not row["runs"]:
@@ -390,6 +394,7 @@ def print_table(rows: list[dict], *, total: int, files: int) -> str:
         lines.append(
             f"{row['tool']:<13}{row['runs']:>5}{row['wall_s']:>10.2f}{row['mb_s']:>9.0f}"
             f"{row['durable_mb_s']:>14.0f}{row['peak_rss_mib']:>14.0f}"
+            f"{row['cpu_s_per_gb']:>10.2f}"
             f"{row.get('x_s5cmd', float('nan')):>9.2f}{row.get('x_kserve', float('nan')):>10.2f}")
     text = "\n".join(lines)
     print(text)
@@ -476,15 +481,17 @@ def main(argv: list[str] | None = None) -> int:
                 argv_ = tool_argv(tool, url=url, prefix=prefix, dest=dest)
                 log = logs / f"{tool}-{rnd}.log"
                 load = os.getloadavg()[0]
-                rc, wall, durable, rss = run_measured(argv_, env=env, log=log,
+                rc, wall, durable, rss, cpu = run_measured(argv_, env=env, log=log,
                                                       timeout=args.timeout)
                 ok, note = check_dest(dest, expected) if rc == 0 else (False, f"exit {rc}")
                 run = Run(tool=tool, round=rnd, returncode=rc, wall_s=wall, durable_s=durable,
-                          peak_rss_mib=rss / MiB, bytes=total, ok=ok, load=load, note=note)
+                          peak_rss_mib=rss / MiB, cpu_s=cpu, bytes=total, ok=ok, load=load,
+                          note=note)
                 runs.append(run)
                 status = "ok" if ok else f"FAILED ({note}; log {log})"
                 print(f"round {rnd} {tool:<13} {wall:7.2f}s {run.mb_s:7.0f} MB/s "
-                      f"rss {run.peak_rss_mib:6.0f} MiB  load {load:4.1f}  {status}", flush=True)
+                      f"rss {run.peak_rss_mib:6.0f} MiB  cpu {cpu:5.1f}s  load {load:4.1f}  "
+                      f"{status}", flush=True)
     finally:
         shutil.rmtree(work / "dest", ignore_errors=True)
         nginx.terminate()
