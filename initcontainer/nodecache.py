@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +59,13 @@ def open_node_cache(
     if not socket_path.exists():
         log.info("node cache socket %s not found; downloading directly", socket_path)
         return None
+    refused = _probe(socket_path)
+    if refused is not None:
+        # A crash-looping daemon leaves its socket file behind; asking a client to
+        # reconnect to it would only delay the pod.
+        log.warning("node cache unavailable: nothing answers on %s (%s); downloading directly",
+                    socket_path, refused)  # fmt: skip
+        return None
     try:
         # Deferred: the client ships with the daemon and may be absent from an image.
         module = importlib.import_module("initcontainer.cacheclient")
@@ -67,6 +75,17 @@ def open_node_cache(
     except Exception as e:  # any failure here only costs the cache, never the download
         log.warning("node cache unavailable: %s; downloading directly", _reason(e))
         return None
+
+
+def _probe(path: Path, timeout: float = 1.0) -> str | None:
+    """Connect once to the daemon's socket; the reason it failed, or None if it answered."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except OSError as e:
+            return _reason(e)
+    return None
 
 
 def _reason(e: BaseException) -> str:
