@@ -37,7 +37,6 @@ from streamer.sizes import format_size
 _log = logging.getLogger(__name__)
 MODES = ("link", "copy")
 _COPY_CONCURRENCY = 4
-_RECONNECTS = 5
 
 
 class DaemonClient:
@@ -53,6 +52,7 @@ class DaemonClient:
         lease_ttl: float | None = None,
         wait_timeout: float = 6 * 3600.0,
         progress_interval: float = 5.0,
+        reconnect_timeout: float = 30.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"node cache mode must be link or copy, got {mode!r}")
@@ -63,6 +63,7 @@ class DaemonClient:
         self.lease_ttl = lease_ttl
         self.wait_timeout = wait_timeout
         self.progress_interval = progress_interval
+        self.reconnect_timeout = reconnect_timeout
 
     async def provide(self, src: str, dst: Path, *, storage: StorageSettings,
                       include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
@@ -110,17 +111,24 @@ class DaemonClient:
                            include: tuple[str, ...], exclude: tuple[str, ...]
                            ) -> tuple[dict[str, Any], str]:
         """Ensure, then follow the daemon's events until the model is ready or failed.
-        Survives a daemon restart (re-ensures; the pull resumes from its journals)."""
+
+        A daemon that does not answer the first ensure is down: fall back at once. One
+        that goes away while a pull runs is probably restarting (a rolling update): keep
+        re-ensuring for ``reconnect_timeout`` seconds (the pull resumes from its journals).
+        """
         from sidecar.cli import describe
         from sidecar.errors import DaemonUnavailableError
 
         deadline = time.monotonic() + self.wait_timeout
+        connected = False
+        lost_at: float | None = None
         reconnects = 0
         while True:
             try:
                 answer = await api.ensure(src, include=include, exclude=exclude,
                                           storage=storage)
                 model, grant = answer["model"], answer["grant"]
+                connected, lost_at = True, None
                 if model["state"] in ("ready", "failed"):
                     if answer["outcome"] != "hit":
                         self.log.info("node cache: %s", describe(model))
@@ -141,11 +149,13 @@ class DaemonClient:
                             self.log.info("node cache: %s", describe(model))
                 raise TimeoutError(f"the node cache did not finish within {self.wait_timeout}s")
             except (DaemonUnavailableError, ConnectionError, _payload_errors()) as e:
-                reconnects += 1
-                if reconnects > _RECONNECTS or time.monotonic() > deadline:
+                now = time.monotonic()
+                lost_at = lost_at if lost_at is not None else now
+                if not connected or now - lost_at > self.reconnect_timeout or now > deadline:
                     raise DaemonUnavailableError(f"lost the node cache daemon: {e}") from e
+                reconnects += 1
                 self.log.warning("node cache connection lost (%s); retrying", type(e).__name__)
-                await asyncio.sleep(min(8.0, 0.5 * 2 ** reconnects))
+                await asyncio.sleep(min(4.0, 0.25 * 2 ** reconnects))
 
     # ------------------------------------------------------------------ dst
 

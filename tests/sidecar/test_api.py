@@ -171,7 +171,7 @@ async def test_cached_model_needs_proof_of_access(aiohttp_client, cache_config, 
     srv = await origin(origin_root)
     model = model_on_origin(srv, "llama")
     client = await _client(aiohttp_client, cache_config())
-    state, grant = await _ensure_ready(client, model)
+    state, _ = await _ensure_ready(client, model)
     assert state["state"] == "ready"
     # The store now refuses this requester: the cached copy is not handed out.
     srv.set_faults([Fault(kind="403", target="list", path="models")])
@@ -227,7 +227,7 @@ async def test_file_paths_cannot_escape(aiohttp_client, cache_config, origin, or
         if r.status != 404 or r.content_type == "application/json":
             assert json.loads(body)["code"] in ("path_escape", "file_not_found",
                                                 "route_not_found", "bad_request"), a
-    r = await client.get(f"/v1/models/..%2F..%2Fstate/files/x", headers=auth)
+    r = await client.get("/v1/models/..%2F..%2Fstate/files/x", headers=auth)
     assert r.status in (400, 404)
 
 
