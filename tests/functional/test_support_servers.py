@@ -474,3 +474,49 @@ def test_clean_env_is_isolated(subprocess_env):
 def test_run_cli_runs_the_weightstream_module(run_cli, subprocess_env):
     result = run_cli("--help", env=subprocess_env(), module="streamer.synth")
     assert result.returncode == 0 and "--size" in result.stdout
+
+
+# --------------------------------------------------------------------------- bench origin
+
+
+def _load_bench(monkeypatch):
+    import importlib.util
+
+    from tests.support.process import REPO_ROOT
+
+    path = REPO_ROOT / "bench" / "download_bench.py"
+    spec = importlib.util.spec_from_file_location("download_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_nginx_origin_speaks_enough_s3(tmp_path, synth_model, monkeypatch):
+    import shutil
+
+    if not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
+        pytest.skip("nginx not installed (scripts/install-test-servers.sh)")
+    bench = _load_bench(monkeypatch)
+    root = tmp_path / "origin"
+    (root / "models").mkdir(parents=True)
+    synth_model.path.rename(root / "models" / "m")
+    objects = bench.write_listing(root, "models", "m", tmp_path / "list.xml")
+    nginx, url = bench.start_nginx(tmp_path, root, tmp_path / "list.xml")
+    try:
+        client = s3_client(url)
+        listed = client.list_objects_v2(Bucket="models", Prefix="m/")["Contents"]
+        assert [(o["Key"], o["Size"]) for o in listed] == objects
+        key = f"m/{synth_model.shards[0]}"
+        data = (root / "models" / key).read_bytes()
+        etag = next(o["ETag"] for o in listed if o["Key"] == key)
+        got = client.get_object(Bucket="models", Key=key, Range="bytes=8-23", IfMatch=etag)
+        assert got["Body"].read() == data[8:24] and got["ETag"] == etag
+        with pytest.raises(client.exceptions.ClientError, match=r"412|PreconditionFailed"):
+            client.get_object(Bucket="models", Key=key, Range="bytes=0-1", IfMatch='"nope"')
+        assert client.head_object(Bucket="models", Key=key)["ContentLength"] == len(data)
+        with pytest.raises(client.exceptions.ClientError, match="404"):
+            client.head_object(Bucket="models", Key="m")  # a directory is not an object
+    finally:
+        nginx.terminate()
+        nginx.wait()
