@@ -10,6 +10,7 @@ termination message) and an exit code (2 usage, 3 not found, 4 access denied,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -41,14 +42,21 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
         results = asyncio.run(run(config, cache=cache))
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        failure = ("interrupted", 130)
     except WeightstreamError as e:
-        return _fail(str(e), exit_code(e))
+        failure = (str(e), exit_code(e))
     except OSError as e:
-        return _fail(f"{e.strerror or e} ({e.filename})" if e.filename else str(e), 1)
+        failure = (f"{e.strerror or e} ({e.filename})" if e.filename else str(e), 1)
     except Exception as e:
         log.error("unexpected failure", exc_info=True)
-        return _fail(f"unexpected {type(e).__name__}: {e}", 1)
+        failure = (f"unexpected {type(e).__name__}: {e}", 1)
+    else:
+        failure = None
+    # Free what the failure's traceback holds (obstore requests, streams) while their
+    # runtime is still alive: dropping them during interpreter shutdown can abort.
+    gc.collect()
+    if failure is not None:
+        return _fail(*failure)
     log.info("weightstream-init: %s", describe_results(results, time.monotonic() - started))
     return 0
 

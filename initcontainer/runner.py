@@ -97,16 +97,13 @@ def download_options(config: InitConfig) -> DownloadOptions:
             f"WEIGHTSTREAM_MAX_MEMORY ({config.max_memory} B) is too small for {n} "
             f"destinations: each needs at least {MIN_CHUNK} B"
         )
-    include, exclude = config.include, config.exclude
     return DownloadOptions(
-        include=include,
-        exclude=exclude,
+        include=config.include,
+        exclude=config.exclude,
         concurrency=max(1, math.ceil(config.concurrency / n)),
         chunk_size=max(MIN_CHUNK, min(config.chunk_size, budget)),
         max_memory=budget,
         max_attempts=config.storage.max_attempts,
-        # Stream mode leaves the shards to vLLM: an index naming absent shards is expected.
-        verify=config.mode == "download",
     )
 
 

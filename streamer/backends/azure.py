@@ -83,10 +83,11 @@ class ObstoreBackend(Backend):
     exactly the objects :func:`streamer.plan.plan` keeps from a raw prefix listing.
     """
 
-    def __init__(self, *, printable: str, build: Callable[[], Any]) -> None:
+    def __init__(self, *, printable: str, build: Callable[[], Any], auth: str = "") -> None:
         self._printable = printable.rstrip("/")
         self._build = build
         self._store: Any = None
+        self.auth = auth  # how we authenticate, added to errors a person must act on
 
     def _uri(self, key: str) -> str:
         return f"{self._printable}/{key}"
@@ -100,7 +101,7 @@ class ObstoreBackend(Backend):
         try:
             meta = await obstore.head_async(self._get_store(), key)
         except Exception as e:
-            raise _translate(self._uri(key), e) from e
+            raise self._error(self._uri(key), e) from e
         return _info(meta)
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
@@ -112,7 +113,7 @@ class ObstoreBackend(Backend):
             # GenericError); a HEAD in the same container tells which failure it was.
             raise await self._classify_list_error(prefix, e) from e
         except Exception as e:
-            raise _translate(self._uri(prefix), e) from e
+            raise self._error(self._uri(prefix), e) from e
         out = [_info(m) for m in found]
         if prefix and not prefix.endswith("/"):
             with contextlib.suppress(ObjectNotFoundError):
@@ -126,8 +127,18 @@ class ObstoreBackend(Backend):
         except (obx.NotFoundError, FileNotFoundError):
             return ObjectNotFoundError(uri, "bucket or container does not exist")
         except Exception as e:
-            return _translate(uri, e)
-        return TransientError(uri, _first_line(error))
+            return self._error(uri, e)
+        # Neither missing nor refused: often credentials that could not be obtained.
+        return self._with_auth(TransientError(uri, _first_line(error)))
+
+    def _error(self, uri: str, e: BaseException) -> Exception:
+        error = _translate(uri, e)
+        return self._with_auth(error) if isinstance(error, AccessDeniedError) else error
+
+    def _with_auth(self, error: Exception) -> Exception:
+        if self.auth and isinstance(error, (TransientError, AccessDeniedError)):
+            return type(error)(error.uri, f"{error.reason} [auth: {self.auth}]")
+        return error
 
     async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
         uri = self._uri(key)
@@ -141,7 +152,7 @@ class ObstoreBackend(Backend):
         except obx.PreconditionError as e:
             raise VersionChangedError(uri, expected=etag) from e
         except Exception as e:
-            raise _translate(uri, e) from e
+            raise self._error(uri, e) from e
         if tuple(got) != (start, end) or len(data) != end - start:
             raise TransientError(
                 uri, f"short or misplaced body: asked {start}-{end}, got {got} ({len(data)} B)"
@@ -209,7 +220,8 @@ class AzureBackend(ObstoreBackend):
             if endpoint
             else f"https://{account}.blob.core.windows.net/{container}"
         )
-        super().__init__(printable=printable, build=self._build_store)
+        super().__init__(printable=printable, build=self._build_store,
+                         auth=_describe(self._credentials(settings.env)))  # fmt: skip
 
     @classmethod
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> AzureBackend:
@@ -261,3 +273,15 @@ class AzureBackend(ObstoreBackend):
                     "federated_token_file": token_file}  # fmt: skip
         # KServe falls back to anonymous access when it finds no credentials.
         return {"skip_signature": True}
+
+
+def _describe(credentials: Mapping[str, Any]) -> str:
+    if "account_key" in credentials:
+        return "shared key"
+    if "sas_key" in credentials:
+        return "SAS token"
+    if "client_secret" in credentials:
+        return "service principal"
+    if "federated_token_file" in credentials:
+        return "workload identity"
+    return "anonymous; no AZURE_STORAGE_ACCESS_KEY, SAS or service principal found"

@@ -32,7 +32,14 @@ class GCSBackend(ObstoreBackend):
     def __init__(self, bucket: str, settings: StorageSettings) -> None:
         self.bucket = bucket
         self.settings = settings
-        super().__init__(printable=f"gs://{bucket}", build=self._build_store)
+        env = settings.env
+        if env.get("STORAGE_EMULATOR_HOST"):
+            auth = f"unsigned, emulator at {env['STORAGE_EMULATOR_HOST']}"
+        elif env.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            auth = "GOOGLE_APPLICATION_CREDENTIALS"
+        else:
+            auth = "metadata server; set GOOGLE_APPLICATION_CREDENTIALS to use a key file"
+        super().__init__(printable=f"gs://{bucket}", build=self._build_store, auth=auth)
 
     @classmethod
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> GCSBackend:
