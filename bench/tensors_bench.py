@@ -15,8 +15,9 @@ generator, listing and nginx launcher), then, in alternating rounds, each conten
 
 Every contender consumes each tensor as it arrives and lets it go, the way vLLM copies a
 weight into its parameter. Reported per contender: time from the first request to the last
-tensor (inside the process, after imports), GB/s, and peak RSS of the process (wait4). The
-median over rounds goes into the table, with ratios against weightstream. Results:
+tensor (inside the process, after imports), GB/s, peak RSS of the process and its CPU
+seconds (user + sys, from wait4; the least load-sensitive number on a shared machine). The
+median over rounds goes into the table, with speed ratios against weightstream. Results:
 stdout and ``bench/out/tensors_bench.json``.
 
 Usage::
@@ -214,19 +215,21 @@ def main(argv: list[str] | None = None) -> int:
                          "--concurrency", str(args.concurrency),
                          "--chunk-size", str(args.chunk_size)]  # fmt: skip
                 load = os.getloadavg()[0]
-                rc, wall, _, rss = db.run_measured(argv_, env=env, log=log, timeout=args.timeout)
+                measured = db.run_measured(argv_, env=env, log=log, timeout=args.timeout)
+                rc, wall, _, rss = measured[:4]
+                cpu = measured[4] if len(measured) > 4 else None  # user+sys of the process
                 result = _last_json(log) if rc == 0 else None
                 ok = bool(result) and result["bytes"] > 0
                 run = {"contender": name, "round": rnd, "rc": rc, "ok": ok, "wall_s": wall,
                        "seconds": result["seconds"] if result else None,
-                       "peak_rss_mib": rss / MiB, "load": load}  # fmt: skip
+                       "peak_rss_mib": rss / MiB, "cpu_s": cpu, "load": load}  # fmt: skip
                 runs.append(run)
                 run["bytes"] = result["bytes"] if result else 0
                 gbs = run["bytes"] / 1e9 / run["seconds"] if ok else 0
                 status = "ok" if ok else f"FAILED (rc {rc}; log {log})"
                 print(f"round {rnd} {name:<13} {run['seconds'] or 0:7.2f}s {gbs:6.2f} GB/s "
-                      f"rss {run['peak_rss_mib']:6.0f} MiB  load {load:4.1f}  {status}",
-                      flush=True)  # fmt: skip
+                      f"rss {run['peak_rss_mib']:6.0f} MiB  cpu {cpu or 0:6.2f}s  "
+                      f"load {load:4.1f}  {status}", flush=True)  # fmt: skip
     finally:
         nginx.terminate()
         nginx.wait()
@@ -241,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         nbytes = good[0]["bytes"]
         if any(r["bytes"] != nbytes for r in runs if r["ok"]):
             print(f"WARNING: {name} delivered a different number of tensor bytes")
+        cpus = [r["cpu_s"] for r in good if r["cpu_s"] is not None]
+        cpu_per_gb = statistics.median(cpus) / (nbytes / 1e9) if cpus else None
         rows.append({"contender": name, "ok": True, "seconds": sec, "gb_s": nbytes / 1e9 / sec,
-                     "peak_rss_mib": max(r["peak_rss_mib"] for r in good)})  # fmt: skip
+                     "peak_rss_mib": max(r["peak_rss_mib"] for r in good),
+                     "cpu_s_per_gb": cpu_per_gb})  # fmt: skip
     ours = next((r for r in rows if r["contender"] == "weightstream" and r["ok"]), None)
     lines = [
         f"{total / MiB:.0f} MiB of safetensors in {args.shards} shards, nginx on loopback, "
@@ -256,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{r['seconds'] / ours['seconds']:.2f}x faster" if ours else "-"
         if r is ours:
             ratio = "-"
+        cpu = f"{r['cpu_s_per_gb']:10.2f}" if r["cpu_s_per_gb"] is not None else f"{'-':>10}"
         lines.append(f"{r['contender']:<14}{r['seconds']:9.2f}{r['gb_s']:8.2f}"
-                     f"{r['peak_rss_mib']:8.0f} MiB{ratio:>18}")  # fmt: skip
+                     f"{r['peak_rss_mib']:8.0f} MiB{cpu}{ratio:>18}")  # fmt: skip
     busiest = max((r["load"] for r in runs), default=0.0)
     if busiest > (os.cpu_count() or 1):
         lines.append(
