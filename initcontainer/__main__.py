@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from streamer.errors import WeightstreamError, exit_code
 from streamer.logs import configure
+from streamer.uri import redact
 
 from .config import InitConfig
 from .nodecache import open_node_cache
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         config = InitConfig.from_args(argv, environ)
         log.info("weightstream-init: %d source(s): %s", len(config.pairs),
-                 ", ".join(f"{p.src} -> {p.dst}" for p in config.pairs))  # fmt: skip
+                 ", ".join(f"{redact(p.src)} -> {p.dst}" for p in config.pairs))  # fmt: skip
         cache = open_node_cache(
             config.cache_socket, mode=config.cache_mode, pod_uid=config.pod_uid, log=log
         )

@@ -133,3 +133,13 @@ def test_http_single_file(origin_process, subprocess_env, run_init, tmp_path):
     assert (tmp_path / "out" / "config.json").read_text() == '{"x": 1}'
     r = run_init(o.http_url("files/missing.json"), tmp_path / "none", env=subprocess_env())
     assert r.returncode == 3
+
+
+def test_az_query_string_never_reaches_the_logs(azurite, az_container, subprocess_env,
+                                                run_init, tmp_path):  # fmt: skip
+    env = subprocess_env(**azurite.env())
+    uri = (f"https://{ACCOUNT}.blob.core.windows.net/{az_container}/m"
+           "?sv=2021-08-06&sig=SECRETSIGNATURE")  # fmt: skip
+    r = run_init(uri, tmp_path / "out", env=env).check()
+    assert "SECRETSIGNATURE" not in r.output
+    assert tree(tmp_path / "out") == ["config.json", "sub/w.bin"]
