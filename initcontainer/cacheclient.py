@@ -198,13 +198,24 @@ class DaemonClient:
 
 
 def link_files(cache_dir: Path, dst: Path, rels: list[str]) -> None:
-    """Symlink ``dst/rel`` -> ``cache_dir/rel`` for every file (atomic per link)."""
+    """Symlink ``dst/rel`` -> ``cache_dir/rel`` for every file.
+
+    A new link is created in place; an existing entry is replaced atomically (a temp
+    link renamed over it), so a rerun never leaves a destination half old, half new.
+    """
+    made: set[Path] = {dst}
     for rel in rels:
         target = cache_dir / rel
         link = safe_target(dst, rel)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() and os.readlink(link) == str(target):
+        if link.parent not in made:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            made.add(link.parent)
+        try:
+            os.symlink(target, link)
             continue
+        except FileExistsError:
+            if link.is_symlink() and os.readlink(link) == str(target):
+                continue
         tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.link")
         os.symlink(target, tmp)
         try:

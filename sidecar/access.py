@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from streamer import Backend, ObjectURI, StorageSettings, open_backend
 
@@ -117,6 +118,54 @@ class Grants:
         return len(self._grants)
 
 
+class ProofCache:
+    """Recent successful proofs of access, keyed by (settings digest, source, filters).
+
+    The same credentials listing the same source a few seconds ago proves the same
+    thing: pods of one deployment starting together (one Secret) skip the listing. A
+    source that changes is noticed at most ``ttl`` seconds late. Failures are not cached.
+    """
+
+    def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic,
+                 limit: int = 4096) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._limit = limit
+        self._proofs: dict[str, tuple[Any, float]] = {}
+
+    @staticmethod
+    def key(uri: ObjectURI, storage: StorageSettings, include: tuple[str, ...],
+            exclude: tuple[str, ...]) -> str:
+        doc = {"pool": BackendPool.key(uri, storage), "uri": uri.raw, "include": include,
+               "exclude": exclude}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        found = self._proofs.get(key)
+        if found is None or found[1] <= self._clock():
+            self._proofs.pop(key, None)
+            return None
+        return found[0]
+
+    def put(self, key: str, proof: Any) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._proofs) >= self._limit:
+            self.prune()
+            while len(self._proofs) >= self._limit:
+                self._proofs.pop(next(iter(self._proofs)))
+        self._proofs[key] = (proof, self._clock() + self._ttl)
+
+    def forget(self, predicate: Callable[[Any], bool]) -> None:
+        for key in [k for k, (p, _) in self._proofs.items() if predicate(p)]:
+            del self._proofs[key]
+
+    def prune(self) -> None:
+        now = self._clock()
+        for key in [k for k, (_, exp) in self._proofs.items() if exp <= now]:
+            del self._proofs[key]
+
+
 @dataclass
 class _Pooled:
     backend: Backend
@@ -139,14 +188,14 @@ class BackendPool:
         self._pool: dict[str, _Pooled] = {}
 
     @staticmethod
-    def _key(uri: ObjectURI, storage: StorageSettings) -> str:
+    def key(uri: ObjectURI, storage: StorageSettings) -> str:
         doc = {"scheme": uri.scheme, "bucket": uri.bucket, "account": uri.account,
                "storage": storage.to_dict()}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
     @contextlib.asynccontextmanager
     async def use(self, uri: ObjectURI, storage: StorageSettings) -> AsyncIterator[Backend]:
-        key = self._key(uri, storage)
+        key = self.key(uri, storage)
         pooled = self._pool.get(key)
         if pooled is None:
             pooled = self._pool[key] = _Pooled(self._factory(uri, storage))

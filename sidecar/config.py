@@ -18,6 +18,7 @@ flag                       environment                     default
 ``--max-memory``           ``WEIGHTSTREAM_MAX_MEMORY``     ``192Mi``
 ``--max-pulls``            --                              ``2``
 ``--peer-files``           --                              off
+``--proof-ttl``            --                              ``30`` seconds
 ``--housekeeping``         --                              ``30`` seconds
 =========================  ==============================  ==========================
 """
@@ -62,6 +63,8 @@ class DaemonConfig:
         housekeeping_interval: seconds between lease expiry / capacity passes.
         default_lease_ttl, max_lease_ttl: lease lifetimes in seconds.
         grant_ttl: seconds a grant from ``ensure`` stays valid.
+        proof_ttl: seconds a successful listing with the same credentials is reused as
+            the proof of access (0: list on every ensure).
         staging_max_age: seconds an orphaned partial pull is kept for resuming.
         max_wait: upper bound on one long-poll or event stream, seconds.
         progress_interval: minimum seconds between progress events of one pull.
@@ -84,6 +87,7 @@ class DaemonConfig:
     default_lease_ttl: float = 24 * 3600.0
     max_lease_ttl: float = 7 * 24 * 3600.0
     grant_ttl: float = 3600.0
+    proof_ttl: float = 30.0
     staging_max_age: float = 24 * 3600.0
     max_wait: float = 300.0
     progress_interval: float = 0.5
@@ -158,6 +162,7 @@ class DaemonConfig:
             max_pulls=int(pick("max_pulls", None, 2)),
             peer_files=bool(args.get("peer_files") or False),
             housekeeping_interval=float(pick("housekeeping", None, 30.0)),
+            proof_ttl=float(pick("proof_ttl", None, 30.0)),
         )
         values.update(overrides)
         return cls(**values)
@@ -209,6 +214,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-files", action="store_true", default=None,
                    help="also serve model files on the TCP listener (read-only, for peers; "
                         "restrict it with a NetworkPolicy)")
+    p.add_argument("--proof-ttl", type=float, metavar="SECONDS",
+                   help="reuse a successful listing with the same credentials as the proof "
+                        "of access for this long; 0: list on every request (default 30)")
     p.add_argument("--housekeeping", type=float, metavar="SECONDS",
                    help="seconds between lease-expiry and capacity passes (default 30)")
 

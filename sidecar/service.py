@@ -42,7 +42,7 @@ from streamer.progress import ProgressSnapshot
 from streamer.sizes import format_size
 
 from . import disk
-from .access import AccessPolicy, BackendFactory, BackendPool, Grants
+from .access import AccessPolicy, BackendFactory, BackendPool, Grants, ProofCache
 from .capacity import Candidate, Room, choose_victims
 from .config import DaemonConfig
 from .errors import (
@@ -121,6 +121,7 @@ class CacheService:
         self._disk_usage = disk_usage
         self._policy = AccessPolicy(config.allow)
         self._grants = Grants(ttl=config.grant_ttl, clock=monotonic)
+        self._proofs = ProofCache(ttl=config.proof_ttl, clock=monotonic)
         self._backends = (BackendPool(backend_factory, clock=monotonic) if backend_factory
                           else BackendPool(clock=monotonic))
         self._entries: dict[str, Entry] = {}
@@ -183,8 +184,13 @@ class CacheService:
             include = normalise_patterns(request.include)
             exclude = normalise_patterns(request.exclude)
             key = model_key(uri, request.storage, include=include, exclude=exclude)
-            async with self._backends.use(uri, request.storage) as backend:
-                the_plan = await plan_source(backend, uri, include=include, exclude=exclude)
+            proof_key = self._proofs.key(uri, request.storage, include, exclude)
+            the_plan = self._proofs.get(proof_key)
+            if the_plan is None:
+                async with self._backends.use(uri, request.storage) as backend:
+                    the_plan = await plan_source(backend, uri, include=include,
+                                                 exclude=exclude)
+                self._proofs.put(proof_key, the_plan)
         except Exception:
             self.metrics.ensures.labels("refused").inc()
             raise
@@ -248,6 +254,7 @@ class CacheService:
             entry.state = State.FAILED
             entry.error = (code, message)
             entry.failed_at = self._clock()
+            self._proofs.forget(lambda p: version_of(p) == entry.version)
             self.metrics.pulls.labels(code).inc()
             if staging is not None:
                 await self._keep_or_discard(staging, code)
@@ -516,6 +523,7 @@ class CacheService:
                     and now - entry.failed_at > _FAILED_KEEP_SECONDS):
                 self._entries.pop(entry.id, None)
         self._grants.prune()
+        self._proofs.prune()
         await self._backends.prune()
         await self._flush_dirty()
         async with self._space_lock:

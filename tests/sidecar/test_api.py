@@ -188,6 +188,27 @@ async def test_cached_model_needs_proof_of_access(aiohttp_client, cache_config, 
         assert r.status == 401
 
 
+async def test_recent_proof_with_the_same_credentials_is_reused(
+        aiohttp_client, cache_config, origin, origin_root, model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama")
+    now = [100.0]
+    client = await _client(aiohttp_client, cache_config(proof_ttl=30.0),
+                           monotonic=lambda: now[0])
+    await _ensure_ready(client, model)
+    srv.clear_log()
+    r = await client.post("/v1/ensure", json=_body(model))
+    assert (await r.json())["outcome"] == "hit"
+    assert srv.requests() == []  # proved 0 s ago with the same credentials: no listing
+    other = model.storage.to_dict() | {"access_key_id": "someone-else"}
+    r = await client.post("/v1/ensure", json=_body(model, credentials=other))
+    assert r.status == 200 and [q.path for q in srv.requests()] == ["models"]
+    srv.set_faults([Fault(kind="403", target="list")])
+    now[0] += 31  # the proof expired: access is checked again, and refused
+    r = await client.post("/v1/ensure", json=_body(model))
+    assert r.status == 403
+
+
 async def test_changed_source_is_a_new_version(aiohttp_client, cache_config, origin,
                                                origin_root, model_on_origin):
     srv = await origin(origin_root)
