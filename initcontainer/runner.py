@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamer import DownloadOptions, DownloadReport, download
@@ -188,7 +188,7 @@ async def _from_cache(
                     "downloading directly", label, uri)  # fmt: skip
         return None
     log.info("%s %s ready from the node cache (%s mode)", label, pair.dst, config.cache_mode)
-    return PairResult(replace(pair), "cache")
+    return PairResult(pair, "cache")
 
 
 def _reason(e: BaseException) -> str:

@@ -155,3 +155,12 @@ def test_full_model_round_trip(moto, s3_bucket, moto_env, run_init, tmp_path, sy
     assert tree(dst) == sorted(synth_model.files)
     for f in synth_model.files:
         assert (dst / f).read_bytes() == (Path(synth_model.path) / f).read_bytes()
+
+
+def test_json_logs_on_success(moto, s3_bucket, moto_env, run_init, tmp_path):
+    seed(moto, s3_bucket, {"m/config.json": b"{}"})
+    env = moto_env(WEIGHTSTREAM_LOG_FORMAT="json")
+    r = run_init(f"s3://{s3_bucket}/m", tmp_path / "out", env=env).check()
+    docs = [json.loads(line) for line in r.output.splitlines() if line.strip()]
+    assert all({"ts", "level", "logger", "msg"} <= set(d) for d in docs)
+    assert docs[-1]["msg"].startswith("weightstream-init: ready: 1 of 1")

@@ -114,3 +114,18 @@ def test_open_node_cache(tmp_path):
         client = open_node_cache(live, mode="copy", pod_uid="uid", log=log)
     assert client is not None and hasattr(client, "provide")
 
+
+
+async def test_local_source_with_patterns_links_matching_files(tmp_path):
+    src = tmp_path / "pvc"
+    (src / "tok").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tok/vocab.json", "tok/merges.txt"):
+        (src / name).write_text(name)
+    env = {**clean_env(), "STORAGE_ALLOW_PATTERNS": '["*.json"]'}
+    cfg = InitConfig.from_args([f"file://{src}", str(tmp_path / "out")], env)
+    [result] = await run(cfg)
+    assert result.how == "linked"
+    out = tmp_path / "out"
+    linked = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_symlink())
+    assert linked == ["config.json", "tok/vocab.json"]
+    assert (out / "tok" / "vocab.json").read_text() == "tok/vocab.json"
