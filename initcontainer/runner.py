@@ -20,8 +20,6 @@ import asyncio
 import logging
 import math
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +55,6 @@ async def run(
     config: InitConfig,
     *,
     cache: NodeCacheClient | None = None,
-    clock: Callable[[], float] = time.monotonic,
 ) -> list[PairResult]:
     """Make every destination ready.
 
