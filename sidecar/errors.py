@@ -9,8 +9,17 @@ errno, never by matching message text.
 from __future__ import annotations
 
 import errno
+import re
 
 from streamer import errors as se
+
+# Query strings may carry signatures (presigned URLs): never let one into a message.
+_URL_QUERY = re.compile(r"""(\b[a-z][a-z0-9+.-]*://[^\s?"'<>]+)\?[^\s"'<>]*""", re.IGNORECASE)
+
+
+def scrub(message: str) -> str:
+    """Remove query strings from any URL in ``message``."""
+    return _URL_QUERY.sub(r"\1?<redacted>", message)
 
 
 class CacheError(se.WeightstreamError):
@@ -159,10 +168,10 @@ def classify(exc: BaseException) -> tuple[str, int, str]:
     paths or details that do not belong in an API answer (the daemon logs them).
     """
     if isinstance(exc, CacheError):
-        return exc.code, exc.status, exc.message
+        return exc.code, exc.status, scrub(exc.message)
     for kind, code, status in _ENGINE_CODES:
         if isinstance(exc, kind):
-            return code, status, str(exc)
+            return code, status, scrub(str(exc))
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "insufficient_space", 507, f"the cache disk is full ({exc.strerror})"
     if isinstance(exc, (ConnectionError, TimeoutError)):
