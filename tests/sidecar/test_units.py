@@ -1,0 +1,161 @@
+"""Unit tests of the daemon's pure parts: config sources, eviction choice, paths, identity."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from sidecar.access import AccessPolicy
+from sidecar.capacity import Candidate, Room, choose_victims
+from sidecar.config import DaemonConfig, client_socket, parse_listen
+from sidecar.errors import (
+    CredentialsRequiredError,
+    InsufficientCapacityError,
+    NotAllowedError,
+    PathEscapeError,
+    classify,
+)
+from sidecar.identity import model_key
+from sidecar.layout import safe_join
+from streamer import StorageSettings, parse_uri
+from streamer.errors import UsageError
+
+# ---------------------------------------------------------------- config
+
+
+def test_flags_win_over_env_and_env_over_defaults(tmp_path):
+    env = {"WEIGHTSTREAM_CACHE_ROOT": str(tmp_path / "env-root"),
+           "WEIGHTSTREAM_CACHE_CAPACITY": "500Gi", "WEIGHTSTREAM_CACHE_MIN_FREE": "1Gi",
+           "WEIGHTSTREAM_CACHE_LISTEN": "127.0.0.1:9000",
+           "WEIGHTSTREAM_CACHE_ALLOW": "s3://a/, s3://b/m", "WEIGHTSTREAM_LOG_FORMAT": "json",
+           "WEIGHTSTREAM_CHUNK_SIZE": "4Mi"}
+    c = DaemonConfig.from_sources({}, env)
+    assert c.cache_root == tmp_path / "env-root" and c.capacity == 500 << 30
+    assert c.min_free == 1 << 30 and c.listen == ("127.0.0.1", 9000)
+    assert c.allow == ("s3://a/", "s3://b/m") and c.log_format == "json"
+    assert c.chunk_size == 4 << 20 and c.socket == tmp_path / "env-root" / "daemon.sock"
+    c = DaemonConfig.from_sources({"cache_root": str(tmp_path / "flag"), "capacity": "1G",
+                                   "listen": "off", "allow": ["s3://c/"],
+                                   "socket": str(tmp_path / "s.sock")}, env)
+    assert c.cache_root == tmp_path / "flag" and c.capacity == 10**9 and c.listen is None
+    assert c.allow == ("s3://c/",) and c.socket == tmp_path / "s.sock"
+    d = DaemonConfig.from_sources({}, {})
+    assert d.cache_root == Path("/var/lib/weightstream") and d.capacity == 0
+    assert d.min_free == 10 << 30 and d.listen == ("0.0.0.0", 8470) and d.allow == ()
+
+
+@pytest.mark.parametrize("args,env", [
+    ({"capacity": "lots"}, {}), ({}, {"WEIGHTSTREAM_CACHE_LISTEN": "8470"}),
+    ({"listen": "host:99999"}, {}), ({"allow": ["models/"]}, {}),
+    ({"cache_root": "/" + "x" * 120}, {}), ({"max_pulls": 0}, {}),
+    ({}, {"WEIGHTSTREAM_LOG_FORMAT": "xml"}),
+])
+def test_bad_settings_are_usage_errors(args, env):
+    with pytest.raises(UsageError):
+        DaemonConfig.from_sources(args, env)
+
+
+def test_listen_and_client_socket():
+    assert parse_listen("[::]:8470") == ("::", 8470)
+    assert parse_listen(":8470") == ("0.0.0.0", 8470)
+    assert client_socket(None, {"WEIGHTSTREAM_CACHE_SOCKET": "/s"}) == Path("/s")
+    assert client_socket(None, {"WEIGHTSTREAM_CACHE_ROOT": "/r"}) == Path("/r/daemon.sock")
+    assert client_socket("/f", {"WEIGHTSTREAM_CACHE_SOCKET": "/s"}) == Path("/f")
+
+
+# ---------------------------------------------------------------- eviction
+
+
+def _c(name, size, used, **kw):
+    return Candidate(name, size, used, **kw)
+
+
+def test_lru_order_orphans_first_never_leased():
+    cands = [_c("new", 10, 300), _c("old", 10, 100), _c("leased", 10, 0, leased=True),
+             _c("partial", 5, 200, orphan=True)]
+    room = Room(used=35, free=1000, capacity=40, min_free=0)
+    victims = choose_victims(cands, room, needed=20, strict=True)
+    assert [v.name for v in victims] == ["partial", "old"]
+
+
+def test_cannot_fit_raises_and_evicts_nothing():
+    cands = [_c("a", 10, 1, leased=True), _c("b", 10, 2)]
+    room = Room(used=20, free=1000, capacity=25, min_free=0)
+    with pytest.raises(InsufficientCapacityError, match="leased models are never evicted"):
+        choose_victims(cands, room, needed=20, strict=True)
+    with pytest.raises(InsufficientCapacityError, match="capacity"):
+        choose_victims([], Room(used=0, free=10**9, capacity=5, min_free=0), needed=6,
+                       strict=True)
+    # Housekeeping (not strict) evicts what helps and does not raise.
+    assert [v.name for v in choose_victims(cands, Room(30, 1000, 25, 0), needed=0,
+                                           strict=False)] == ["b"]
+
+
+def test_watermark_counts_freed_bytes():
+    cands = [_c("a", 100, 1), _c("b", 100, 2)]
+    room = Room(used=200, free=50, capacity=0, min_free=100)
+    assert [v.name for v in choose_victims(cands, room, needed=100, strict=True)] == ["a", "b"]
+    assert choose_victims(cands, Room(200, 500, 0, 100), needed=100, strict=True) == []
+
+
+# ---------------------------------------------------------------- paths and identity
+
+
+@pytest.mark.parametrize("rel", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a",
+                                 "a\\..\\b", "a\0b", "a/.."])
+def test_safe_join_refuses_escapes(tmp_path, rel):
+    with pytest.raises(PathEscapeError):
+        safe_join(tmp_path, rel)
+
+
+def test_safe_join_refuses_symlinks_out(tmp_path):
+    (tmp_path / "m").mkdir()
+    os.symlink("/etc", tmp_path / "m" / "link")
+    with pytest.raises(PathEscapeError):
+        safe_join(tmp_path / "m", "link/passwd")
+    assert safe_join(tmp_path / "m", "sub/file.bin") == tmp_path / "m" / "sub" / "file.bin"
+
+
+def test_model_key_depends_on_endpoint_and_filters_not_their_order():
+    uri = parse_uri("s3://models/llama")
+    a = StorageSettings(endpoint_url="http://a:1", access_key_id="x", secret_access_key="y")
+    b = StorageSettings(endpoint_url="http://b:1", access_key_id="x", secret_access_key="y")
+    c = StorageSettings(endpoint_url="http://a:1", access_key_id="other", secret_access_key="z")
+    k = model_key(uri, a, include=("*.json", "*.safetensors"), exclude=())
+    assert k == model_key(uri, c, include=("*.safetensors", "*.json", "*.json"), exclude=())
+    assert k != model_key(uri, b, include=("*.json", "*.safetensors"), exclude=())
+    assert k != model_key(uri, a, include=("*.json",), exclude=())
+
+
+# ---------------------------------------------------------------- access rules and errors
+
+
+def test_access_policy():
+    keys = StorageSettings(access_key_id="x", secret_access_key="y")
+    policy = AccessPolicy(("s3://models/llama", "https://hub.example/m/"))
+    policy.check(parse_uri("s3://models/llama/x"), keys)
+    policy.check(parse_uri("s3://models/llama"), keys)
+    policy.check(parse_uri("https://hub.example/m/a.bin?sig=1"), StorageSettings())
+    for uri in ("s3://models/llama-old", "s3://other/llama", "https://hub.example/other"):
+        with pytest.raises(NotAllowedError):
+            policy.check(parse_uri(uri), keys)
+    with pytest.raises(CredentialsRequiredError):
+        AccessPolicy().check(parse_uri("s3://models/llama"), StorageSettings())
+    AccessPolicy().check(parse_uri("s3://models/llama"), StorageSettings(anonymous=True))
+    with pytest.raises(NotAllowedError):
+        AccessPolicy().check(parse_uri("file:///etc"), StorageSettings())
+    AccessPolicy(("file:///srv/models/",)).check(parse_uri("file:///srv/models/m"),
+                                                StorageSettings())
+
+
+def test_classify_scrubs_and_maps_errno():
+    from streamer.errors import TransientError
+
+    code, status, message = classify(
+        TransientError("https://h/m.bin?X-Amz-Signature=secret", "reset"))
+    assert (code, status) == ("upstream_failed", 502) and "secret" not in message
+    assert classify(OSError(errno.ENOSPC, "full"))[:2] == ("insufficient_space", 507)
+    assert classify(RuntimeError("/private/path"))[2] == "internal error (see the daemon's log)"
