@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WeightstreamError as e:
         print(f"weightstream cache: error: {e}", file=sys.stderr)
         return exit_code(e)
+    except OSError as e:  # e.g. the TCP port is taken, the cache root is not writable
+        print(f"weightstream cache: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PinnedFile = tuple[str, int, "str | None"]
+
+# One sequence for every entry of the process, starting at the wall clock in ms, so a
+# ``since`` from an entry that was replaced (failed, then retried) or from before a
+# restart never makes a long-poll wait for numbers a new entry has not reached yet.
+_SEQ = itertools.count(int(time.time() * 1000))
+
+
+def next_seq() -> int:
+    return next(_SEQ)
 
 
 class State(enum.StrEnum):
@@ -62,7 +73,7 @@ class Entry:
     progress: Progress = field(default_factory=Progress)
     error: tuple[str, str] | None = None
     failed_at: float | None = None
-    seq: int = 0
+    seq: int = field(default_factory=next_seq)
     dirty: bool = False  # last_used changed since the record was written
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _file_set: frozenset[str] = field(default=frozenset(), repr=False)
@@ -74,7 +85,7 @@ class Entry:
 
     def bump(self) -> None:
         """Record an observable change and wake everyone waiting on the previous one."""
-        self.seq += 1
+        self.seq = next_seq()
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
