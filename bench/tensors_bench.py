@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"{total / MiB:.0f} MiB of safetensors in {args.shards} shards, nginx on loopback, "
         f"{os.cpu_count()} CPUs, median of {args.rounds} rounds",
-        f"{'contender':<14}{'seconds':>9}{'GB/s':>8}{'peak RSS':>11}{'weightstream is':>18}",
+        f"{'contender':<14}{'seconds':>9}{'GB/s':>8}{'peak RSS':>11}{'CPU s/GB':>10}"
+        f"{'weightstream is':>18}",
     ]
     for r in rows:
         if not r["ok"]:
