@@ -20,7 +20,7 @@ from .service import EnsureRequest
 MAX_URI = 4096
 MAX_PATTERNS = 256
 MAX_PATTERN = 1024
-HOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,252}$")
+HOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
 
 _STORAGE_TYPES: dict[str, tuple[type, ...]] = {}
 for _f in dataclasses.fields(StorageSettings):
@@ -98,7 +98,7 @@ def parse_lease(doc: Any) -> tuple[str, float | None]:
 
 def parse_holder(value: Any) -> str:
     if not isinstance(value, str) or not HOLDER.match(value):
-        raise BadRequestError("holder must be 1-253 characters of [A-Za-z0-9._:@/-] "
+        raise BadRequestError("holder must be 1-253 characters of [A-Za-z0-9._:@-] "
                               "(a pod UID, for example)")
     return value
 

@@ -422,7 +422,7 @@ async def test_public_app_has_no_private_routes(aiohttp_client, cache_config, or
     assert (await off.get(f"/v1/peer/models/{state['id']}/files/config.json")).status == 404
 
 
-@pytest.mark.parametrize("holder", ["", "a b", "x" * 300, "../x"])
+@pytest.mark.parametrize("holder", ["", "a b", "x" * 300, "../x", "a/b", 7])
 async def test_bad_lease_holders(aiohttp_client, cache_config, holder):
     client = await _client(aiohttp_client, cache_config())
     r = await client.post("/v1/models/0123456789abcdef-0123456789ab/leases",
