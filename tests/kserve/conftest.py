@@ -14,6 +14,7 @@ through the origin (``origin_process``).
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from tests.kserve.azurite import Azurite, start_azurite
 from tests.kserve.fakehub import FakeHub, serve_fakehub
+from tests.kserve.helpers import s3_client
 from tests.support.moto_server import MotoServer
 from tests.support.process import ProcResult, run_cmd, script_path
 
@@ -35,6 +37,14 @@ def run_init() -> Callable[..., ProcResult]:
         return run_cmd([*head, *map(str, args)], env=env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def s3_bucket(moto: MotoServer) -> str:
+    """A new bucket on the session's moto (overrides the root fixture to reuse one client)."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client(moto).create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.kserve.helpers import last_line, tree
+from tests.kserve.helpers import last_line, s3_client, seed, tree
+from tests.support.moto_server import upload_tree
 from tests.support.origin import Fault
 
 
@@ -58,7 +59,7 @@ def test_missing_bucket_fails(moto_env, run_init, tmp_path):
 def test_empty_prefix_fails_instead_of_succeeding_with_nothing(
     moto, s3_bucket, moto_env, run_init, tmp_path
 ):
-    moto.put_object(s3_bucket, "other/config.json", b"{}")
+    seed(moto, s3_bucket, {"other/config.json": b"{}"})
     r = run_init(f"s3://{s3_bucket}/models/none", tmp_path / "dst", env=moto_env())
     assert r.returncode == 3
     assert "no objects at this location" in last_line(r)
@@ -66,7 +67,7 @@ def test_empty_prefix_fails_instead_of_succeeding_with_nothing(
 
 
 def test_filters_that_leave_nothing_fail(moto, s3_bucket, moto_env, run_init, tmp_path):
-    moto.put_object(s3_bucket, "m/config.json", b"{}")
+    seed(moto, s3_bucket, {"m/config.json": b"{}"})
     env = moto_env(STORAGE_ALLOW_PATTERNS="*.safetensors")
     r = run_init(f"s3://{s3_bucket}/m", tmp_path / "dst", env=env)
     assert r.returncode == 3
@@ -84,7 +85,7 @@ def test_access_denied(origin_process, subprocess_env, run_init, tmp_path):
 
 
 def test_no_credentials_is_a_clear_access_error(moto, s3_bucket, moto_env, run_init, tmp_path):
-    moto.put_object(s3_bucket, "m/config.json", b"{}")
+    seed(moto, s3_bucket, {"m/config.json": b"{}"})
     env = moto_env()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(name)
@@ -99,7 +100,7 @@ def test_corrupted_shard_publishes_nothing(moto, s3_bucket, moto_env, run_init, 
     data = bytearray(shard.read_bytes())
     data[8:16] = b"\xff" * 8  # the JSON header starts with garbage
     shard.write_bytes(bytes(data))
-    moto.upload_tree(synth_model.path, bucket=s3_bucket, prefix="llama")
+    upload_tree(s3_client(moto), synth_model.path, bucket=s3_bucket, prefix="llama")
     dst = tmp_path / "dst"
     r = run_init(f"s3://{s3_bucket}/llama", dst, env=moto_env())
     assert r.returncode == 5, r.output

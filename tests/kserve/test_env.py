@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.kserve.helpers import last_line, seed, tree
+from tests.kserve.helpers import last_line, s3_client, seed, tree
 
 DEAD = "http://127.0.0.1:9"  # discard port: nothing listens there
 
@@ -68,7 +68,7 @@ def test_anonymous_access(model, moto, s3_bucket, moto_env, run_init, tmp_path, 
         env["STORAGE_CONFIG"] = json.dumps({"type": "s3", "anonymous": "true"})
     r = run_init(model, tmp_path / "private", env=env)
     assert r.returncode == 4 and "access denied" in last_line(r)
-    client = moto.client()
+    client = s3_client(moto)
     client.put_bucket_acl(Bucket=s3_bucket, ACL="public-read")
     for obj in client.list_objects_v2(Bucket=s3_bucket)["Contents"]:
         client.put_object_acl(Bucket=s3_bucket, Key=obj["Key"], ACL="public-read")

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from tests.kserve.helpers import last_line, seed, tree
+from tests.kserve.helpers import last_line, s3_client, seed, tree
+from tests.support.moto_server import upload_tree
 
 
 def test_prefix_lands_relative_to_prefix(moto, s3_bucket, moto_env, run_init, tmp_path):
@@ -138,7 +139,7 @@ def test_local_source_missing_fails(moto_env, run_init, tmp_path):
 
 def test_stream_mode_fetches_everything_but_weights(moto, s3_bucket, moto_env, run_init,
                                                     tmp_path, synth_model):  # fmt: skip
-    moto.upload_tree(synth_model.path, bucket=s3_bucket, prefix="llama")
+    upload_tree(s3_client(moto), synth_model.path, bucket=s3_bucket, prefix="llama")
     dst = tmp_path / "out"
     run_init(f"s3://{s3_bucket}/llama", dst, env=moto_env(WEIGHTSTREAM_MODE="stream")).check()
     expected = sorted(f for f in synth_model.files if not f.endswith(".safetensors"))
@@ -149,7 +150,7 @@ def test_stream_mode_fetches_everything_but_weights(moto, s3_bucket, moto_env, r
 
 
 def test_full_model_round_trip(moto, s3_bucket, moto_env, run_init, tmp_path, synth_model):
-    moto.upload_tree(synth_model.path, bucket=s3_bucket, prefix="llama")
+    upload_tree(s3_client(moto), synth_model.path, bucket=s3_bucket, prefix="llama")
     dst = tmp_path / "out"
     run_init(f"s3://{s3_bucket}/llama", dst, env=moto_env()).check()
     assert tree(dst) == sorted(synth_model.files)
