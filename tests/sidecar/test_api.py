@@ -428,3 +428,41 @@ async def test_bad_lease_holders(aiohttp_client, cache_config, holder):
     r = await client.post("/v1/models/0123456789abcdef-0123456789ab/leases",
                           json={"holder": holder})
     assert r.status == 400 and (await r.json())["code"] == "bad_request"
+
+
+async def test_pulls_beyond_max_pulls_wait_as_pending(aiohttp_client, cache_config, origin,
+                                                      origin_root, model_on_origin):
+    srv = await origin(origin_root)
+    a = model_on_origin(srv, "a")
+    b = model_on_origin(srv, "b")
+    srv.set_faults([Fault(kind="stall", path="models/a/*.safetensors", stall_s=0.5, times=1)])
+    client = await _client(aiohttp_client, cache_config(max_pulls=1))
+    ra = await (await client.post("/v1/ensure", json=_body(a))).json()
+    rb = await (await client.post("/v1/ensure", json=_body(b))).json()
+    await asyncio.sleep(0.1)
+    r = await client.get(f"/v1/models/{rb['model']['id']}")
+    assert (await r.json())["state"] == "pending"
+    assert (await _ensure_ready(client, b))[0]["state"] == "ready"
+    assert (await _ensure_ready(client, a))[0]["state"] == "ready"
+    assert ra["outcome"] == rb["outcome"] == "miss"
+
+
+async def test_plain_https_object_without_its_query_in_the_api(aiohttp_client, cache_config,
+                                                              origin, origin_root,
+                                                              model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama")
+    client = await _client(aiohttp_client, cache_config())
+    url = srv.http_url("models/llama/config.json") + "?X-Amz-Signature=s3cr3t"
+    r = await client.post("/v1/ensure", json={"uri": url})
+    doc = await r.json()
+    assert r.status in (200, 202), doc
+    state = doc["model"]
+    while state["state"] not in ("ready", "failed"):
+        state = await (await client.get(f"/v1/models/{state['id']}",
+                                        params={"wait": "10", "since": str(state["seq"])})).json()
+    assert state["state"] == "ready" and state["files"] == 1
+    assert "s3cr3t" not in json.dumps(state) and state["source"].endswith("/config.json")
+    r = await client.get(f"/v1/models/{state['id']}/files/config.json",
+                         headers={"Authorization": f"Bearer {doc['grant']}"})
+    assert await r.read() == model.bytes_of("config.json")
