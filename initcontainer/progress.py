@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 from streamer.cli.render import describe
 from streamer.progress import ProgressSnapshot
+from streamer.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,13 @@ class ProgressBoard:
     def __init__(self) -> None:
         self._latest: dict[int, ProgressSnapshot] = {}
 
-    def callback(self, index: int) -> Callable[[ProgressSnapshot], None]:
+    def callback(self, index: int, label: str = "") -> Callable[[ProgressSnapshot], None]:
+        """The progress callback for pair ``index``; its first call logs the totals."""
+
         def update(snapshot: ProgressSnapshot) -> None:
+            if index not in self._latest:
+                log.info("%s %d files, %s to fetch", label, snapshot.total_files,
+                         format_size(snapshot.total_bytes))  # fmt: skip
             self._latest[index] = snapshot
 
         return update

@@ -127,8 +127,9 @@ async def _run_pair(
             return result
     log.info("%s fetching %s into %s (%s mode)", label, uri, pair.dst, config.mode)
     report = await download(
-        uri, pair.dst, options=options, storage=config.storage, progress=board.callback(index)
-    )
+        uri, pair.dst, options=options, storage=config.storage,
+        progress=board.callback(index, label),
+    )  # fmt: skip
     log.info("%s %s", label, summary_line(report))
     how = "download"
     if len(report.files) == 1 and is_archive(report.files[0]):

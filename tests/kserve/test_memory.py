@@ -46,6 +46,7 @@ def test_peak_rss_under_300_mib_for_a_2_gib_model(synth_factory, origin_process,
             assert _digest(got, offsets) == _digest(src, offsets), f
         out = r.output
         assert "fetching s3://models/big into" in out
+        assert "[1/1] 10 files, 2.0 GiB to fetch" in out
         progress = [line for line in out.splitlines() if "progress:" in line]
         assert progress, out
         assert re.search(r"i?B / 2\.0 GiB \(\d+%\), \d+/\d+ files, \d+ MB/s, ETA ", progress[0])
