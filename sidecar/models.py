@@ -1,4 +1,5 @@
-"""One cached model as the service tracks it: state machine, progress, leases, record.
+"""The values of the cache service: a model entry (state, progress, leases, record), the
+requests and answers of ``ensure``, and the free-space probe.
 
 An :class:`Entry` is owned by the service and only changed on the event loop. Each change
 a client can observe increments ``seq`` and wakes the waiters (:meth:`Entry.bump`);
@@ -10,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from streamer import StorageSettings
 
 PinnedFile = tuple[str, int, "str | None"]
 
@@ -165,3 +170,40 @@ class Entry:
             last_used=float(doc["last_used"]),
             leases={str(h): float(t) for h, t in dict(doc.get("leases", {})).items()},
         )
+
+
+# ---------------------------------------------------------------- service values
+
+
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+DiskProbe = Callable[[Path], DiskUsage]
+
+
+def real_disk_usage(path: Path) -> DiskUsage:
+    u = shutil.disk_usage(path)
+    return DiskUsage(u.total, u.used, u.free)
+
+
+@dataclass(frozen=True)
+class EnsureRequest:
+    """A validated ``ensure``: what to fetch and with whose credentials."""
+
+    uri: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+    def __repr__(self) -> str:  # never print the settings
+        return f"EnsureRequest(uri={self.uri!r}, include={self.include}, exclude={self.exclude})"
+
+
+@dataclass(frozen=True)
+class Ensured:
+    model: dict[str, Any]
+    grant: str
+    outcome: str  # hit, joined, miss

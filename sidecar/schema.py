@@ -15,7 +15,7 @@ from streamer import StorageSettings
 from streamer.errors import UsageError
 
 from .errors import BadRequestError
-from .service import EnsureRequest
+from .models import EnsureRequest
 
 MAX_URI = 4096
 MAX_PATTERNS = 256

@@ -28,13 +28,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from streamer import DownloadOptions, ObjectURI, StorageSettings, download, parse_uri
 from streamer.plan import plan as plan_source
@@ -57,47 +55,13 @@ from .errors import (
 from .identity import model_key, normalise_patterns, pinned_files, source_name, version_of
 from .layout import CacheLayout, check_entry_id
 from .metrics import CacheMetrics, CacheStats
-from .models import Entry, State
+from .models import DiskProbe, Ensured, EnsureRequest, Entry, State, real_disk_usage
 
 log = logging.getLogger(__name__)
 
 # Failures after which partial data is not kept for resuming.
 _DISCARD_ON = frozenset({"integrity", "version_changed", "insufficient_space", "internal"})
 _FAILED_KEEP_SECONDS = 3600.0
-
-
-class DiskUsage(NamedTuple):
-    total: int
-    used: int
-    free: int
-
-
-DiskProbe = Callable[[Path], DiskUsage]
-
-
-def real_disk_usage(path: Path) -> DiskUsage:
-    u = shutil.disk_usage(path)
-    return DiskUsage(u.total, u.used, u.free)
-
-
-@dataclass(frozen=True)
-class EnsureRequest:
-    """A validated ``ensure``: what to fetch and with whose credentials."""
-
-    uri: str
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    storage: StorageSettings = field(default_factory=StorageSettings)
-
-    def __repr__(self) -> str:  # never print the settings
-        return f"EnsureRequest(uri={self.uri!r}, include={self.include}, exclude={self.exclude})"
-
-
-@dataclass(frozen=True)
-class Ensured:
-    model: dict[str, Any]
-    grant: str
-    outcome: str  # hit, joined, miss
 
 
 class CacheService:
@@ -586,4 +550,4 @@ class CacheService:
         return await loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
 
 
-__all__ = ["CacheError", "CacheService", "DiskProbe", "DiskUsage", "EnsureRequest", "Ensured"]
+__all__ = ["CacheError", "CacheService", "DiskProbe", "EnsureRequest", "Ensured"]

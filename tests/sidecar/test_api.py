@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from sidecar.app import create_app, create_public_app
 from sidecar.keys import SERVICE
 from sidecar.metrics import CacheMetrics
-from sidecar.service import CacheService, DiskUsage
+from sidecar.models import DiskUsage
+from sidecar.service import CacheService
 from tests.support.origin import Fault
 
 from .conftest import fetched_bytes
