@@ -37,8 +37,9 @@ async def _wait_ready(api, answer, timeout=30.0):
 
 
 def _metric(text: str, name: str) -> float:
+    """The value of a sample (``name`` may include its labels)."""
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith(name + " ") or (line.startswith(name + "{") and "{" not in name):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no metric {name}")
 
@@ -61,7 +62,9 @@ async def test_single_flight_counted_at_the_origin(daemon, origin, origin_root,
                                          for _ in range(8)))
         assert len({a["model"]["id"] for a in answers}) == 1
         outcomes = sorted(a["outcome"] for a in answers)
-        assert outcomes.count("miss") == 1 and outcomes.count("joined") == 7, outcomes
+        # One request starts the pull; the others join it (or, on a slow machine, find it
+        # already finished).
+        assert outcomes.count("miss") == 1 and set(outcomes) <= {"miss", "joined", "hit"}
         states = await asyncio.gather(*(_wait_ready(api, a) for a in answers))
     assert {s["state"] for s in states} == {"ready"}
     assert fetched_bytes(srv, "llama") == model.size  # 1x the model, not 8x
@@ -72,7 +75,7 @@ async def test_single_flight_counted_at_the_origin(daemon, origin, origin_root,
             assert r.status == 404  # the private API is not on TCP
         async with http.post(f"{d.url}/v1/ensure", json={"uri": model.uri}) as r:
             assert r.status in (404, 405)
-    assert 'weightstream_cache_ensure_total{outcome="joined"} 7.0' in text
+    assert _metric(text, 'weightstream_cache_ensure_total{outcome="miss"}') == 1
     assert _metric(text, "weightstream_cache_upstream_bytes_total") == model.size
     assert "s3://" not in text
 
