@@ -218,3 +218,29 @@ def test_host_memory_stays_bounded(tmp_path, synth_factory, origin_process, tran
     growth = r["peak"] - r["base"]
     # The budget, one tensor being handed over and allocator slack; far below 256 MiB.
     assert growth < budget + (64 << 20), r
+
+
+async def test_out_of_order_completion(origin, tmp_path, llama) -> None:
+    # The first data range of the first shard stalls; later segments (and the other shard)
+    # complete first and are handed over first; the stalled one still lands in place.
+    faults = [Fault(kind="stall", path="models/llama/model-00001-*", nth=2, ranged_only=True,
+                    stall_s=1.0)]  # fmt: skip
+    srv = await origin(_origin_root(tmp_path, llama), faults=faults)
+    order: list[str] = []
+
+    def run() -> dict[str, torch.Tensor]:
+        options = TensorStreamOptions(retry=FAST_RETRY, **SMALL)
+        got = {}
+        for name, t in stream_tensors("s3://models/llama", options=options,
+                                      storage=_origin_storage(srv.url)):  # fmt: skip
+            order.append(name)
+            got[name] = t
+        return got
+
+    got = await asyncio.to_thread(run)
+    _assert_identical(got, _reference(llama.path))
+    assert srv.fired() and sum(srv.fired()) == 1
+    first_shard = set(load_file(llama.path / llama.shards[0]))
+    # Something from the second shard arrived before the first shard was complete.
+    last_of_first = max(i for i, n in enumerate(order) if n in first_shard)
+    assert any(n not in first_shard for n in order[:last_of_first])
