@@ -91,8 +91,11 @@ def results(moto, tmp_path_factory: pytest.TempPathFactory) -> dict:
         origin_env = origin.env(RUNAI_STREAMER_S3_ENDPOINT=origin.url)
         cases = [
             {"name": "runai_local", "model": str(staged), "load_format": "runai_streamer"},
+            # The settings the chart passes to vLLM's own loader: extra config (vLLM turns it
+            # into RUNAI_STREAMER_CONCURRENCY / _MEMORY_LIMIT) and the S3 environment.
             {"name": "runai_s3", "model": str(configs), "model_weights": s3,
-             "load_format": "runai_streamer", "env": moto_env},
+             "load_format": "runai_streamer", "env": moto_env,
+             "extra_config": {"concurrency": 4, "memory_limit": 64 << 20}},
             {"name": "weightstream_s3", "model": str(configs), "load_format": "weightstream",
              "extra_config": {"source": s3} | small_reads, "env": moto_env},
             {"name": "weightstream_rejects_s3_model_weights", "model": str(configs),
