@@ -9,6 +9,7 @@ from :class:`~streamer.settings.StorageSettings`. It has no retry on a failed ra
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import torch
@@ -55,8 +56,6 @@ def stream_runai(
         raise UnsupportedSchemeError(
             source.scheme, hint=f"runai-model-streamer is not installed ({e})"
         ) from e
-    import time
-
     stats = stats if stats is not None else StreamStats()
     started = time.perf_counter()
     credentials = None
