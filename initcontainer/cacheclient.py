@@ -135,7 +135,7 @@ class DaemonClient:
                     return model, grant
                 self.log.info("node cache: %s (%s)", describe(model),
                               "joined a running pull" if answer["outcome"] == "joined"
-                              else "pulling")
+                              else "started a pull")
                 last_log = time.monotonic()
                 model_id = model["id"]
                 while time.monotonic() < deadline:

@@ -152,6 +152,8 @@ def describe(state: dict[str, Any]) -> str:
         return f"{head}: {err.get('code', '?')}: {err.get('message', '')}"
     p = state.get("progress") or {}
     done, total = p.get("bytes_done", 0), p.get("bytes_total", 0) or state["size"]
+    if state["state"] == "pending":
+        return f"{head} ({format_size(total)}, {state['files']} files; waiting to start)"
     frac = done / total if total else 0.0
     eta = p.get("eta_s")
     return (f"{head} {format_size(done)} / {format_size(total)} ({frac:.0%}), "
