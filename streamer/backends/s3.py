@@ -41,8 +41,9 @@ from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, ObjectInfo
 
-# obstore hands the body over in pieces of at least this size (fewer Python iterations).
-_STREAM_CHUNK = 1 << 20
+# obstore hands the body over in pieces of at least this size: 64 KiB cost 40% more CPU
+# per GB (Python iterations), 1 MiB about 35 MiB more peak RSS (buffered in Rust).
+_STREAM_CHUNK = 256 << 10
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
     "403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
