@@ -467,3 +467,26 @@ async def test_plain_https_object_without_its_query_in_the_api(aiohttp_client, c
     r = await client.get(f"/v1/models/{state['id']}/files/config.json",
                          headers={"Authorization": f"Bearer {doc['grant']}"})
     assert await r.read() == model.bytes_of("config.json")
+
+
+async def test_housekeeping_evicts_lru_under_the_watermark(aiohttp_client, cache_config,
+                                                          origin, origin_root, model_on_origin):
+    srv = await origin(origin_root)
+    a = model_on_origin(srv, "a")
+    b = model_on_origin(srv, "b")
+    free = [1 << 30]
+    now = [1_000_000.0]
+    client = await _client(aiohttp_client, cache_config(min_free=1 << 20),
+                           disk_usage=lambda path: DiskUsage(1 << 40, 0, free[0]),
+                           clock=lambda: now[0])
+    service = client.app[SERVICE]
+    await _ensure_ready(client, a)
+    now[0] += 1
+    sb, _ = await _ensure_ready(client, b)
+    await service.housekeep()
+    assert len([m for m in service.list() if m["state"] == "ready"]) == 2
+    free[0] = (1 << 20) - a.size // 2  # something else filled the disk
+    await service.housekeep()
+    assert [m["id"] for m in service.list() if m["state"] == "ready"] == [sb["id"]]
+    r = await client.get("/metrics")
+    assert 'weightstream_cache_evictions_total{reason="watermark"} 1.0' in await r.text()

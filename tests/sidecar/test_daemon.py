@@ -147,7 +147,9 @@ async def test_restart_keeps_ready_models_and_leases(daemon, origin, origin_root
 async def test_refusal_without_proof_of_access(daemon, origin, origin_root, model_on_origin):
     srv = await origin(origin_root)
     model = model_on_origin(srv, "llama")
-    d = await daemon().ready()
+    # The daemon has credentials of its own in its environment: it must never lend them.
+    d = await daemon(env={"AWS_ACCESS_KEY_ID": "daemon-own", "AWS_SECRET_ACCESS_KEY": "x",
+                          "AWS_ENDPOINT_URL": srv.url}).ready()
     async with d.client() as api:
         state, _ = await _ensure_ready(api, model)
         assert state["state"] == "ready"
