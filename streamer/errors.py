@@ -24,10 +24,21 @@ class UsageError(WeightstreamError, ValueError):
     exit_code = 2
 
 
+def strip_secrets(uri: str) -> str:
+    """Drop userinfo, query string and fragment (presigned signatures, SAS tokens)."""
+    uri = uri.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+
+
 class InvalidURIError(UsageError):
-    """A source or destination URI is malformed."""
+    """A source or destination URI is malformed (the URI kept here has no secrets)."""
 
     def __init__(self, uri: str, reason: str) -> None:
+        uri = strip_secrets(uri)
         self.uri = uri
         self.reason = reason
         super().__init__(f"invalid URI {uri!r}: {reason}")

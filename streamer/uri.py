@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .errors import InvalidURIError, UnsupportedSchemeError
+from .errors import InvalidURIError, UnsupportedSchemeError, strip_secrets
 
 OBJECT_STORE_SCHEMES = ("s3", "gs", "az", "hf")
 HTTP_SCHEMES = ("http", "https")
@@ -64,13 +64,7 @@ class ObjectURI:
 
 def redact(uri: str) -> str:
     """Strip credentials and query strings from a URI before it is logged."""
-    parts = urlsplit(uri)
-    if not parts.scheme or parts.scheme == "file":
-        return uri
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    return strip_secrets(uri)
 
 
 def parse_uri(uri: str) -> ObjectURI:

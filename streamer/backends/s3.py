@@ -111,7 +111,7 @@ class S3Backend(Backend):
             },
             signature_version=_unsigned() if s.anonymous else None,
         )
-        verify: bool | str = s.ca_bundle or s.verify_ssl
+        verify: bool | str = (s.ca_bundle or True) if s.verify_ssl else False
         client = session.create_client(
             "s3",
             endpoint_url=s.endpoint_url,
@@ -159,7 +159,7 @@ class S3Backend(Backend):
         }
         if not s.verify_ssl:
             opts["allow_invalid_certificates"] = True
-        if s.ca_bundle:
+        if s.ca_bundle and s.verify_ssl:
             try:
                 with open(s.ca_bundle, "rb") as f:
                     opts["root_certificate"] = f.read()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -48,6 +49,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"weightstream: error: {e}", file=sys.stderr)
         return exit_code(e)
     args = parser.parse_args(argv)
+    try:
+        return _run(args, environ)
+    finally:
+        # obstore objects left in reference cycles (tracebacks) must be freed while its
+        # runtime is alive: freed during interpreter shutdown they can abort the process.
+        gc.collect()
+
+
+def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         return int(args.func(args, environ) or 0)
     except KeyboardInterrupt:
