@@ -138,7 +138,7 @@ def _tensor(name: str, key: str, value: object, data_start: int, data_len: int) 
     bits = DTYPE_SIZES[dtype] * 8 * elements
     if dtype == "F4":
         bits = 4 * elements
-    elif dtype.startswith("F6"):
+    elif dtype in ("F6_E2M3", "F6_E3M2"):
         bits = 6 * elements
     if (bits + 7) // 8 != end - begin:
         raise SafetensorsError(

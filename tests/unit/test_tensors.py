@@ -93,11 +93,6 @@ def test_local_stream_is_bit_identical_to_safetensors(mixed_model, max_memory) -
     assert stats.buffers * stats.buffer_size <= max_memory
 
 
-@pytest.mark.xfail(
-    reason="streamer/safetensors.py sizes F64 as a 6-bit dtype (dtype.startswith('F6'))",
-    raises=SafetensorsError,
-    strict=False,
-)
 def test_f64_shard(tmp_path: Path) -> None:
     save_file({"x": torch.randn(9).double()}, tmp_path / "model.safetensors")
     got = dict(stream_tensors(tmp_path))
