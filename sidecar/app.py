@@ -26,6 +26,7 @@ from . import handlers as h
 from .config import DaemonConfig
 from .errors import classify
 from .keys import CONFIG, LISTENER, METRICS, REGISTRY, SERVICE
+from .kube import PodDirectory
 from .metrics import CacheMetrics
 from .service import CacheService
 
@@ -54,12 +55,20 @@ def create_app(
     app[METRICS] = metrics
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
-        svc = service if service is not None else CacheService(config, metrics=metrics,
-                                                               clock=clock)
+        pods = None
+        if service is None:
+            pods = open_pod_directory(config)
+            svc = CacheService(config, metrics=metrics, clock=clock, pods=pods)
+        else:
+            svc = service
         app[SERVICE] = svc
-        await svc.start()
-        yield
-        await svc.close()
+        try:
+            await svc.start()
+            yield
+            await svc.close()
+        finally:
+            if pods is not None:
+                await pods.close()
 
     app.cleanup_ctx.append(service_ctx)
     r = app.router
@@ -74,6 +83,19 @@ def create_app(
     r.add_get("/v1/models/{id}/files", h.list_files, name="files")
     r.add_get("/v1/models/{id}/files/{path:.+}", h.get_file, name="file")
     return app
+
+
+def open_pod_directory(config: DaemonConfig) -> PodDirectory | None:
+    """Pod awareness when a node name and an API server are known and a token exists."""
+    if not config.node_name or not config.kube_api:
+        return None
+    if not config.kube_token_file.exists():
+        log.info("no service account token at %s: leases only expire by TTL",
+                 config.kube_token_file)
+        return None
+    log.info("leases follow the pods of node %s (%s)", config.node_name, config.kube_api)
+    return PodDirectory(config.kube_api, config.node_name, token_file=config.kube_token_file,
+                        ca_file=config.kube_ca_file)
 
 
 def create_public_app(config: DaemonConfig, *, service: CacheService) -> web.Application:

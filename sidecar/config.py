@@ -20,7 +20,12 @@ flag                       environment                     default
 ``--peer-files``           --                              off
 ``--proof-ttl``            --                              ``30`` seconds
 ``--housekeeping``         --                              ``30`` seconds
+``--node-name``            ``WEIGHTSTREAM_NODE_NAME``      unset (no pod awareness)
+``--kube-api``             ``KUBERNETES_SERVICE_HOST/PORT`` in-cluster API server
 =========================  ==============================  ==========================
+
+Pod awareness (leases follow the pods that hold them) is on when a node name and an API
+server are known and the service account token file exists.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ DEFAULT_MIN_FREE = 10 << 30
 # A unix socket path is limited to 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 MAX_REQUEST_BYTES = 1 << 20
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +75,8 @@ class DaemonConfig:
         max_wait: upper bound on one long-poll or event stream, seconds.
         progress_interval: minimum seconds between progress events of one pull.
         max_request_bytes: largest request body accepted.
+        node_name, kube_api, kube_token_file, kube_ca_file: pod awareness (the node this
+            daemon serves and how to reach the API server); off without a node or an API.
     """
 
     cache_root: Path = Path(DEFAULT_ROOT)
@@ -92,6 +100,10 @@ class DaemonConfig:
     max_wait: float = 300.0
     progress_interval: float = 0.5
     max_request_bytes: int = MAX_REQUEST_BYTES
+    node_name: str | None = None
+    kube_api: str | None = None
+    kube_token_file: Path = SA_DIR / "token"
+    kube_ca_file: Path = SA_DIR / "ca.crt"
 
     def __post_init__(self) -> None:
         root = Path(self.cache_root).absolute()
@@ -163,9 +175,20 @@ class DaemonConfig:
             peer_files=bool(args.get("peer_files") or False),
             housekeeping_interval=float(pick("housekeeping", None, 30.0)),
             proof_ttl=float(pick("proof_ttl", None, 30.0)),
+            node_name=pick("node_name", "WEIGHTSTREAM_NODE_NAME", None),
+            kube_api=pick("kube_api", None, _in_cluster_api(environ)),
+            kube_token_file=Path(pick("kube_token_file", None, SA_DIR / "token")),
         )
         values.update(overrides)
         return cls(**values)
+
+
+def _in_cluster_api(environ: Mapping[str, str]) -> str | None:
+    host = environ.get("KUBERNETES_SERVICE_HOST")
+    if not host:
+        return None
+    port = environ.get("KUBERNETES_SERVICE_PORT", "443")
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def parse_listen(text: str | None) -> tuple[str, int] | None:
@@ -219,6 +242,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "of access for this long; 0: list on every request (default 30)")
     p.add_argument("--housekeeping", type=float, metavar="SECONDS",
                    help="seconds between lease-expiry and capacity passes (default 30)")
+    p.add_argument("--node-name", metavar="NAME",
+                   help="this node's name, for pod awareness: leases of pods gone from the "
+                        "node are released, those of running pods renewed "
+                        "(env WEIGHTSTREAM_NODE_NAME)")
+    p.add_argument("--kube-api", metavar="URL",
+                   help="Kubernetes API server (default: in-cluster, from "
+                        "KUBERNETES_SERVICE_HOST/PORT)")
+    p.add_argument("--kube-token-file", metavar="PATH",
+                   help=f"service account token (default {SA_DIR / 'token'})")
 
 
 def client_socket(args_socket: str | None, environ: Mapping[str, str]) -> Path:

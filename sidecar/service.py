@@ -28,11 +28,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from streamer import DownloadOptions, ObjectURI, StorageSettings, download, parse_uri
 from streamer.plan import plan as plan_source
@@ -62,6 +63,14 @@ log = logging.getLogger(__name__)
 # Failures after which partial data is not kept for resuming.
 _DISCARD_ON = frozenset({"integrity", "version_changed", "insufficient_space", "internal"})
 _FAILED_KEEP_SECONDS = 3600.0
+# Lease holders that are pod UIDs (the downward API's metadata.uid) follow their pods.
+_POD_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class Pods(Protocol):
+    """Which pods still run on this node (:class:`sidecar.kube.PodDirectory`)."""
+
+    async def live_uids(self) -> set[str] | None: ...
 
 
 class CacheService:
@@ -76,8 +85,10 @@ class CacheService:
         monotonic: Callable[[], float] = time.monotonic,
         disk_usage: DiskProbe = real_disk_usage,
         backend_factory: BackendFactory | None = None,
+        pods: Pods | None = None,
     ) -> None:
         self.config = config
+        self._pods = pods
         self.layout = CacheLayout(config.cache_root)
         self.metrics = metrics
         self._clock = clock
@@ -473,7 +484,9 @@ class CacheService:
     # ------------------------------------------------------------------ housekeeping
 
     async def housekeep(self) -> None:
-        """One pass: expire leases and grants, enforce capacity, drop stale leftovers."""
+        """One pass: leases follow pods, expire leases and grants, enforce capacity, drop
+        stale leftovers."""
+        await self._follow_pods()
         now = self._clock()
         for entry in list(self._entries.values()):
             expired = [h for h, t in entry.leases.items() if t <= now]
@@ -499,6 +512,30 @@ class CacheService:
             reason = "capacity" if room.shortfall(0)[0] else "watermark"
             for victim in choose_victims(candidates, room, needed=0, strict=False):
                 await self._remove(victim, reason=reason)
+
+    async def _follow_pods(self) -> None:
+        """Release the leases of pods gone from the node; renew those of running pods."""
+        live = await self._pods.live_uids() if self._pods is not None else None
+        if live is None:
+            return
+        now = self._clock()
+        ttl = self.config.default_lease_ttl
+        for entry in list(self._entries.values()):
+            changed = False
+            for holder, expires in list(entry.leases.items()):
+                if not _POD_UID.match(holder):
+                    continue
+                if holder not in live:
+                    del entry.leases[holder]
+                    changed = True
+                    log.info("model %s: released the lease of pod %s (gone from the node)",
+                             entry.id, holder)
+                elif expires - now < ttl / 2:
+                    entry.leases[holder] = now + ttl
+                    changed = True
+            if changed:
+                entry.bump()
+                await self._persist(entry)
 
     async def _housekeeping(self) -> None:
         while True:

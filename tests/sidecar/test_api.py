@@ -490,3 +490,59 @@ async def test_housekeeping_evicts_lru_under_the_watermark(aiohttp_client, cache
     assert [m["id"] for m in service.list() if m["state"] == "ready"] == [sb["id"]]
     r = await client.get("/metrics")
     assert 'weightstream_cache_evictions_total{reason="watermark"} 1.0' in await r.text()
+
+
+async def test_leases_follow_the_pods_of_the_node(aiohttp_client, aiohttp_server, cache_config,
+                                                  origin, origin_root, model_on_origin,
+                                                  tmp_path):
+    """A stand-in API server on loopback lists the node's pods, paginated."""
+    from aiohttp import web
+
+    alive, gone = "0b7c6f2e-1111-4a5b-9c8d-000000000001", "0b7c6f2e-2222-4a5b-9c8d-000000000002"
+    done = "0b7c6f2e-3333-4a5b-9c8d-000000000003"
+    api = {"fail": False, "seen": []}
+
+    async def pods(request):
+        api["seen"].append((request.query.get("fieldSelector"),
+                            request.headers.get("Authorization")))
+        if api["fail"]:
+            return web.json_response({"kind": "Status"}, status=500)
+        if "continue" not in request.query:
+            return web.json_response({"items": [{"metadata": {"uid": alive},
+                                                 "status": {"phase": "Running"}}],
+                                      "metadata": {"continue": "page2"}})
+        return web.json_response({"items": [{"metadata": {"uid": done},
+                                             "status": {"phase": "Succeeded"}}],
+                                  "metadata": {}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/pods", pods)
+    server = await aiohttp_server(app)
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama")
+    client = await _client_with(aiohttp_client, cache_config(
+        node_name="gpu-node-1", kube_api=str(server.make_url("")), kube_token_file=token))
+    state, grant = await _ensure_ready(client, model)
+    auth = {"Authorization": f"Bearer {grant}"}
+    for holder, ttl in ((alive, 60), (gone, 600), (done, 600), ("host-123", 600)):
+        r = await client.post(f"/v1/models/{state['id']}/leases",
+                              json={"holder": holder, "ttl_seconds": ttl}, headers=auth)
+        assert r.status == 201
+    service = client.app[SERVICE]
+    api["fail"] = True
+    await service.housekeep()  # the API is down: nothing changes
+    holders = {x["holder"]: x["expires_at"] for x in service.get(state["id"])["leases"]}
+    assert set(holders) == {alive, gone, done, "host-123"}
+    api["fail"] = False
+    await service.housekeep()
+    after = {x["holder"]: x["expires_at"] for x in service.get(state["id"])["leases"]}
+    assert set(after) == {alive, "host-123"}  # not a pod UID: only its TTL counts
+    assert after[alive] > holders[alive] + 3600  # a running pod's lease is renewed
+    assert api["seen"][-1] == ("spec.nodeName=gpu-node-1", "Bearer sa-token")
+
+
+async def _client_with(aiohttp_client, config):
+    """The app exactly as the daemon builds it (its own service and pod directory)."""
+    return await aiohttp_client(create_app(config))

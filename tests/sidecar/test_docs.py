@@ -61,6 +61,7 @@ def test_every_error_code_is_documented():
 
 @pytest.mark.parametrize("flag", ["--cache-root", "--capacity", "--min-free", "--socket",
                                   "--listen", "--allow", "--log-format", "--proof-ttl",
-                                  "--peer-files", "--max-pulls", "--housekeeping"])
+                                  "--peer-files", "--max-pulls", "--housekeeping",
+                                  "--node-name", "--kube-api"])
 def test_serve_flags_are_documented(flag):
     assert f"`{flag}" in (DOCS / "sidecar.md").read_text()

@@ -58,6 +58,19 @@ def test_bad_settings_are_usage_errors(args, env):
         DaemonConfig.from_sources(args, env)
 
 
+def test_pod_awareness_settings():
+    c = DaemonConfig.from_sources({}, {"KUBERNETES_SERVICE_HOST": "10.0.0.1",
+                                       "KUBERNETES_SERVICE_PORT": "6443",
+                                       "WEIGHTSTREAM_NODE_NAME": "gpu-1"})
+    assert (c.kube_api, c.node_name) == ("https://10.0.0.1:6443", "gpu-1")
+    c = DaemonConfig.from_sources({"kube_api": "http://127.0.0.1:1", "node_name": "n"},
+                                  {"KUBERNETES_SERVICE_HOST": "fd00::1"})
+    assert (c.kube_api, c.node_name) == ("http://127.0.0.1:1", "n")
+    assert DaemonConfig.from_sources({}, {"KUBERNETES_SERVICE_HOST": "fd00::1"}).kube_api == (
+        "https://[fd00::1]:443")
+    assert DaemonConfig.from_sources({}, {}).node_name is None
+
+
 def test_listen_and_client_socket():
     assert parse_listen("[::]:8470") == ("::", 8470)
     assert parse_listen(":8470") == ("0.0.0.0", 8470)
