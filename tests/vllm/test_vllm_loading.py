@@ -100,6 +100,8 @@ def results(moto, tmp_path_factory: pytest.TempPathFactory) -> dict:
              "extra_config": {"source": s3} | small_reads, "env": moto_env},
             {"name": "weightstream_rejects_s3_model_weights", "model": str(configs),
              "model_weights": s3, "load_format": "weightstream", "env": moto_env},
+            {"name": "weightstream_model_dir", "model": str(staged),
+             "load_format": "weightstream"},
             {"name": "weightstream_node_cache", "model": str(configs),
              "load_format": "weightstream", "env": moto_env,
              "extra_config": {"cache_dir": str(staged), "source": "s3://no-such-bucket/llama"}},
@@ -162,6 +164,12 @@ def test_vllm_keeps_object_store_model_weights_for_its_own_loaders(results: dict
     # the weightstream format takes its remote source from the extra config ("source").
     error = results["weightstream_rejects_s3_model_weights"].get("error", "")
     assert "load_format" in error and "runai_streamer" in error
+
+
+def test_weightstream_from_the_model_directory(results: dict) -> None:
+    # The init container downloaded (or linked from the node cache) the whole model.
+    r = _loaded(results, "weightstream_model_dir", "WeightstreamModelLoader")
+    assert r["tensors_streamed"] > 0
 
 
 def test_weightstream_prefers_the_node_cache(results: dict) -> None:
