@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +129,7 @@ async def download(
     progress: ProgressCallback | None = None,
     backend: Backend | None = None,
     sleep: Sleep = asyncio.sleep,
+    free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
 ) -> DownloadReport:
     """Download ``source`` (a file or a prefix) into the directory ``dest``.
 
@@ -140,6 +141,8 @@ async def download(
         progress: called with a :class:`~streamer.progress.ProgressSnapshot` as bytes land.
         backend: use this backend instead of opening one for ``source`` (tests, daemon).
         sleep: injected for retry back-off (tests run the schedule without waiting).
+        free_space: bytes free on the filesystem holding a path (the node cache injects
+            its own probe, which also honours its watermark).
 
     Returns:
         A :class:`DownloadReport`.
@@ -160,8 +163,9 @@ async def download(
     try:
         the_plan = await plan(backend, uri, include=options.include, exclude=options.exclude)
         return await _fetch_plan(
-            the_plan, backend, dest_path, options, engine_options, progress, sleep, started
-        )
+            the_plan, backend, dest_path, options, engine_options, progress, sleep, started,
+            free_space,
+        )  # fmt: skip
     finally:
         if own_backend:
             await backend.close()
@@ -183,6 +187,7 @@ async def _fetch_plan(
     progress: ProgressCallback | None,
     sleep: Sleep,
     started: float,
+    free_space: Callable[[Path], int],
 ) -> DownloadReport:
     dest.mkdir(parents=True, exist_ok=True)
     staging = dest / STATE_DIR / PARTIAL_DIR
@@ -197,7 +202,7 @@ async def _fetch_plan(
             run.verified[f.rel] = entry
         else:
             todo.append(f)
-    _check_space(dest, staging, todo)
+    _check_space(dest, staging, todo, free_space)
 
     loop = asyncio.get_running_loop()
     sinks = [
@@ -253,13 +258,15 @@ def _unchanged(path: Path, entry: ManifestEntry, f: PlannedFile) -> bool:
         return False
 
 
-def _check_space(dest: Path, staging: Path, todo: Sequence[PlannedFile]) -> None:
+def _check_space(
+    dest: Path, staging: Path, todo: Sequence[PlannedFile], free_space: Callable[[Path], int]
+) -> None:
     needed = 0
     for f in todo:
         part = staging / (f.rel + ".part")
         have = part.stat().st_size if part.exists() else 0
         needed += max(0, f.info.size - have)
-    free = shutil.disk_usage(dest).free
+    free = free_space(dest)
     if needed > free:
         raise InsufficientSpaceError(str(dest), needed=needed, available=free)
 
