@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamer.errors import VersionChangedError
-from streamer.manifest import load_manifest
+from streamer.manifest import fsync_dir, load_manifest
 
-from .layout import ENTRY_ID, MANIFEST, CacheLayout, StagingDir, dir_size, fsync_dir
+from .layout import ENTRY_ID, MANIFEST, CacheLayout, StagingDir, dir_size
 from .layout import write_json_atomic as write_json_atomic
 from .models import Entry, PinnedFile, State
 

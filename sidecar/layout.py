@@ -180,11 +180,3 @@ def dir_size(path: Path) -> int:
                 continue
             total += st.st_size
     return total
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

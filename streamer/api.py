@@ -37,7 +37,7 @@ from .engine import (
     FileSink,
 )
 from .errors import InsufficientSpaceError, IntegrityError, SafetensorsError, UsageError
-from .manifest import STATE_DIR, ManifestEntry, load_manifest, write_manifest
+from .manifest import STATE_DIR, ManifestEntry, fsync_dir, load_manifest, write_manifest
 from .plan import Plan, PlannedFile, plan
 from .progress import ProgressCallback, ProgressTracker
 from .retry import RetryPolicy, Sleep
@@ -331,18 +331,10 @@ def _publish(run: _Run, the_plan: Plan, fetched: Sequence[PlannedFile]) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(run.staging / (f.rel + ".part"), final)
     if run.options.fsync:
-        _fsync_dir(run.dest)
+        fsync_dir(run.dest)
     shutil.rmtree(run.dest / STATE_DIR / "view", ignore_errors=True)
     shutil.rmtree(run.staging, ignore_errors=True)
     write_manifest(run.dest, str(the_plan.source), run.verified)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_md5_etag(etag: str | None) -> bool:

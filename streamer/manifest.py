@@ -21,6 +21,15 @@ class ManifestEntry:
     md5: str | None = None
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def manifest_path(dest: Path) -> Path:
     return dest / STATE_DIR / MANIFEST_NAME
 

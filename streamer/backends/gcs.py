@@ -21,7 +21,7 @@ import obstore
 
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .azure import NO_RETRIES, ObstoreBackend, client_options
+from .objectstore import NO_RETRIES, ObstoreBackend, client_options
 
 
 class GCSBackend(ObstoreBackend):

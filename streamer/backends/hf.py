@@ -16,7 +16,6 @@ on redirects to other hosts).
 from __future__ import annotations
 
 import re
-import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -31,7 +30,8 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, ObjectInfo
+from .http import client_session
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -76,20 +76,7 @@ class HFBackend(Backend):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            s = self.settings
-            ssl_ctx: Any = None
-            if not s.verify_ssl:
-                ssl_ctx = False
-            else:
-                ca = s.ca_bundle or s.env.get("REQUESTS_CA_BUNDLE") or s.env.get("SSL_CERT_FILE")
-                if ca:
-                    ssl_ctx = ssl.create_default_context(cafile=ca)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=ssl_ctx),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
-                ),
-            )
+            self._session = client_session(self.settings)
         return self._session
 
     def _headers(self) -> dict[str, str]:
@@ -140,11 +127,6 @@ class HFBackend(Backend):
     async def list(self, prefix: str) -> list[ObjectInfo]:
         files = await self._load()
         return [info for name, info in sorted(files.items()) if name.startswith(prefix)]
-
-    async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
-        buf = bytearray(end - start)
-        await self.read_into(key, start, memoryview(buf), etag=etag)
-        return buf
 
     async def read_into(
         self, key: str, start: int, buf: memoryview, *, etag: str | None

@@ -32,6 +32,28 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _READ_BLOCK = 1 << 20
 
 
+def client_session(
+    settings: StorageSettings, *, headers: dict[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """An aiohttp session with the settings' timeouts and TLS (CA bundle, verify off)."""
+    ssl_ctx: Any = None
+    if not settings.verify_ssl:
+        ssl_ctx = False
+    else:
+        env = settings.env
+        ca = settings.ca_bundle or env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE")
+        if ca:
+            ssl_ctx = ssl.create_default_context(cafile=ca)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=ssl_ctx),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+        ),
+        read_bufsize=_READ_BLOCK,
+        headers=headers or {},
+    )
+
+
 class HTTPBackend(Backend):
     """One HTTP origin (``scheme://host:port``); keys are URL paths."""
 
@@ -54,26 +76,11 @@ class HTTPBackend(Backend):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            s = self.settings
-            ssl_ctx: Any = None
-            if not s.verify_ssl:
-                ssl_ctx = False
-            else:
-                ca = s.ca_bundle or s.env.get("REQUESTS_CA_BUNDLE") or s.env.get("SSL_CERT_FILE")
-                if ca:
-                    ssl_ctx = ssl.create_default_context(cafile=ca)
             headers = {}
-            token = s.env.get("HF_TOKEN")
+            token = self.settings.env.get("HF_TOKEN")
             if token and "huggingface.co" in self.origin:
                 headers["Authorization"] = f"Bearer {token}"
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=ssl_ctx),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
-                ),
-                read_bufsize=_READ_BLOCK,
-                headers=headers,
-            )
+            self._session = client_session(self.settings, headers=headers)
         return self._session
 
     async def stat(self, key: str) -> ObjectInfo:

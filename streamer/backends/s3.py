@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any
 
 import obstore
-import obstore.exceptions as obx
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import (
@@ -36,16 +35,12 @@ from ..errors import (
     ObjectNotFoundError,
     StoreError,
     TransientError,
-    UsageError,
-    VersionChangedError,
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, ObjectInfo
+from .objectstore import NO_RETRIES, client_options, read_into, translate
 
-# obstore hands the body over in pieces of at least this size: 64 KiB cost 40% more CPU
-# per GB (Python iterations), 1 MiB about 35 MiB more peak RSS (buffered in Rust).
-_STREAM_CHUNK = 256 << 10
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
     "403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -150,8 +145,10 @@ class S3Backend(Backend):
         store_kwargs: dict[str, Any] = {
             "region": region,
             "virtual_hosted_style_request": s.virtual_addressing,
-            "client_options": self._client_options(),
-            "retry_config": {"max_retries": 0, "retry_timeout": dt.timedelta(seconds=1)},
+            "client_options": client_options(
+                s, allow_http=bool(s.endpoint_url and s.endpoint_url.startswith("http://"))
+            ),
+            "retry_config": NO_RETRIES,
         }
         if s.endpoint_url:
             store_kwargs["endpoint"] = s.endpoint_url
@@ -174,25 +171,6 @@ class S3Backend(Backend):
             store_kwargs["credential_provider"] = _BotocoreCredentials(credentials)
         store = obstore.store.S3Store(self.bucket, **store_kwargs)
         return client, store
-
-    def _client_options(self) -> dict[str, Any]:
-        s = self.settings
-        opts: dict[str, Any] = {
-            "allow_http": bool(s.endpoint_url and s.endpoint_url.startswith("http://")),
-            "connect_timeout": dt.timedelta(seconds=s.connect_timeout),
-            "read_timeout": dt.timedelta(seconds=s.read_timeout),
-            "timeout": dt.timedelta(hours=1),
-            "pool_max_idle_per_host": "64",
-        }
-        if not s.verify_ssl:
-            opts["allow_invalid_certificates"] = True
-        if s.ca_bundle and s.verify_ssl:
-            try:
-                with open(s.ca_bundle, "rb") as f:
-                    opts["root_certificate"] = f.read()
-            except OSError as e:
-                raise UsageError(f"cannot read CA bundle {s.ca_bundle}: {e}") from e
-        return opts
 
     # -- control plane (botocore) ----------------------------------------------------------
 
@@ -245,35 +223,8 @@ class S3Backend(Backend):
         self, key: str, start: int, buf: memoryview, *, etag: str | None
     ) -> None:
         await self._ensure()
-        uri = f"s3://{self.bucket}/{key}"
-        end = start + len(buf)
-        options: dict[str, Any] = {"range": (start, end)}
-        if etag:
-            options["if_match"] = etag
-        pos = 0
-        try:
-            result = await obstore.get_async(self._store, key, options=options)
-            if tuple(result.range) != (start, end):
-                raise TransientError(uri, f"asked for bytes {start}-{end}, got {result.range}")
-            # Copy the body into the caller's buffer as it arrives: no allocation per range.
-            async for chunk in result.stream(min_chunk_size=_STREAM_CHUNK):
-                n = len(chunk)
-                if pos + n > len(buf):
-                    raise TransientError(uri, f"body longer than the {len(buf)} bytes asked")
-                buf[pos : pos + n] = chunk
-                pos += n
-        except obx.PreconditionError as e:
-            raise VersionChangedError(uri, expected=etag) from e
-        except (obx.NotFoundError, FileNotFoundError) as e:
-            raise ObjectNotFoundError(uri) from e
-        except (obx.PermissionDeniedError, obx.UnauthenticatedError, PermissionError) as e:
-            raise AccessDeniedError(uri) from e
-        except (obx.BaseError, OSError, TimeoutError) as e:
-            # Everything else from the transport (5xx, SlowDown, resets, timeouts, bodies
-            # cut short) is worth another attempt; the engine's policy decides how many.
-            raise TransientError(uri, _first_line(e)) from e
-        if pos != len(buf):
-            raise TransientError(uri, f"body ended after {pos} of {len(buf)} bytes")
+        await read_into(self._store, key, start, buf, etag=etag,
+                        uri=f"s3://{self.bucket}/{key}", translate=translate)  # fmt: skip
 
     async def close(self) -> None:
         if self._client is not None:
@@ -285,11 +236,6 @@ def _unsigned() -> Any:
     from botocore import UNSIGNED
 
     return UNSIGNED
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def _translate_client_error(uri: str, e: ClientError) -> Exception:
