@@ -58,7 +58,7 @@ class DownloadOptions:
         exclude: fnmatch patterns that drop a file.
         concurrency: ranged GETs in flight.
         chunk_size: bytes per ranged GET.
-        max_memory: byte budget for fetched-but-unwritten ranges.
+        max_memory: byte budget for ranges requested but not yet on disk.
         verify: validate safetensors headers and the index after download.
         checksum: also compare each file's MD5 with a single-part S3 ETag (costs CPU).
         max_attempts: attempts per range (the first included).
@@ -246,7 +246,7 @@ async def _fetch_plan(
         requests=engine.requests,
         retries=engine.retrier.retries,
         resumed_files=len(resumed),
-        peak_buffered=engine.pool.peak_bytes,
+        peak_buffered=engine.budget.peak,
         exact_object=the_plan.exact_object,
     )
 

@@ -6,12 +6,12 @@ Jobs are kept apart the way s3transfer keeps them apart:
 * requesting: at most ``concurrency`` GETs in flight, a new one starts the moment one
   finishes (a window, never fixed waves), each range pinned to the object's ETag and
   retried on its own under the one :class:`~streamer.retry.RetryPolicy`;
-* memory: a buffer from a :class:`BufferPool` (``max_memory // chunk_size`` reusable
-  buffers) is taken *before* a range is requested and given back only after its bytes
-  are on disk, so buffered data never exceeds ``max_memory`` whatever the model size,
-  and the body is copied straight into it as it arrives;
+* memory: a :class:`ByteBudget` reservation of the range's length is taken *before* it
+  is requested and given back only once its bytes are on disk, so bytes in flight never
+  exceed ``max_memory`` whatever the model size; and since each piece of a body is
+  written as it arrives, the resident part is a few hundred KiB per range;
 * writing: one :class:`FileSink` per file owns its descriptor and its resume journal and
-  writes each range at its offset with ``pwrite`` on a small named executor.
+  writes each piece at its offset with ``pwrite`` on a small named executor.
 
 The first fatal error cancels every other task and is raised unchanged.
 """
@@ -29,8 +29,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends.base import Backend, Buffer
-from .errors import RangeNotSupportedError, TransientError, UsageError
+from .backends.base import Backend, Buffer, exact_pieces
+from .errors import RangeNotSupportedError, UsageError
 from .journal import Journal
 from .plan import PlannedFile
 from .progress import ProgressTracker
@@ -68,36 +68,27 @@ class EngineOptions:
             )
 
 
-class BufferPool:
-    """``count`` reusable buffers of ``size`` bytes: taking one is taking budget.
+class ByteBudget:
+    """An async semaphore counted in bytes: bytes requested but not yet on disk."""
 
-    Buffers are allocated on first use and then recycled, so resident memory stays at
-    ``count * size`` plus the interpreter whatever the model size, and the allocator never
-    sees a range-sized allocation again.
-    """
-
-    def __init__(self, *, count: int, size: int) -> None:
-        self.size = size
-        self.count = count
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self.in_use = 0
         self.peak = 0
-        self._free: list[bytearray] = []
-        self._sem = asyncio.Semaphore(count)
+        self._cond = asyncio.Condition()
 
-    async def take(self) -> bytearray:
-        await self._sem.acquire()
-        self.in_use += 1
-        self.peak = max(self.peak, self.in_use)
-        return self._free.pop() if self._free else bytearray(self.size)
+    async def acquire(self, n: int) -> None:
+        n = min(n, self.capacity)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_use + n <= self.capacity)
+            self.in_use += n
+            self.peak = max(self.peak, self.in_use)
 
-    def give(self, buf: bytearray) -> None:
-        self._free.append(buf)
-        self.in_use -= 1
-        self._sem.release()
-
-    @property
-    def peak_bytes(self) -> int:
-        return self.peak * self.size
+    async def release(self, n: int) -> None:
+        n = min(n, self.capacity)
+        async with self._cond:
+            self.in_use -= n
+            self._cond.notify_all()
 
 
 class FileSink:
@@ -207,9 +198,7 @@ class Engine:
     ) -> None:
         self.backend = backend
         self.options = options
-        self.pool = BufferPool(
-            count=max(1, options.max_memory // options.chunk_size), size=options.chunk_size
-        )
+        self.budget = ByteBudget(options.max_memory)
         self.retrier = Retrier(options.retry, sleep=sleep, rng=rng)
         self.requests = 0
         self._executor = executor
@@ -234,12 +223,12 @@ class Engine:
                 for index, start, end in sink.todo():
                     if self._error is not None or sink.sequential:
                         break
-                    buf = await self.pool.take()
+                    await self.budget.acquire(end - start)
                     if self._error is not None:
-                        self.pool.give(buf)
+                        await self.budget.release(end - start)
                         break
                     await self._slots.acquire()
-                    self._spawn(self._range(sink, index, start, end, buf))
+                    self._spawn(self._range(sink, index, start, end))
                 if self._error is not None:
                     break
             while self._tasks and self._error is None:
@@ -276,23 +265,16 @@ class Engine:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _range(
-        self, sink: FileSink, index: int, start: int, end: int, buf: bytearray
-    ) -> None:
-        loop = asyncio.get_running_loop()
+    async def _range(self, sink: FileSink, index: int, start: int, end: int) -> None:
         info = sink.planned.info
-        view = memoryview(buf)[: end - start]
         try:
             try:
                 await self.retrier.run(
                     f"{info.key} bytes {start}-{end - 1}",
-                    lambda: self._get(info.key, start, view, info.etag),
+                    lambda: self._fetch(sink, start, end),
                 )
             finally:
                 self._slots.release()
-            if sink.sequential:
-                return
-            await loop.run_in_executor(self._executor, sink.write, start, view)
             assert sink.journal is not None
             sink.journal.record(index)
         except RangeNotSupportedError:
@@ -302,8 +284,7 @@ class Engine:
                 self._spawn(self._sequential(sink))
             return
         finally:
-            view.release()
-            self.pool.give(buf)
+            await self.budget.release(end - start)
         sink.counted += end - start
         if self._progress is not None:
             self._progress.add_bytes(end - start)
@@ -311,9 +292,19 @@ class Engine:
         if sink.remaining == 0 and not sink.sequential:
             await self._complete(sink)
 
-    async def _get(self, key: str, start: int, view: memoryview, etag: str | None) -> None:
+    async def _fetch(self, sink: FileSink, start: int, end: int) -> None:
+        """One attempt at one range: each piece is written at its offset as it arrives,
+        while it is still in the CPU cache. A failed attempt is simply redone whole."""
         self.requests += 1
-        await self.backend.read_into(key, start, view, etag=etag)
+        loop = asyncio.get_running_loop()
+        info = sink.planned.info
+        pieces = self.backend.iter_range(info.key, start, end, etag=info.etag)
+        offset = start
+        async for piece in exact_pieces(pieces, uri=info.key, length=end - start):
+            if sink.sequential:
+                return  # the whole-object stream owns this file now
+            await loop.run_in_executor(self._executor, sink.write, offset, piece)
+            offset += len(piece)
 
     async def _sequential(self, sink: FileSink) -> None:
         """Fallback for servers that ignore Range: stream the object in order, once."""
@@ -323,35 +314,15 @@ class Engine:
             raise RangeNotSupportedError(info.key)
         loop = asyncio.get_running_loop()
 
-        async def stream(buf: bytearray) -> None:
-            view = memoryview(buf)
-            offset = filled = 0
-            try:
-                async for block in iter_object(info.key, etag=info.etag):
-                    block = memoryview(block)
-                    while block:
-                        n = min(len(block), len(view) - filled)
-                        view[filled : filled + n] = block[:n]
-                        filled += n
-                        block = block[n:]
-                        if filled == len(view):
-                            await loop.run_in_executor(
-                                self._executor, sink.write, offset, view[:filled]
-                            )
-                            offset, filled = offset + filled, 0
-                if filled:
-                    await loop.run_in_executor(self._executor, sink.write, offset, view[:filled])
-                    offset += filled
-            finally:
-                view.release()
-            if offset != info.size:
-                raise TransientError(info.key, f"stream ended at {offset} of {info.size} B")
+        async def stream() -> None:
+            offset = 0
+            pieces = exact_pieces(iter_object(info.key, etag=info.etag), uri=info.key,
+                                  length=info.size)  # fmt: skip
+            async for piece in pieces:
+                await loop.run_in_executor(self._executor, sink.write, offset, piece)
+                offset += len(piece)
 
-        buf = await self.pool.take()
-        try:
-            await self.retrier.run(f"{info.key} (whole object)", lambda: stream(buf))
-        finally:
-            self.pool.give(buf)
+        await self.retrier.run(f"{info.key} (whole object)", stream)
         if self._progress is not None:
             self._progress.add_bytes(max(0, info.size - sink.counted))
         await self._complete(sink)

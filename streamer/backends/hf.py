@@ -16,6 +16,7 @@ on redirects to other hosts).
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -24,14 +25,13 @@ import aiohttp
 from ..errors import (
     AccessDeniedError,
     ObjectNotFoundError,
-    RangeNotSupportedError,
     StoreError,
     TransientError,
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, ObjectInfo
-from .http import client_session
+from .base import Backend, Buffer, ObjectInfo
+from .http import client_session, iter_http_range
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -128,35 +128,16 @@ class HFBackend(Backend):
         files = await self._load()
         return [info for name, info in sorted(files.items()) if name.startswith(prefix)]
 
-    async def read_into(
-        self, key: str, start: int, buf: memoryview, *, etag: str | None
-    ) -> None:
+    async def iter_range(
+        self, key: str, start: int, end: int, *, etag: str | None
+    ) -> AsyncIterator[Buffer]:
         del etag  # the commit in the URL pins the version
         await self._load()
-        uri = self._uri(key)
-        end = start + len(buf)
         url = f"{self.endpoint}/{self.repo_id}/resolve/{self._commit}/{quote(key)}"
-        headers = {**self._headers(), "Range": f"bytes={start}-{end - 1}"}
-        try:
-            async with self._client().get(url, headers=headers) as r:
-                _raise_for_status(uri, r.status, r.headers)
-                if r.status == 200:
-                    raise RangeNotSupportedError(uri)
-                m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
-                if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
-                    raise TransientError(
-                        uri, f"Content-Range {r.headers.get('Content-Range')!r} "
-                        f"does not match the requested bytes {start}-{end - 1}"
-                    )
-                got = 0
-                while got < len(buf):
-                    chunk = await r.content.read(min(_READ_BLOCK, len(buf) - got))
-                    if not chunk:
-                        raise TransientError(uri, f"body ended after {got} of {len(buf)} bytes")
-                    buf[got : got + len(chunk)] = chunk
-                    got += len(chunk)
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise TransientError(uri, f"{type(e).__name__}: {e}") from e
+        pieces = iter_http_range(self._client(), url, self._uri(key), start, end, etag=None,
+                                 headers=self._headers())  # fmt: skip
+        async for piece in pieces:
+            yield piece
 
     async def close(self) -> None:
         if self._session is not None:

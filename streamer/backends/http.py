@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, ObjectInfo
+from .base import Backend, Buffer, ObjectInfo
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _READ_BLOCK = 1 << 20
@@ -103,29 +103,11 @@ class HTTPBackend(Backend):
     async def list(self, prefix: str) -> list[ObjectInfo]:
         return [await self.stat(prefix)]
 
-    async def read_into(
-        self, key: str, start: int, buf: memoryview, *, etag: str | None
-    ) -> None:
-        uri = self._printable(key)
-        end = start + len(buf)
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if etag:
-            headers["If-Match"] = etag
-        try:
-            async with self._client().get(self._url(key), headers=headers) as r:
-                _raise_for_status(uri, r.status, r.headers, etag=etag)
-                if r.status == 200:
-                    raise RangeNotSupportedError(uri)
-                m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
-                if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
-                    raise TransientError(
-                        uri, f"Content-Range {r.headers.get('Content-Range')!r} "
-                        f"does not match the requested bytes {start}-{end - 1}"
-                    )
-                _check_etag(uri, etag, r.headers.get("ETag"))
-                await _read_exactly(uri, r, buf)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise TransientError(uri, f"{type(e).__name__}: {e}") from e
+    def iter_range(
+        self, key: str, start: int, end: int, *, etag: str | None
+    ) -> AsyncIterator[Buffer]:
+        return iter_http_range(self._client(), self._url(key), self._printable(key), start,
+                               end, etag=etag)  # fmt: skip
 
     async def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[bytes]:
         """Stream the whole object in order (for servers that ignore ``Range``)."""
@@ -146,14 +128,37 @@ class HTTPBackend(Backend):
             self._session = None
 
 
-async def _read_exactly(uri: str, r: aiohttp.ClientResponse, buf: memoryview) -> None:
-    got, n = 0, len(buf)
-    while got < n:
-        chunk = await r.content.read(min(_READ_BLOCK, n - got))
-        if not chunk:
-            raise TransientError(uri, f"body ended after {got} of {n} bytes")
-        buf[got : got + len(chunk)] = chunk
-        got += len(chunk)
+async def iter_http_range(
+    session: aiohttp.ClientSession,
+    url: str,
+    uri: str,
+    start: int,
+    end: int,
+    *,
+    etag: str | None,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[bytes]:
+    """GET ``bytes=start-(end-1)`` of ``url`` pinned with ``If-Match``, checking the status,
+    ``Content-Range`` and ETag, and yield the body in pieces as they arrive."""
+    headers = {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}
+    if etag:
+        headers["If-Match"] = etag
+    try:
+        async with session.get(url, headers=headers) as r:
+            _raise_for_status(uri, r.status, r.headers, etag=etag)
+            if r.status == 200:
+                raise RangeNotSupportedError(uri)
+            m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
+                raise TransientError(
+                    uri, f"Content-Range {r.headers.get('Content-Range')!r} "
+                    f"does not match the requested bytes {start}-{end - 1}"
+                )
+            _check_etag(uri, etag, r.headers.get("ETag"))
+            while piece := await r.content.readany():
+                yield piece
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise TransientError(uri, f"{type(e).__name__}: {e}") from e
 
 
 def _check_etag(uri: str, expected: str | None, actual: str | None) -> None:

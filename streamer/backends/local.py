@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..errors import AccessDeniedError, ObjectNotFoundError, VersionChangedError
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, ObjectInfo
+from .base import Backend, Buffer, ObjectInfo
 
 
 def _etag(st: os.stat_result) -> str:
@@ -61,10 +62,12 @@ class LocalBackend(Backend):
                 out.append(ObjectInfo(path, st.st_size, _etag(st), st.st_mtime))
         return out
 
-    async def read_into(
-        self, key: str, start: int, buf: memoryview, *, etag: str | None
-    ) -> None:
-        await asyncio.to_thread(self._read, key, start, buf, etag)
+    async def iter_range(
+        self, key: str, start: int, end: int, *, etag: str | None
+    ) -> AsyncIterator[Buffer]:
+        buf = bytearray(end - start)
+        await asyncio.to_thread(self._read, key, start, memoryview(buf), etag)
+        yield buf
 
     def _read(self, key: str, start: int, buf: memoryview, etag: str | None) -> None:
         try:

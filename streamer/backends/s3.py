@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -38,8 +39,8 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, ObjectInfo
-from .objectstore import NO_RETRIES, client_options, read_into, translate
+from .base import Backend, Buffer, ObjectInfo
+from .objectstore import NO_RETRIES, client_options, iter_range, read_into, translate
 
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
@@ -218,6 +219,15 @@ class S3Backend(Backend):
             raise TransientError(uri, str(e)) from e
 
     # -- data plane (obstore) --------------------------------------------------------------
+
+    async def iter_range(
+        self, key: str, start: int, end: int, *, etag: str | None
+    ) -> AsyncIterator[Buffer]:
+        await self._ensure()
+        pieces = iter_range(self._store, key, start, end, etag=etag,
+                            uri=f"s3://{self.bucket}/{key}", translate=translate)  # fmt: skip
+        async for piece in pieces:
+            yield piece
 
     async def read_into(
         self, key: str, start: int, buf: memoryview, *, etag: str | None
