@@ -8,7 +8,7 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- builder: install the package (and its backends extra) into a self-contained venv --
+# --- builder: install the package into a self-contained venv ------------------------
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -19,9 +19,9 @@ COPY pyproject.toml README.md ./
 COPY streamer ./streamer
 COPY initcontainer ./initcontainer
 COPY sidecar ./sidecar
-# Same command as the README's install: a wheel built from this tree, with the extra
-# backends (gs/az/hf). The tensors/vllm extras belong to the model server, not here.
-RUN /opt/weightstream/bin/pip install ".[backends]"
+# Same command as the README's install: a wheel built from this tree (every scheme is in
+# the core package). The tensors/vllm extras belong to the model server, not here.
+RUN /opt/weightstream/bin/pip install .
 # Fail the build if an entry point the chart and KServe rely on is missing.
 RUN test -x /opt/weightstream/bin/weightstream \
  && test -x /opt/weightstream/bin/weightstream-init

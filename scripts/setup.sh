@@ -16,9 +16,8 @@ if [[ ! -x "$venv/bin/python" ]]; then
     "$py" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-echo "setup: installing weightstream (editable) with test, bench and backend extras"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    -e "$repo[test,bench,backends]"
+echo "setup: installing weightstream (editable) with test and bench extras"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test,bench]"
 
 if [[ "${1:-}" == "--full" ]]; then
     bash "$repo/scripts/install-helm.sh"

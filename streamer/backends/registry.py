@@ -28,9 +28,7 @@ _REGISTRY: dict[str, _Entry] = {
     "file": _Entry("streamer.backends.local", "LocalBackend.from_uri"),
     "gs": _Entry("streamer.backends.gcs", "GCSBackend.from_uri"),
     "az": _Entry("streamer.backends.azure", "AzureBackend.from_uri"),
-    "hf": _Entry(
-        "streamer.backends.hf", "HFBackend.from_uri", "pip install 'weightstream[backends]'"
-    ),
+    "hf": _Entry("streamer.backends.hf", "HFBackend.from_uri"),
 }
 _OVERRIDES: dict[str, BackendFactory] = {}
 
