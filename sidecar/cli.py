@@ -15,15 +15,17 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer import StorageSettings
 from streamer.logs import configure
 from streamer.sizes import format_size
 
-from .client import CacheAPIClient
 from .config import DaemonConfig, add_serve_arguments, client_socket
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .client import CacheAPIClient
 
 log = logging.getLogger("weightstream")
 
@@ -72,7 +74,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def run_ls(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     async def go() -> list[dict[str, Any]]:
-        async with CacheAPIClient(client_socket(args.socket, environ)) as api:
+        async with _client(args, environ) as api:
             return await api.models()
 
     models = asyncio.run(go())
@@ -88,7 +90,7 @@ def run_pull(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     storage = StorageSettings.from_env(environ)
 
     async def go() -> dict[str, Any]:
-        async with CacheAPIClient(client_socket(args.socket, environ)) as api:
+        async with _client(args, environ) as api:
             answer = await api.ensure(args.uri, include=tuple(args.include),
                                       exclude=tuple(args.exclude), storage=storage)
             state = answer["model"]
@@ -118,7 +120,7 @@ def run_pull(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def run_evict(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     async def go() -> list[dict[str, Any]]:
         results = []
-        async with CacheAPIClient(client_socket(args.socket, environ)) as api:
+        async with _client(args, environ) as api:
             for model_id in args.ids:
                 try:
                     results.append(await api.evict(model_id))
@@ -194,3 +196,11 @@ def _ago(seconds: float) -> str:
 def _print_json(doc: Any) -> None:
     json.dump(doc, sys.stdout, indent=1)
     sys.stdout.write("\n")
+
+
+def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> CacheAPIClient:
+    # Imported here: aiohttp costs 0.3 s to import, which every `weightstream download`
+    # would pay for nothing (the CLI registers this module's commands at start-up).
+    from .client import CacheAPIClient
+
+    return CacheAPIClient(client_socket(args.socket, environ))

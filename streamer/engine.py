@@ -11,7 +11,8 @@ Jobs are kept apart the way s3transfer keeps them apart:
   exceed ``max_memory`` whatever the model size; and since each piece of a body is
   written as it arrives, the resident part is a few hundred KiB per range;
 * writing: one :class:`FileSink` per file owns its descriptor and its resume journal and
-  writes each piece at its offset with ``pwrite`` on a small named executor.
+  writes each piece at its offset with ``pwrite`` as it arrives; opening, ``fdatasync``
+  and closing run on a small named executor.
 
 The first fatal error cancels every other task and is raised unchanged.
 """
@@ -296,14 +297,17 @@ class Engine:
         """One attempt at one range: each piece is written at its offset as it arrives,
         while it is still in the CPU cache. A failed attempt is simply redone whole."""
         self.requests += 1
-        loop = asyncio.get_running_loop()
         info = sink.planned.info
         pieces = self.backend.iter_range(info.key, start, end, etag=info.etag)
         offset = start
         async for piece in exact_pieces(pieces, uri=info.key, length=end - start):
             if sink.sequential:
                 return  # the whole-object stream owns this file now
-            await loop.run_in_executor(self._executor, sink.write, offset, piece)
+            # Written on the loop thread, not the executor: a page-cache pwrite of one
+            # piece takes tens of microseconds with the GIL released, and the hop to a
+            # worker thread and back cost a third of the throughput here (2 GiB from
+            # nginx: 4.6 s with the hop, 3.6 s without). fdatasync stays on the executor.
+            sink.write(offset, piece)
             offset += len(piece)
 
     async def _sequential(self, sink: FileSink) -> None:
@@ -312,14 +316,13 @@ class Engine:
         info = sink.planned.info
         if iter_object is None:
             raise RangeNotSupportedError(info.key)
-        loop = asyncio.get_running_loop()
 
         async def stream() -> None:
             offset = 0
             pieces = exact_pieces(iter_object(info.key, etag=info.etag), uri=info.key,
                                   length=info.size)  # fmt: skip
             async for piece in pieces:
-                await loop.run_in_executor(self._executor, sink.write, offset, piece)
+                sink.write(offset, piece)
                 offset += len(piece)
 
         await self.retrier.run(f"{info.key} (whole object)", stream)
