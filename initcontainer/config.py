@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamer.engine import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_MEMORY
 from streamer.errors import UsageError
 from streamer.settings import StorageSettings, TransferDefaults
 from streamer.uri import parse_uri
@@ -22,11 +23,6 @@ CACHE_MODES = ("link", "copy")
 # What vLLM's runai_streamer loader streams itself; stream mode fetches everything else
 # (vLLM pulls the rest with ignore patterns ["*.pt", "*.safetensors", "*.bin"]).
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
-# The init container's budget cap when WEIGHTSTREAM_MAX_MEMORY is unset. Peak RSS measures
-# about 110 MiB (interpreter, botocore, obstore) + 1.3 x the budget: 96 MiB keeps it near
-# 230-240 MiB, well under the 300 MiB target (KServe's stock limit is 1Gi); 128 MiB came
-# within 25 MiB of it.
-INIT_MAX_MEMORY = 96 << 20
 
 
 @dataclass(frozen=True)
@@ -65,9 +61,9 @@ class InitConfig:
     pod_uid: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    concurrency: int = 16
-    chunk_size: int = 8 << 20
-    max_memory: int = INIT_MAX_MEMORY
+    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_memory: int = DEFAULT_MAX_MEMORY
     log_format: str = "text"
     progress_interval: float = 5.0
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -98,11 +94,7 @@ class InitConfig:
             exclude=exclude,
             concurrency=transfer.concurrency,
             chunk_size=transfer.chunk_size,
-            max_memory=(
-                transfer.max_memory
-                if environ.get("WEIGHTSTREAM_MAX_MEMORY")
-                else min(transfer.max_memory, INIT_MAX_MEMORY)
-            ),
+            max_memory=transfer.max_memory,
             log_format=transfer.log_format,
             progress_interval=_seconds(environ, "WEIGHTSTREAM_PROGRESS_INTERVAL", 5.0),
             storage=StorageSettings.from_env(environ),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from streamer import DownloadOptions, DownloadReport, download
 from streamer.cli.render import summary_line
-from streamer.engine import MIN_CHUNK
+from streamer.engine import STREAM_RESERVE
 from streamer.errors import UsageError
 from streamer.sizes import format_size
 from streamer.uri import ObjectURI, parse_uri
@@ -89,16 +89,16 @@ def download_options(config: InitConfig) -> DownloadOptions:
     """Per-download options: the shared budget split between destinations."""
     n = len({p.dst for p in config.pairs})
     budget = config.max_memory // n
-    if budget < MIN_CHUNK:
+    if budget < STREAM_RESERVE:
         raise UsageError(
             f"WEIGHTSTREAM_MAX_MEMORY ({config.max_memory} B) is too small for {n} "
-            f"destinations: each needs at least {MIN_CHUNK} B"
+            f"destinations: each needs at least {STREAM_RESERVE} B"
         )
     return DownloadOptions(
         include=config.include,
         exclude=config.exclude,
         concurrency=max(1, math.ceil(config.concurrency / n)),
-        chunk_size=max(MIN_CHUNK, min(config.chunk_size, budget)),
+        chunk_size=config.chunk_size,
         max_memory=budget,
         max_attempts=config.storage.max_attempts,
     )

@@ -14,7 +14,7 @@ flag                       environment                     default
 ``--allow`` (repeatable)   ``WEIGHTSTREAM_CACHE_ALLOW``    any (comma separated)
 ``--log-format``           ``WEIGHTSTREAM_LOG_FORMAT``     ``text``
 ``--concurrency``          ``WEIGHTSTREAM_CONCURRENCY``    ``16``
-``--chunk-size``           ``WEIGHTSTREAM_CHUNK_SIZE``     ``8Mi``
+``--chunk-size``           ``WEIGHTSTREAM_CHUNK_SIZE``     ``32Mi``
 ``--max-memory``           ``WEIGHTSTREAM_MAX_MEMORY``     ``192Mi``
 ``--max-pulls``            --                              ``2``
 ``--peer-files``           --                              off
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamer.engine import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY
 from streamer.errors import UsageError
 from streamer.settings import TransferDefaults
 from streamer.sizes import parse_size
@@ -86,8 +87,8 @@ class DaemonConfig:
     listen: tuple[str, int] | None = ("0.0.0.0", 8470)
     allow: tuple[str, ...] = ()
     log_format: str = "text"
-    concurrency: int = 16
-    chunk_size: int = 8 << 20
+    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     max_memory: int = 192 << 20
     max_pulls: int = 2
     peer_files: bool = False

@@ -205,7 +205,7 @@ def _storage_spec(environ: Mapping[str, str]) -> dict[str, Any]:
 class TransferDefaults:
     """``WEIGHTSTREAM_*`` defaults shared by the CLI, the init container and the daemon.
 
-    ``WEIGHTSTREAM_CONCURRENCY`` (16), ``WEIGHTSTREAM_CHUNK_SIZE`` (8Mi),
+    ``WEIGHTSTREAM_CONCURRENCY`` (16), ``WEIGHTSTREAM_CHUNK_SIZE`` (32Mi),
     ``WEIGHTSTREAM_MAX_MEMORY`` (128Mi), ``WEIGHTSTREAM_LOG_FORMAT`` (text).
     """
 

@@ -19,6 +19,9 @@ def _etag(st: os.stat_result) -> str:
     return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
 
 
+_PIECE = 1 << 20
+
+
 class LocalBackend(Backend):
     """Reads files with ``os.pread`` in the default executor."""
 
@@ -65,9 +68,11 @@ class LocalBackend(Backend):
     async def iter_range(
         self, key: str, start: int, end: int, *, etag: str | None
     ) -> AsyncIterator[Buffer]:
-        buf = bytearray(end - start)
-        await asyncio.to_thread(self._read, key, start, memoryview(buf), etag)
-        yield buf
+        # Pieces of at most _PIECE bytes, so a range never sits in memory whole.
+        for offset in range(start, end, _PIECE):
+            buf = bytearray(min(_PIECE, end - offset))
+            await asyncio.to_thread(self._read, key, offset, memoryview(buf), etag)
+            yield buf
 
     def _read(self, key: str, start: int, buf: memoryview, etag: str | None) -> None:
         try:

@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
     p.add_argument("--concurrency", type=int, default=d.concurrency, metavar="N",
                    help=f"ranged GETs in flight (default {d.concurrency})")
     p.add_argument("--chunk-size", default=d.chunk_size, metavar="SIZE",
-                   help="bytes per ranged GET, e.g. 8Mi (default %(default)s)")
+                   help="bytes per ranged GET, e.g. 32Mi (default %(default)s)")
     p.add_argument("--max-memory", default=d.max_memory, metavar="SIZE",
-                   help="budget for buffered ranges, e.g. 128Mi (default %(default)s)")
+                   help="memory budget for ranges in flight (4 MiB each; default %(default)s)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="validate safetensors headers and the shard index (default on)")
     p.add_argument("--checksum", action="store_true",

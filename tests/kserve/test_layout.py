@@ -58,7 +58,7 @@ def test_multiple_pairs_concurrently(moto, s3_bucket, moto_env, run_init, tmp_pa
         "base/config.json": b"{}", "base/model.bin": b"b" * 1000,
         "lora/adapter_config.json": b"{}", "lora/adapter.bin": b"l" * 500,
     })  # fmt: skip
-    env = moto_env(WEIGHTSTREAM_MAX_MEMORY="2Mi", WEIGHTSTREAM_CHUNK_SIZE="1Mi")
+    env = moto_env(WEIGHTSTREAM_MAX_MEMORY="8Mi", WEIGHTSTREAM_CHUNK_SIZE="1Mi")
     r = run_init(
         f"s3://{s3_bucket}/base", tmp_path / "models",
         f"s3://{s3_bucket}/lora", tmp_path / "adapters/lora",

@@ -90,7 +90,7 @@ def short_dir() -> Iterator[Path]:
 def cache_config(short_dir: Path) -> Callable[..., DaemonConfig]:
     def make(**overrides: Any) -> DaemonConfig:
         values: dict[str, Any] = dict(cache_root=short_dir / "cache", min_free=0,
-                                      listen=None, chunk_size=64 << 10, max_memory=1 << 20,
+                                      listen=None, chunk_size=64 << 10, max_memory=4 << 20,
                                       concurrency=4, housekeeping_interval=3600.0,
                                       progress_interval=0.05, proof_ttl=0.0)
         values.update(overrides)
@@ -186,7 +186,7 @@ def daemon(short_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
         port = free_port()
         argv = [sys.executable, "-m", "sidecar", "--cache-root", str(root), "--socket",
                 str(sock), "--listen", f"{LOOPBACK}:{port}", "--min-free", "0",
-                "--chunk-size", "64Ki", "--max-memory", "1Mi", "--concurrency", "4",
+                "--chunk-size", "64Ki", "--max-memory", "4Mi", "--concurrency", "4",
                 "--proof-ttl", "0", *flags]
         d = DaemonProcess(root=root, socket=sock, port=port, argv=argv,
                           env=clean_env(env or {}), log_path=short_dir / f"d{counter[0]}.log")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from initcontainer.config import INIT_MAX_MEMORY, InitConfig, Pair, parse_pairs, parse_patterns
+from initcontainer.config import InitConfig, Pair, parse_pairs, parse_patterns
+from streamer.engine import DEFAULT_MAX_MEMORY
 from streamer.errors import InvalidURIError, UnsupportedSchemeError, UsageError
 
 
@@ -53,7 +54,7 @@ def test_bad_patterns(raw):
 def test_defaults():
     c = InitConfig.from_args(["s3://bkt/m", "/mnt/models"], {})
     assert (c.mode, c.cache_mode, c.cache_socket, c.pod_uid) == ("download", "link", None, None)
-    assert c.max_memory == INIT_MAX_MEMORY and c.include == () and c.exclude == ()
+    assert c.max_memory == DEFAULT_MAX_MEMORY and c.include == () and c.exclude == ()
     assert c.progress_interval == 5.0 and c.log_format == "text"
 
 
