@@ -15,7 +15,7 @@ from pathlib import Path
 
 from streamer.engine import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_MEMORY
 from streamer.errors import UsageError
-from streamer.settings import StorageSettings, TransferDefaults
+from streamer.settings import StorageSettings, TransferDefaults, env_number
 from streamer.uri import parse_uri
 
 MODES = ("download", "stream")
@@ -96,7 +96,7 @@ class InitConfig:
             chunk_size=transfer.chunk_size,
             max_memory=transfer.max_memory,
             log_format=transfer.log_format,
-            progress_interval=_seconds(environ, "WEIGHTSTREAM_PROGRESS_INTERVAL", 5.0),
+            progress_interval=env_number(environ, "WEIGHTSTREAM_PROGRESS_INTERVAL", 5.0),
             storage=StorageSettings.from_env(environ),
         )
 
@@ -149,17 +149,4 @@ def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> 
     value = (environ.get(name) or allowed[0]).strip().lower()
     if value not in allowed:
         raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise UsageError(f"{name} must be a number of seconds, got {raw!r}") from e
-    if value <= 0:
-        raise UsageError(f"{name} must be positive, got {raw!r}")
     return value

@@ -103,9 +103,9 @@ class StorageSettings:
             anonymous=_truthy(environ.get("awsAnonymousCredential")),
             verify_ssl=_verify(environ.get("S3_VERIFY_SSL")),
             ca_bundle=_ca_bundle(environ),
-            connect_timeout=_number(environ, "S3_CONNECT_TIMEOUT", 10.0),
-            read_timeout=_number(environ, "S3_READ_TIMEOUT", 60.0),
-            max_attempts=int(_number(environ, "S3_MAX_ATTEMPTS", 5)),
+            connect_timeout=env_number(environ, "S3_CONNECT_TIMEOUT", 10.0),
+            read_timeout=env_number(environ, "S3_READ_TIMEOUT", 60.0),
+            max_attempts=int(env_number(environ, "S3_MAX_ATTEMPTS", 5)),
             env=env,
         )
         spec = _storage_spec(environ)
@@ -172,7 +172,12 @@ def _ca_bundle(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def _number(environ: Mapping[str, str], name: str, default: float) -> float:
+def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number from ``environ[name]`` (``default`` when unset or empty).
+
+    Raises:
+        UsageError: the value is not a positive number (names the variable).
+    """
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -223,7 +228,7 @@ class TransferDefaults:
         if fmt not in ("text", "json"):
             raise UsageError(f"WEIGHTSTREAM_LOG_FORMAT must be text or json, got {fmt!r}")
         return cls(
-            concurrency=int(_number(environ, "WEIGHTSTREAM_CONCURRENCY", d.concurrency)),
+            concurrency=int(env_number(environ, "WEIGHTSTREAM_CONCURRENCY", d.concurrency)),
             chunk_size=parse_size(
                 environ.get("WEIGHTSTREAM_CHUNK_SIZE") or d.chunk_size, name="chunk size"
             ),

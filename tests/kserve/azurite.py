@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.ports import LOOPBACK, free_port, wait_http
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, stop_process
 
 ACCOUNT = "devstoreaccount1"
 # The emulator's published development key (not a secret).
@@ -131,10 +131,5 @@ def start_azurite(workdir: Path) -> Iterator[Azurite]:
         wait_http(f"http://{LOOPBACK}:{port}/{ACCOUNT}?comp=list", timeout=30, proc=proc)
         yield Azurite(port=port, process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ports import LOOPBACK, free_port, wait_http
-from .process import clean_env
+from .process import clean_env, stop_process
 
 TEST_ACCESS_KEY = "testing"
 TEST_SECRET_KEY = "testing"
@@ -163,12 +163,7 @@ def start_moto(*, port: int | None = None, timeout: float = 60.0,
             raise RuntimeError(f"{e}; log:\n{log_path.read_text(errors='replace')[-2000:]}") from e
         yield MotoServer(endpoint_url=endpoint, process=proc, log_path=log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 if __name__ == "__main__":  # manual use: python -m tests.support.moto_server

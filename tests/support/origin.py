@@ -62,6 +62,7 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from .ports import LOOPBACK, wait_http
+from .process import stop_process
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 ADMIN_PREFIX = "/_origin/"
@@ -806,12 +807,7 @@ def start_origin_process(
         wait_http(f"{url}{ADMIN_PREFIX}healthz", timeout=timeout, proc=proc)
         yield OriginProcess(url=url, port=port, root=Path(root).resolve(), process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         proc.stdout.close()
 
 

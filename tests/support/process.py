@@ -200,3 +200,13 @@ def spawn_cli(
     """Start the CLI without waiting (the caller kills / waits and closes the pipes)."""
     return subprocess.Popen(cli_argv(*map(str, args), module=module), env=dict(env), cwd=cwd,
                             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+
+
+def stop_process(proc: subprocess.Popen, *, timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL: every test server's teardown."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
