@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from streamer.errors import WeightstreamError, exit_code
-from streamer.logs import configure
+from streamer.logs import configure, exit_process
 from streamer.uri import redact
 
 from .config import InitConfig
@@ -69,5 +69,10 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def entry() -> None:
+    """Console-script entry point: run :func:`main`, then end the process cleanly."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from streamer.errors import WeightstreamError, exit_code
+from streamer.logs import exit_process
 
 from .config import DaemonConfig, add_serve_arguments
 from .server import run
@@ -33,4 +34,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from .. import __version__
 from ..errors import WeightstreamError, exit_code
+from ..logs import exit_process
 
 log = logging.getLogger("weightstream")
 
@@ -75,5 +76,10 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 1
 
 
+def entry() -> None:
+    """Console-script entry point: run :func:`main`, then end the process cleanly."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
