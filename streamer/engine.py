@@ -280,6 +280,8 @@ class Engine:
                 )
             finally:
                 self._slots.release()
+            if sink.sequential:
+                return  # cut short by the fallback: not written whole, not journaled
             assert sink.journal is not None
             sink.journal.record(index)
         except RangeNotSupportedError:
