@@ -210,7 +210,9 @@ class CacheService:
                 options = DownloadOptions(
                     include=entry.include, exclude=entry.exclude,
                     concurrency=self.config.concurrency, chunk_size=self.config.chunk_size,
-                    max_memory=self.config.max_memory)
+                    # The cache outlives pods and reboots: nothing is journaled or
+                    # published before it is on disk.
+                    max_memory=self.config.max_memory, fsync=True)
                 async with self._backends.use(uri, storage) as backend:
                     report = await download(uri, staging.path, options=options, storage=storage,
                                            progress=self._progress_to(entry), backend=backend)
