@@ -31,7 +31,7 @@ from ..errors import (
 from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
-from .http import client_session, iter_http_range
+from .http import client_session, iter_http_range, raise_for_status
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -152,10 +152,4 @@ def _raise_for_status(uri: str, status: int, headers: Any) -> None:
     if code in _ERROR_CODES:
         cls, reason = _ERROR_CODES[code]
         raise cls(uri, reason)
-    if status in (404, 410):
-        raise ObjectNotFoundError(uri)
-    if status in (401, 403):
-        raise AccessDeniedError(uri, f"access denied (HTTP {status}; set HF_TOKEN?)")
-    if status >= 500 or status in (408, 429):
-        raise TransientError(uri, f"HTTP {status}", status=status)
-    raise StoreError(uri, f"HTTP {status}", status=status)
+    raise_for_status(uri, status, headers, denied_hint="set HF_TOKEN?")

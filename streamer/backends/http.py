@@ -87,12 +87,12 @@ class HTTPBackend(Backend):
         uri = self._printable(key)
         try:
             async with self._client().head(self._url(key), allow_redirects=True) as r:
-                _raise_for_status(uri, r.status, r.headers)
+                raise_for_status(uri, r.status, r.headers)
                 if r.status == 200 and r.headers.get("Content-Length") is not None:
                     return ObjectInfo(key, int(r.headers["Content-Length"]), r.headers.get("ETag"))
             # HEAD without a length (or refused): ask for one byte instead.
             async with self._client().get(self._url(key), headers={"Range": "bytes=0-0"}) as r:
-                _raise_for_status(uri, r.status, r.headers)
+                raise_for_status(uri, r.status, r.headers)
                 m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
                 if r.status == 206 and m and m.group(3) != "*":
                     return ObjectInfo(key, int(m.group(3)), r.headers.get("ETag"))
@@ -115,7 +115,7 @@ class HTTPBackend(Backend):
         headers = {"If-Match": etag} if etag else {}
         try:
             async with self._client().get(self._url(key), headers=headers) as r:
-                _raise_for_status(uri, r.status, r.headers, etag=etag)
+                raise_for_status(uri, r.status, r.headers, etag=etag)
                 _check_etag(uri, etag, r.headers.get("ETag"))
                 async for block in r.content.iter_chunked(_READ_BLOCK):
                     yield block
@@ -145,7 +145,7 @@ async def iter_http_range(
         headers["If-Match"] = etag
     try:
         async with session.get(url, headers=headers) as r:
-            _raise_for_status(uri, r.status, r.headers, etag=etag)
+            raise_for_status(uri, r.status, r.headers, etag=etag)
             if r.status == 200:
                 raise RangeNotSupportedError(uri)
             m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
@@ -170,7 +170,11 @@ def _weak(etag: str) -> str:
     return etag.removeprefix("W/")
 
 
-def _raise_for_status(uri: str, status: int, headers: Any, *, etag: str | None = None) -> None:
+def raise_for_status(
+    uri: str, status: int, headers: Any, *, etag: str | None = None, denied_hint: str = ""
+) -> None:
+    """Map an HTTP status to the typed errors (412 version changed, 404/410 not found,
+    401/403 denied, 5xx/408/429 retryable, other 4xx final)."""
     if status < 300:
         return
     if status == 412:
@@ -178,7 +182,8 @@ def _raise_for_status(uri: str, status: int, headers: Any, *, etag: str | None =
     if status == 404 or status == 410:
         raise ObjectNotFoundError(uri)
     if status in (401, 403):
-        raise AccessDeniedError(uri, f"access denied (HTTP {status})")
+        hint = f"; {denied_hint}" if denied_hint else ""
+        raise AccessDeniedError(uri, f"access denied (HTTP {status}{hint})")
     if status >= 500 or status in (408, 429):
         raise TransientError(uri, f"HTTP {status}", status=status)
     raise StoreError(uri, f"HTTP {status}", status=status)
