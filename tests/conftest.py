@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack
@@ -115,3 +116,21 @@ def subprocess_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
 def run_cli() -> Callable[..., ProcResult]:
     """``run_cli(*args, env=..., cwd=None, timeout=300)`` runs ``python -m streamer.cli.main``."""
     return _run_cli
+
+
+# In CI every dependency a test guards with a skip is installed by scripts/test.sh, so a
+# skip there means CI lost something: it fails instead. The one exception is hardware
+# that CI machines do not have (a CUDA device).
+_CI_ALLOWED_SKIPS = ("needs a CUDA device",)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail")):
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+    if not any(allowed in reason for allowed in _CI_ALLOWED_SKIPS):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where it must run: {reason}"
