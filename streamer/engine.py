@@ -6,14 +6,15 @@ Jobs are kept apart the way s3transfer keeps them apart:
 * requesting: at most ``concurrency`` GETs in flight, a new one starts the moment one
   finishes (a window, never fixed waves), each range pinned to the object's ETag and
   retried on its own under the one :class:`~streamer.retry.RetryPolicy`;
-* memory: bodies are never held whole: each piece (at most a few hundred KiB) is written
-  as it arrives, so what a range in flight holds is bounded by :data:`STREAM_RESERVE`
-  (pieces queued in the transport plus the one being written), whatever its length. A
-  :class:`ByteBudget` of ``max_memory`` takes that reservation *before* a range is
-  requested and gets it back once its bytes are on disk;
-* writing: one :class:`FileSink` per file owns its descriptor and its resume journal and
-  writes each piece at its offset with ``pwrite`` as it arrives; opening, ``fdatasync``
-  and closing run on a small named executor.
+* memory: bodies are never held whole: the backend writes each range into the file as it
+  arrives (spliced by the socket transport on plain HTTP, piece by piece otherwise), so
+  what a range in flight holds is bounded by :data:`STREAM_RESERVE` (pieces queued in the
+  transport plus the one being written), whatever its length. A :class:`ByteBudget` of
+  ``max_memory`` takes that reservation *before* a range is requested and gets it back
+  once its bytes are on disk;
+* writing: one :class:`FileSink` per file owns its descriptor and its resume journal;
+  ranges land at their offsets (``Backend.read_to_file``); opening, ``fdatasync`` and
+  closing run on a small named executor.
 
 The first fatal error cancels every other task and is raised unchanged.
 """
@@ -31,7 +32,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends.base import Backend, Buffer, exact_pieces
+from .backends.base import Backend, Buffer, exact_pieces, pwrite_all
 from .errors import RangeNotSupportedError, UsageError
 from .journal import Journal
 from .plan import PlannedFile
@@ -138,11 +139,7 @@ class FileSink:
     def write(self, offset: int, data: Buffer) -> None:
         """``pwrite`` all of ``data`` at ``offset`` (blocking)."""
         assert self.fd is not None
-        view = memoryview(data).cast("B")
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+        pwrite_all(self.fd, data, offset)
 
     def flush(self) -> None:
         """Journal written ranges (after ``fdatasync`` when durable; blocking)."""
@@ -300,21 +297,12 @@ class Engine:
             await self._complete(sink)
 
     async def _fetch(self, sink: FileSink, start: int, end: int) -> None:
-        """One attempt at one range: each piece is written at its offset as it arrives,
-        while it is still in the CPU cache. A failed attempt is simply redone whole."""
+        """One attempt at one range, written at its offset by the backend (pieces as they
+        arrive, or spliced by the socket transport). A failed attempt is redone whole."""
         self.requests += 1
         info = sink.planned.info
-        pieces = self.backend.iter_range(info.key, start, end, etag=info.etag)
-        offset = start
-        async for piece in exact_pieces(pieces, uri=info.key, length=end - start):
-            if sink.sequential:
-                return  # the whole-object stream owns this file now
-            # Written on the loop thread, not the executor: a page-cache pwrite of one
-            # piece takes tens of microseconds with the GIL released, and the hop to a
-            # worker thread and back cost a third of the throughput here (2 GiB from
-            # nginx: 4.6 s with the hop, 3.6 s without). fdatasync stays on the executor.
-            sink.write(offset, piece)
-            offset += len(piece)
+        assert sink.fd is not None
+        await self.backend.read_to_file(info.key, start, end, fd=sink.fd, etag=info.etag)
 
     async def _sequential(self, sink: FileSink) -> None:
         """Fallback for servers that ignore Range: stream the object in order, once."""

@@ -15,7 +15,6 @@ on redirects to other hosts).
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -31,10 +30,10 @@ from ..errors import (
 from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
-from .http import client_session, iter_http_range, raise_for_status
+from .http import client_session, iter_http_range
+from .httpstatus import raise_for_status
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _READ_BLOCK = 1 << 20
 
 # The Hub's X-Error-Code header -> (error class, reason).

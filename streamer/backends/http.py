@@ -9,26 +9,23 @@ server that answers a range with the whole body (200) raises
 
 from __future__ import annotations
 
-import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
 
 from ..errors import (
-    AccessDeniedError,
-    ObjectNotFoundError,
     RangeNotSupportedError,
     StoreError,
     TransientError,
-    VersionChangedError,
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
+from .httpstatus import CONTENT_RANGE, check_content_range, check_etag, raise_for_status
+from .wire import WireRequest, WireRoute, wire_client
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _READ_BLOCK = 1 << 20
 
 
@@ -63,6 +60,10 @@ class HTTPBackend(Backend):
         self.origin = origin.rstrip("/")
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._wire = (
+            WireRoute(wire_client(settings), name=self.origin)
+            if settings.wire_endpoint(self.origin) else None
+        )  # fmt: skip
 
     @classmethod
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> HTTPBackend:
@@ -93,7 +94,7 @@ class HTTPBackend(Backend):
             # HEAD without a length (or refused): ask for one byte instead.
             async with self._client().get(self._url(key), headers={"Range": "bytes=0-0"}) as r:
                 raise_for_status(uri, r.status, r.headers)
-                m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+                m = CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
                 if r.status == 206 and m and m.group(3) != "*":
                     return ObjectInfo(key, int(m.group(3)), r.headers.get("ETag"))
                 raise StoreError(uri, "server reports no object size")
@@ -102,6 +103,24 @@ class HTTPBackend(Backend):
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         return [await self.stat(prefix)]
+
+    def _request(self, key: str, etag: str | None) -> Callable[[], WireRequest]:
+        request = WireRequest(self._url(key), self._printable(key), {}, etag)
+        return lambda: request
+
+    async def read_to_file(
+        self, key: str, start: int, end: int, *, fd: int, etag: str | None
+    ) -> None:
+        if self._wire and await self._wire.to_file(self._request(key, etag), start, end, fd):
+            return
+        await super().read_to_file(key, start, end, fd=fd, etag=etag)
+
+    async def read_into(
+        self, key: str, start: int, views: Sequence[memoryview], *, etag: str | None
+    ) -> None:
+        if self._wire and await self._wire.into(self._request(key, etag), start, views):
+            return
+        await super().read_into(key, start, views, etag=etag)
 
     def iter_range(
         self, key: str, start: int, end: int, *, etag: str | None
@@ -116,13 +135,16 @@ class HTTPBackend(Backend):
         try:
             async with self._client().get(self._url(key), headers=headers) as r:
                 raise_for_status(uri, r.status, r.headers, etag=etag)
-                _check_etag(uri, etag, r.headers.get("ETag"))
+                check_etag(uri, etag, r.headers.get("ETag"))
                 async for block in r.content.iter_chunked(_READ_BLOCK):
                     yield block
         except (TimeoutError, aiohttp.ClientError) as e:
             raise TransientError(uri, f"{type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
+        if self._wire is not None:
+            await self._wire.close()
+            self._wire = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -148,42 +170,9 @@ async def iter_http_range(
             raise_for_status(uri, r.status, r.headers, etag=etag)
             if r.status == 200:
                 raise RangeNotSupportedError(uri)
-            m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
-            if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
-                raise TransientError(
-                    uri, f"Content-Range {r.headers.get('Content-Range')!r} "
-                    f"does not match the requested bytes {start}-{end - 1}"
-                )
-            _check_etag(uri, etag, r.headers.get("ETag"))
+            check_content_range(uri, r.headers.get("Content-Range"), start, end)
+            check_etag(uri, etag, r.headers.get("ETag"))
             while piece := await r.content.readany():
                 yield piece
     except (aiohttp.ClientError, TimeoutError) as e:
         raise TransientError(uri, f"{type(e).__name__}: {e}") from e
-
-
-def _check_etag(uri: str, expected: str | None, actual: str | None) -> None:
-    if expected and actual and _weak(expected) != _weak(actual):
-        raise VersionChangedError(uri, expected=expected, actual=actual)
-
-
-def _weak(etag: str) -> str:
-    return etag.removeprefix("W/")
-
-
-def raise_for_status(
-    uri: str, status: int, headers: Any, *, etag: str | None = None, denied_hint: str = ""
-) -> None:
-    """Map an HTTP status to the typed errors (412 version changed, 404/410 not found,
-    401/403 denied, 5xx/408/429 retryable, other 4xx final)."""
-    if status < 300:
-        return
-    if status == 412:
-        raise VersionChangedError(uri, expected=etag, actual=headers.get("ETag"))
-    if status == 404 or status == 410:
-        raise ObjectNotFoundError(uri)
-    if status in (401, 403):
-        hint = f"; {denied_hint}" if denied_hint else ""
-        raise AccessDeniedError(uri, f"access denied (HTTP {status}{hint})")
-    if status >= 500 or status in (408, 429):
-        raise TransientError(uri, f"HTTP {status}", status=status)
-    raise StoreError(uri, f"HTTP {status}", status=status)

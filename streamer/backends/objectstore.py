@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import obstore
@@ -40,10 +40,12 @@ async def iter_range(
     etag: str | None,
     uri: str,
     translate: Callable[[str, BaseException], Exception],
+    whole: bool = False,
 ) -> AsyncIterator[Buffer]:
     """Ranged GET of ``[start, end)`` pinned to ``etag``, yielded in pieces as they
-    arrive. obstore errors are translated by ``translate`` (by type, never by text)."""
-    options: dict[str, Any] = {"range": (start, end)}
+    arrive (``whole``: a plain GET of the object, for stores that ignore ``Range``).
+    obstore errors are translated by ``translate`` (by type, never by text)."""
+    options: dict[str, Any] = {} if whole else {"range": (start, end)}
     if etag:
         options["if_match"] = etag
     try:
@@ -52,7 +54,7 @@ async def iter_range(
         raise VersionChangedError(uri, expected=etag) from e
     except Exception as e:
         raise translate(uri, e) from e
-    if tuple(result.range) != (start, end):
+    if not whole and tuple(result.range) != (start, end):
         raise TransientError(uri, f"asked for bytes {start}-{end}, got {result.range}")
     stream = result.stream(min_chunk_size=STREAM_PIECE)
     while True:
@@ -69,16 +71,16 @@ async def read_into(
     store: Any,
     key: str,
     start: int,
-    buf: memoryview,
+    views: Sequence[memoryview],
     *,
     etag: str | None,
     uri: str,
     translate: Callable[[str, BaseException], Exception],
 ) -> None:
-    """Ranged GET into ``buf`` with one hand-over from Rust (``bytes_async``) and one copy:
-    for callers that need the range in memory (tensors), this costs less CPU than
-    handing it over piece by piece."""
-    end = start + len(buf)
+    """Ranged GET into ``views`` (in order) with one hand-over from Rust
+    (``bytes_async``) and one copy: for callers that need the range in memory (tensors),
+    this costs less CPU than handing it over piece by piece."""
+    end = start + sum(v.nbytes for v in views)
     options: dict[str, Any] = {"range": (start, end)}
     if etag:
         options["if_match"] = etag
@@ -89,9 +91,13 @@ async def read_into(
         raise VersionChangedError(uri, expected=etag) from e
     except Exception as e:
         raise translate(uri, e) from e
-    if tuple(result.range) != (start, end) or len(data) != len(buf):
-        raise TransientError(uri, f"asked for bytes {start}-{end}, got {len(data)} bytes")
-    buf[:] = memoryview(data).cast("B")
+    got = memoryview(data).cast("B")
+    if tuple(result.range) != (start, end) or len(got) != end - start:
+        raise TransientError(uri, f"asked for bytes {start}-{end}, got {len(got)} bytes")
+    pos = 0
+    for view in views:
+        view.cast("B")[:] = got[pos : pos + view.nbytes]
+        pos += view.nbytes
 
 
 # A key no model uses: HEAD on it tells a missing container from a refused one.
@@ -199,9 +205,9 @@ class ObstoreBackend(Backend):
                           translate=self._error)  # fmt: skip
 
     async def read_into(
-        self, key: str, start: int, buf: memoryview, *, etag: str | None
+        self, key: str, start: int, views: Sequence[memoryview], *, etag: str | None
     ) -> None:
-        await read_into(self._get_store(), key, start, buf, etag=etag, uri=self._uri(key),
+        await read_into(self._get_store(), key, start, views, etag=etag, uri=self._uri(key),
                         translate=self._error)  # fmt: skip
 
     async def close(self) -> None:

@@ -11,9 +11,10 @@ obstore's own retries are switched off; the engine's retry policy is the only on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -41,6 +42,7 @@ from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
 from .objectstore import NO_RETRIES, client_options, iter_range, read_into, translate
+from .wire import WireRequest, WireRoute, wire_client
 
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
@@ -50,6 +52,7 @@ _DENIED = {
 
 
 _CONTROL_THREADS = 8
+_PRESIGN_SECONDS = 3600
 _shared: dict[str, Any] = {}
 _shared_lock = threading.RLock()
 
@@ -100,6 +103,7 @@ class S3Backend(Backend):
         self.settings = settings
         self._client: Any = None
         self._store: Any = None
+        self._wire: WireRoute | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -116,6 +120,8 @@ class S3Backend(Backend):
                 _, executor = _control_plane()
                 loop = asyncio.get_running_loop()
                 self._client, self._store = await loop.run_in_executor(executor, self._build)
+                if self.settings.wire_endpoint(self.settings.endpoint_url):
+                    self._wire = WireRoute(wire_client(self.settings), name=f"s3://{self.bucket}")
 
     def _build(self) -> tuple[Any, Any]:
         s = self.settings
@@ -130,7 +136,8 @@ class S3Backend(Backend):
                 "addressing_style": "virtual" if s.virtual_addressing else "path",
                 "use_accelerate_endpoint": s.use_accelerate,
             },
-            signature_version=_unsigned() if s.anonymous else None,
+            # SigV4 also for presigned GETs (botocore would presign with SigV2).
+            signature_version=_unsigned() if s.anonymous else "s3v4",
         )
         verify: bool | str = (s.ca_bundle or True) if s.verify_ssl else False
         with _shared_lock:  # botocore sessions are not thread-safe while creating clients
@@ -205,20 +212,34 @@ class S3Backend(Backend):
         return out
 
     async def _call(self, key: str, fn: Any) -> Any:
-        uri = f"s3://{self.bucket}/{key}"
         _, executor = _control_plane()
-        try:
+        with _botocore_errors(f"s3://{self.bucket}/{key}"):
             return await asyncio.get_running_loop().run_in_executor(executor, fn)
-        except ClientError as e:
-            raise _translate_client_error(uri, e) from e
-        except NoCredentialsError as e:
-            raise AccessDeniedError(uri, "no AWS credentials found") from e
-        except BotoConnectionError as e:
-            raise TransientError(uri, f"connection failed: {e}") from e
-        except BotoCoreError as e:
-            raise TransientError(uri, str(e)) from e
 
-    # -- data plane (obstore) --------------------------------------------------------------
+    # -- data plane (our sockets on plain HTTP, else obstore) ------------------------------
+
+    def _signed(self, key: str, etag: str | None) -> Callable[[], WireRequest]:
+        """A presigned GET (SigV4 in the query, or unsigned when anonymous), made in the
+        socket transport's worker thread: botocore may refresh credentials meanwhile."""
+        uri = f"s3://{self.bucket}/{key}"
+
+        def make() -> WireRequest:
+            with _botocore_errors(uri):
+                url = self._client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": key},
+                    ExpiresIn=_PRESIGN_SECONDS,
+                )  # fmt: skip
+            return WireRequest(url, uri, {}, etag)
+
+        return make
+
+    async def read_to_file(
+        self, key: str, start: int, end: int, *, fd: int, etag: str | None
+    ) -> None:
+        await self._ensure()
+        if self._wire and await self._wire.to_file(self._signed(key, etag), start, end, fd):
+            return
+        await super().read_to_file(key, start, end, fd=fd, etag=etag)
 
     async def iter_range(
         self, key: str, start: int, end: int, *, etag: str | None
@@ -229,23 +250,50 @@ class S3Backend(Backend):
         async for piece in pieces:
             yield piece
 
+    async def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[Buffer]:
+        """The whole object in order (for S3-compatible stores that ignore ``Range``)."""
+        await self._ensure()
+        pieces = iter_range(self._store, key, 0, 0, etag=etag, whole=True,
+                            uri=f"s3://{self.bucket}/{key}", translate=translate)  # fmt: skip
+        async for piece in pieces:
+            yield piece
+
     async def read_into(
-        self, key: str, start: int, buf: memoryview, *, etag: str | None
+        self, key: str, start: int, views: Sequence[memoryview], *, etag: str | None
     ) -> None:
         await self._ensure()
-        await read_into(self._store, key, start, buf, etag=etag,
+        if self._wire and await self._wire.into(self._signed(key, etag), start, views):
+            return
+        await read_into(self._store, key, start, views, etag=etag,
                         uri=f"s3://{self.bucket}/{key}", translate=translate)  # fmt: skip
 
     async def close(self) -> None:
+        if self._wire is not None:
+            await self._wire.close()
         if self._client is not None:
             self._client.close()
-        self._client = self._store = None
+        self._client = self._store = self._wire = None
 
 
 def _unsigned() -> Any:
     from botocore import UNSIGNED
 
     return UNSIGNED
+
+
+@contextlib.contextmanager
+def _botocore_errors(uri: str) -> Iterator[None]:
+    """botocore's exceptions -> weightstream's typed errors."""
+    try:
+        yield
+    except ClientError as e:
+        raise _translate_client_error(uri, e) from e
+    except NoCredentialsError as e:
+        raise AccessDeniedError(uri, "no AWS credentials found") from e
+    except BotoConnectionError as e:
+        raise TransientError(uri, f"connection failed: {e}") from e
+    except BotoCoreError as e:
+        raise TransientError(uri, str(e)) from e
 
 
 def _translate_client_error(uri: str, e: ClientError) -> Exception:

@@ -7,8 +7,8 @@ vLLM); where the store cannot list (plain HTTP), ``model.safetensors.index.json`
 them, else ``model.safetensors`` alone is tried.
 
 Readers fill caller-owned buffers: :class:`BackendReader` through the backend's
-``read_range`` (version pinned with the ETag, each range retried under the shared policy),
-:class:`LocalReader` with ``preadv`` straight into the buffer (the node-cache path).
+``read_into`` (a scatter read; version pinned with the ETag, each range retried under the
+shared policy), :class:`LocalReader` with ``preadv`` straight into the buffer (the node-cache path).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..backends.base import Backend, ObjectInfo
 from ..backends.local import LocalBackend
-from ..errors import IntegrityError, ObjectNotFoundError, SafetensorsError
+from ..errors import ObjectNotFoundError, SafetensorsError
 from ..retry import Retrier, RetryPolicy
 from ..safetensors import INDEX_NAME
 from ..uri import ObjectURI
@@ -76,17 +76,8 @@ class BackendReader(ShardReader):
         end = start + sum(len(v) for v in views)
 
         async def attempt() -> None:
-            if len(views) == 1:  # the backend streams the body straight into place
-                await self.backend.read_into(shard.key, start, views[0], etag=shard.etag)
-                return
-            data = await self.backend.read_range(shard.key, start, end, etag=shard.etag)
-            got = memoryview(data).cast("B")
-            if len(got) != end - start:
-                raise IntegrityError(shard.uri, f"range {start}-{end} returned {len(got)} bytes")
-            pos = 0
-            for v in views:  # scatter across the tensors this range spans
-                v[:] = got[pos : pos + len(v)]
-                pos += len(v)
+            # Scatter: one ranged GET lands in every tensor it spans, in place.
+            await self.backend.read_into(shard.key, start, views, etag=shard.etag)
 
         await self.retrier.run(f"{shard.uri} bytes {start}-{end - 1}", attempt)
 

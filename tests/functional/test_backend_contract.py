@@ -1,7 +1,9 @@
-"""One contract, every backend: stat, list, read_range with the ETag pin, typed errors.
+"""One contract, every backend: stat, list, ranged reads (into memory, scattered, into a
+file) with the ETag pin, typed errors.
 
 Each backend is reached through a real server on loopback (moto, our origin) or the local
-filesystem; a new backend joins by adding a case to ``backend_case``.
+filesystem, plain-HTTP ones through both data planes (``auto``: our sockets; ``sdk``:
+obstore / aiohttp); a new backend joins by adding a case to ``case``.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ class Case:
     rewrite: object  # callable: change the object's content (new version)
 
 
-async def _s3_on_origin(origin, tmp_path: Path) -> Case:
+async def _s3_on_origin(origin, tmp_path: Path, transport: str) -> Case:
     root = tmp_path / "root"
     (root / "bkt" / "p").mkdir(parents=True)
     (root / "bkt" / "p" / "obj").write_bytes(PAYLOAD)
     (root / "bkt" / "p" / "obj-other").write_bytes(b"x")
     srv = await origin(root)
-    storage = StorageSettings(endpoint_url=srv.url, access_key_id="k", secret_access_key="s")
+    storage = StorageSettings(endpoint_url=srv.url, access_key_id="k", secret_access_key="s",
+                              transport=transport)  # fmt: skip
     return Case(open_backend(parse_uri("s3://bkt/p"), storage), "p/obj", "p/none", "p/",
                 lambda: (root / "bkt/p/obj").write_bytes(PAYLOAD[::-1]))  # fmt: skip
 
@@ -50,12 +53,13 @@ async def _s3_on_moto(moto, tmp_path: Path) -> Case:
                 lambda: moto.put_object(bucket, "p/obj", PAYLOAD[::-1]))  # fmt: skip
 
 
-async def _http_on_origin(origin, tmp_path: Path) -> Case:
+async def _http_on_origin(origin, tmp_path: Path, transport: str) -> Case:
     root = tmp_path / "root"
     (root / "files").mkdir(parents=True)
     (root / "files" / "obj").write_bytes(PAYLOAD)
     srv = await origin(root)
-    return Case(open_backend(parse_uri(srv.http_url("files/obj")), StorageSettings()),
+    storage = StorageSettings(transport=transport)
+    return Case(open_backend(parse_uri(srv.http_url("files/obj")), storage),
                 "files/obj", "files/none", "files/obj",
                 lambda: (root / "files/obj").write_bytes(PAYLOAD[::-1]))  # fmt: skip
 
@@ -74,15 +78,18 @@ async def _local(tmp_path: Path) -> Case:
                 str(d / "none"), str(d) + "/", rewrite)  # fmt: skip
 
 
-@pytest.fixture(params=["s3-origin", "s3-moto", "http-origin", "local"])
+@pytest.fixture(
+    params=["s3-origin", "s3-origin-sdk", "s3-moto", "http-origin", "http-origin-sdk", "local"]
+)
 async def case(request, origin, tmp_path) -> AsyncIterator[Case]:
     kind = request.param
-    if kind == "s3-origin":
-        c = await _s3_on_origin(origin, tmp_path)
+    transport = "sdk" if kind.endswith("-sdk") else "auto"
+    if kind.startswith("s3-origin"):
+        c = await _s3_on_origin(origin, tmp_path, transport)
     elif kind == "s3-moto":
         c = await _s3_on_moto(request.getfixturevalue("moto"), tmp_path)
-    elif kind == "http-origin":
-        c = await _http_on_origin(origin, tmp_path)
+    elif kind.startswith("http-origin"):
+        c = await _http_on_origin(origin, tmp_path, transport)
     else:
         c = await _local(tmp_path)
     try:
@@ -107,6 +114,25 @@ async def test_read_range_returns_exact_bytes(case: Case):
     for start, end in [(0, 1), (1000, 70_000), (len(PAYLOAD) - 5, len(PAYLOAD))]:
         data = await case.backend.read_range(case.key, start, end, etag=info.etag)
         assert bytes(data) == PAYLOAD[start:end]
+
+
+async def test_scatter_read_fills_views_in_order(case: Case):
+    info = await case.backend.stat(case.key)
+    views = [memoryview(bytearray(n)) for n in (3, 65_536, 1, 100_000)]
+    await case.backend.read_into(case.key, 500, views, etag=info.etag)
+    assert b"".join(bytes(v) for v in views) == PAYLOAD[500 : 500 + 165_540]
+
+
+async def test_read_to_file_writes_at_the_offset(case: Case, tmp_path: Path):
+    info = await case.backend.stat(case.key)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, len(PAYLOAD))
+        for start, end in [(200_000, len(PAYLOAD)), (0, 200_000)]:
+            await case.backend.read_to_file(case.key, start, end, fd=fd, etag=info.etag)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == PAYLOAD
 
 
 async def test_missing_object_is_not_found(case: Case):

@@ -1,4 +1,6 @@
-"""The engine against our fault-injecting origin, through both transports.
+"""The engine against our fault-injecting origin, through both protocols (S3, plain HTTP)
+and both data planes (``auto``: our socket transport on plain HTTP; ``sdk``: obstore /
+aiohttp).
 
 Every fault either recovers byte-identically or fails with the right typed error and
 nothing published under a final name.
@@ -45,6 +47,9 @@ def _storage(url: str, **kw) -> StorageSettings:
                            secret_access_key="testing", region="us-east-1", **kw)  # fmt: skip
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["auto", "sdk"])
+
+
 def _same_tree(a: Path, b: Path) -> None:
     names = sorted(p.name for p in a.iterdir())
     assert sorted(p.name for p in b.iterdir() if p.name != ".weightstream") == names
@@ -70,67 +75,79 @@ RECOVERABLE = [
 ]
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("fault", RECOVERABLE, ids=lambda f: f"{f.kind}-{f.after_bytes}")
-async def test_s3_transport_recovers_from(fault, origin, model_root, tmp_path):
+async def test_s3_transport_recovers_from(fault, transport, origin, model_root, tmp_path):
     srv = await origin(model_root, faults=[fault])
     dest = tmp_path / "dest"
-    report = await download("s3://models/llama", dest, options=OPTS,
-                            storage=_storage(srv.url, read_timeout=1.0), sleep=_no_sleep)
+    storage = _storage(srv.url, read_timeout=1.0, transport=transport)
+    report = await download("s3://models/llama", dest, options=OPTS, storage=storage,
+                            sleep=_no_sleep)  # fmt: skip
     assert srv.fired(), "the fault never fired: the test proves nothing"
     assert report.retries >= 1
     _same_tree(model_root / "models" / "llama", dest)
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("fault", RECOVERABLE, ids=lambda f: f"{f.kind}-{f.after_bytes}")
-async def test_http_transport_recovers_from(fault, origin, model_root, tmp_path):
+async def test_http_transport_recovers_from(fault, transport, origin, model_root, tmp_path):
     srv = await origin(model_root, faults=[fault])
     dest = tmp_path / "dest"
-    report = await download(srv.http_url(SHARD), dest, options=OPTS,
-                            storage=StorageSettings(read_timeout=1.0), sleep=_no_sleep)
+    storage = StorageSettings(read_timeout=1.0, transport=transport)
+    report = await download(srv.http_url(SHARD), dest, options=OPTS, storage=storage,
+                            sleep=_no_sleep)  # fmt: skip
     assert srv.fired()
     assert report.retries >= 1 and report.exact_object
     assert filecmp.cmp(model_root / SHARD, dest / Path(SHARD).name, shallow=False)
 
 
-async def test_http_server_ignoring_range_falls_back_to_one_stream(origin, model_root, tmp_path):
+@TRANSPORTS
+@pytest.mark.parametrize("via", ["s3", "http"])
+async def test_server_ignoring_range_falls_back_to_one_stream(
+    via, transport, origin, model_root, tmp_path
+):
     srv = await origin(model_root, faults=[Fault(kind="ignore_range", path=SHARD)])
     dest = tmp_path / "dest"
-    await download(srv.http_url(SHARD), dest, options=OPTS, sleep=_no_sleep)
+    src = "s3://models/llama" if via == "s3" else srv.http_url(SHARD)
+    storage = _storage(srv.url, transport=transport)
+    if via == "s3" and transport == "sdk":
+        # obstore reports a 200 to a ranged GET only as a generic error (no type to tell
+        # it by): retried, then a clean failure.
+        with pytest.raises(TransferError):
+            await download(src, dest, options=OPTS, storage=storage, sleep=_no_sleep)
+        assert _published(dest) == []
+        return
+    await download(src, dest, options=OPTS, storage=storage, sleep=_no_sleep)
     assert srv.fired()
-    full = [r for r in srv.requests() if r.method == "GET" and r.range is None]
-    assert full, "expected one whole-object GET after the server ignored Range"
+    full = [r for r in srv.requests() if r.method == "GET" and r.path == SHARD and not r.range]
+    assert len(full) == 1, "expected one whole-object GET after the server ignored Range"
     assert filecmp.cmp(model_root / SHARD, dest / Path(SHARD).name, shallow=False)
 
 
-async def test_s3_persistent_ignored_range_fails_without_publishing(origin, model_root, tmp_path):
-    srv = await origin(model_root, faults=[Fault(kind="ignore_range", path=SHARD)])
-    dest = tmp_path / "dest"
-    with pytest.raises(TransferError):
-        await download("s3://models/llama", dest, options=OPTS, storage=_storage(srv.url),
-                       sleep=_no_sleep)  # fmt: skip
-    assert _published(dest) == []
-
-
+@TRANSPORTS
 @pytest.mark.parametrize("via", ["s3", "http"])
 async def test_object_changed_between_ranges_fails_and_publishes_nothing(
-    via, origin, model_root, tmp_path
+    via, transport, origin, model_root, tmp_path
 ):
     srv = await origin(model_root, faults=[Fault(kind="change", path=SHARD, nth=(3,))])
     dest = tmp_path / "dest"
     src = "s3://models/llama" if via == "s3" else srv.http_url(SHARD)
     with pytest.raises(VersionChangedError) as e:
-        await download(src, dest, options=OPTS, storage=_storage(srv.url), sleep=_no_sleep)
+        await download(src, dest, options=OPTS, storage=_storage(srv.url, transport=transport),
+                       sleep=_no_sleep)  # fmt: skip
     assert "changed" in str(e.value)
     assert _published(dest) == []
     assert any(r.status == 412 for r in srv.requests()), "If-Match was not enforced"
     assert all(r.if_match for r in srv.requests() if r.range is not None)
 
 
-async def test_access_denied_is_typed(origin, model_root, tmp_path):
-    srv = await origin(model_root, faults=[Fault(kind="403", path=SHARD)])
+@TRANSPORTS
+async def test_access_denied_is_typed(transport, origin, model_root, tmp_path):
+    srv = await origin(model_root, faults=[Fault(kind="403", path=SHARD, methods=("GET",))])
     with pytest.raises(AccessDeniedError):
         await download("s3://models/llama", tmp_path / "d", options=OPTS,
-                       storage=_storage(srv.url), sleep=_no_sleep)  # fmt: skip
+                       storage=_storage(srv.url, transport=transport), sleep=_no_sleep)
+    assert srv.fired()
     assert _published(tmp_path / "d") == []
 
 
