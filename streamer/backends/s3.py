@@ -18,8 +18,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import obstore
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import (
@@ -52,7 +55,6 @@ _DENIED = {
 
 
 _CONTROL_THREADS = 8
-_PRESIGN_SECONDS = 3600
 _shared: dict[str, Any] = {}
 _shared_lock = threading.RLock()
 
@@ -104,6 +106,7 @@ class S3Backend(Backend):
         self._client: Any = None
         self._store: Any = None
         self._wire: WireRoute | None = None
+        self._signer: _RangeSigner | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -119,11 +122,18 @@ class S3Backend(Backend):
             if self._store is None:
                 _, executor = _control_plane()
                 loop = asyncio.get_running_loop()
-                self._client, self._store = await loop.run_in_executor(executor, self._build)
-                if self.settings.wire_endpoint(self.settings.endpoint_url):
+                self._client, self._store, credentials = await loop.run_in_executor(
+                    executor, self._build
+                )
+                endpoint = self.settings.endpoint_url
+                if endpoint and self.settings.wire_endpoint(endpoint):
                     self._wire = WireRoute(wire_client(self.settings), name=f"s3://{self.bucket}")
+                    self._signer = _RangeSigner(
+                        endpoint, self.bucket, virtual=self.settings.virtual_addressing,
+                        region=self.settings.region or "us-east-1", credentials=credentials,
+                    )  # fmt: skip
 
-    def _build(self) -> tuple[Any, Any]:
+    def _build(self) -> tuple[Any, Any, Any]:
         s = self.settings
         session, _ = _control_plane()
         region = s.region or "us-east-1"
@@ -136,8 +146,7 @@ class S3Backend(Backend):
                 "addressing_style": "virtual" if s.virtual_addressing else "path",
                 "use_accelerate_endpoint": s.use_accelerate,
             },
-            # SigV4 also for presigned GETs (botocore would presign with SigV2).
-            signature_version=_unsigned() if s.anonymous else "s3v4",
+            signature_version=_unsigned() if s.anonymous else None,
         )
         verify: bool | str = (s.ca_bundle or True) if s.verify_ssl else False
         with _shared_lock:  # botocore sessions are not thread-safe while creating clients
@@ -160,11 +169,12 @@ class S3Backend(Backend):
         }
         if s.endpoint_url:
             store_kwargs["endpoint"] = s.endpoint_url
+        credentials: Any = None
         if s.anonymous:
             store_kwargs["skip_signature"] = True
         else:
             if s.access_key_id and s.secret_access_key:
-                credentials: Any = Credentials(
+                credentials = Credentials(
                     s.access_key_id, s.secret_access_key, s.session_token
                 )
             else:
@@ -178,7 +188,7 @@ class S3Backend(Backend):
                 )
             store_kwargs["credential_provider"] = _BotocoreCredentials(credentials)
         store = obstore.store.S3Store(self.bucket, **store_kwargs)
-        return client, store
+        return client, store, credentials
 
     # -- control plane (botocore) ----------------------------------------------------------
 
@@ -219,17 +229,16 @@ class S3Backend(Backend):
     # -- data plane (our sockets on plain HTTP, else obstore) ------------------------------
 
     def _signed(self, key: str, etag: str | None) -> Callable[[], WireRequest]:
-        """A presigned GET (SigV4 in the query, or unsigned when anonymous), made in the
-        socket transport's worker thread: botocore may refresh credentials meanwhile."""
+        """The GET of ``key`` for the socket transport, signed in its worker thread
+        (botocore may refresh credentials, which is blocking I/O)."""
         uri = f"s3://{self.bucket}/{key}"
+        signer = self._signer
+        assert signer is not None
 
         def make() -> WireRequest:
             with _botocore_errors(uri):
-                url = self._client.generate_presigned_url(
-                    "get_object", Params={"Bucket": self.bucket, "Key": key},
-                    ExpiresIn=_PRESIGN_SECONDS,
-                )  # fmt: skip
-            return WireRequest(url, uri, {}, etag)
+                url, headers = signer.sign(key)
+            return WireRequest(url, uri, headers, etag)
 
         return make
 
@@ -279,6 +288,35 @@ def _unsigned() -> Any:
     from botocore import UNSIGNED
 
     return UNSIGNED
+
+
+class _RangeSigner:
+    """URLs and SigV4 headers for plain-HTTP GETs of one bucket, as botocore signs them
+    (``Authorization``, ``X-Amz-Date``, ``X-Amz-Content-SHA256``, session token), or
+    unsigned when anonymous. ``Range`` and ``If-Match`` stay unsigned, as SigV4 allows."""
+
+    def __init__(
+        self, endpoint: str, bucket: str, *, virtual: bool, region: str, credentials: Any
+    ) -> None:
+        parts = urlsplit(endpoint)
+        base = parts.path.rstrip("/")
+        if virtual:
+            self._prefix = f"{parts.scheme}://{bucket}.{parts.netloc}{base}/"
+        else:
+            self._prefix = f"{parts.scheme}://{parts.netloc}{base}/{bucket}/"
+        self._region = region
+        self._credentials = credentials
+
+    def sign(self, key: str) -> tuple[str, dict[str, str]]:
+        url = self._prefix + quote(key, safe="/~")
+        headers = {"Host": urlsplit(url).netloc}  # signed exactly as it will be sent
+        if self._credentials is None:
+            return url, headers
+        request = AWSRequest(method="GET", url=url, headers=headers)
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(
+            request
+        )
+        return url, dict(request.headers.items())
 
 
 @contextlib.contextmanager

@@ -192,11 +192,13 @@ class _Job:
         """GET ``[start, end)`` and hand the body to ``read_body``; follows plain-HTTP
         redirects. Raises the typed errors of the backends."""
         url = self.request.url
+        headers = self.request.headers  # auth goes to the first host only, never on redirects
         for _ in range(_MAX_REDIRECTS + 1):
             parts = urlsplit(url)
             if parts.scheme != "http":
                 raise WireUnsupported(f"{parts.scheme}:// URL")
-            resp = self._once(parts, start, end)
+            resp = self._once(parts, headers, start, end)
+            headers = {}
             if resp.status in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 self._discard()
                 url = urljoin(url, resp.headers["location"])
@@ -209,16 +211,18 @@ class _Job:
             return
         raise TransientError(self.request.uri, f"more than {_MAX_REDIRECTS} redirects")
 
-    def _once(self, parts: Any, start: int, end: int) -> _Response:
+    def _once(self, parts: Any, headers: Mapping[str, str], start: int, end: int) -> _Response:
         """Send the request and read the response head; a pooled connection that the
         server closed meanwhile is replaced once, silently (not a retry)."""
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host, port = parts.hostname or "", parts.port or 80
-        lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}",
-                 f"Range: bytes={start}-{end - 1}", "Accept-Encoding: identity"]  # fmt: skip
+        lines = [f"GET {target} HTTP/1.1", f"Range: bytes={start}-{end - 1}",
+                 "Accept-Encoding: identity"]  # fmt: skip
+        if not any(k.lower() == "host" for k in headers):
+            lines.append(f"Host: {parts.netloc}")
         if self.request.etag:
             lines.append(f"If-Match: {self.request.etag}")
-        lines += [f"{k}: {v}" for k, v in self.request.headers.items()]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         for fresh in (False, True):
             self.conn, reused = self.client.acquire(host, port, fresh=fresh)

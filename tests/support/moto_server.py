@@ -136,13 +136,17 @@ class MotoServer:
 
 @contextmanager
 def start_moto(*, port: int | None = None, timeout: float = 60.0,
-               log_dir: Path | str | None = None) -> Iterator[MotoServer]:
+               log_dir: Path | str | None = None,
+               unauthenticated_actions: int | None = None) -> Iterator[MotoServer]:
     """Start ``python -m moto.server`` on 127.0.0.1 and stop it on exit.
 
     Args:
         port: TCP port (default: a free one).
         timeout: seconds to wait for the server to answer.
         log_dir: where to write the server log (default: a temp dir).
+        unauthenticated_actions: turn on moto's IAM authentication (SigV4 signatures are
+            checked against IAM users' keys) after this many requests, which may set up
+            the users (``INITIAL_NO_AUTH_ACTION_COUNT``). Default: no authentication.
     """
     port = port or free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="moto-"))
@@ -150,6 +154,8 @@ def start_moto(*, port: int | None = None, timeout: float = 60.0,
     env = clean_env({"AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
                      "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
                      "AWS_DEFAULT_REGION": TEST_REGION})
+    if unauthenticated_actions is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unauthenticated_actions)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
