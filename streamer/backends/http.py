@@ -1,4 +1,5 @@
-"""Plain HTTP(S) origins (including presigned URLs) through aiohttp.
+"""Plain HTTP(S) origins (including presigned URLs): HEAD through aiohttp, ranged GETs on
+our own sockets (plain http, :mod:`.wire`) or through aiohttp (https).
 
 An http(s) URI names exactly one object: ``list`` returns that object. Ranged GETs carry
 ``If-Match`` with the ETag seen by ``stat`` and have their ``Content-Range`` checked; a

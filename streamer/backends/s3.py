@@ -1,11 +1,13 @@
-"""S3 (and S3-compatible stores): botocore for the control plane, obstore for the bytes.
+"""S3 (and S3-compatible stores): botocore for the control plane, our sockets or obstore
+for the bytes.
 
 Listing and HEAD go through botocore: its credential chain (env, shared files, web
 identity / IRSA, container and instance profiles), addressing options and structured
-error codes. Ranged GETs go through obstore (Rust ``object_store`` + reqwest), which moves
-bytes without holding the GIL: from an nginx origin on a 2-core machine it reads a 1 GiB
-object at about 1.7 GB/s where aiohttp manages about 0.7 GB/s (see README, "Transport").
-obstore's own retries are switched off; the engine's retry policy is the only one.
+error codes. Ranged GETs to a plain ``http://`` endpoint (in-cluster MinIO, Ceph RGW) go
+on weightstream's own sockets (:mod:`.wire`: bodies spliced into files), signed by
+botocore's SigV4 signer; to ``https://`` endpoints through obstore (Rust ``object_store``
++ reqwest), which moves bytes without holding the GIL (see README, "Transport"). obstore's
+own retries are switched off; the engine's retry policy is the only one.
 """
 
 from __future__ import annotations
