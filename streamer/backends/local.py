@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import AccessDeniedError, ObjectNotFoundError, VersionChangedError
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, Buffer, ObjectInfo, pwrite_all
 
 
 def _etag(st: os.stat_result) -> str:
@@ -23,7 +23,7 @@ _PIECE = 1 << 20
 
 
 class LocalBackend(Backend):
-    """Reads files with ``os.pread`` in the default executor."""
+    """Reads files with ``os.pread`` (copies with ``copy_file_range``) in worker threads."""
 
     scheme = "file"
 
@@ -74,18 +74,56 @@ class LocalBackend(Backend):
             await asyncio.to_thread(self._read, key, offset, memoryview(buf), etag)
             yield buf
 
+    async def read_to_file(
+        self, key: str, start: int, end: int, *, fd: int, etag: str | None
+    ) -> None:
+        """In-kernel copy (``copy_file_range``: no bytes through Python, a reflink where
+        the filesystem shares extents), else ``pread``/``pwrite`` in pieces."""
+        await asyncio.to_thread(self._copy, key, start, end, fd, etag)
+
+    def _copy(self, key: str, start: int, end: int, dst: int, etag: str | None) -> None:
+        src = _open(key, etag)
+        try:
+            pos = start
+            while pos < end:
+                try:
+                    n = os.copy_file_range(src, dst, end - pos, pos, pos)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    break  # not between these files: copy through a buffer below
+                if n == 0:
+                    raise OSError(errno.EIO, f"{key}: short read at {pos}")
+                pos += n
+            while pos < end:
+                piece = os.pread(src, min(_PIECE, end - pos), pos)
+                if not piece:
+                    raise OSError(errno.EIO, f"{key}: short read at {pos}")
+                pwrite_all(dst, piece, pos)
+                pos += len(piece)
+        finally:
+            os.close(src)
+
     def _read(self, key: str, start: int, buf: memoryview, etag: str | None) -> None:
+        fd = _open(key, etag)
         try:
-            fd = os.open(key, os.O_RDONLY)
-        except FileNotFoundError as e:
-            raise ObjectNotFoundError(key) from e
-        except PermissionError as e:
-            raise AccessDeniedError(key) from e
-        try:
-            if etag is not None and _etag(os.fstat(fd)) != etag:
-                raise VersionChangedError(key, expected=etag, actual=_etag(os.fstat(fd)))
             got = os.preadv(fd, [buf], start)
         finally:
             os.close(fd)
         if got != len(buf):
             raise OSError(errno.EIO, f"{key}: short read at {start}")
+
+
+def _open(key: str, etag: str | None) -> int:
+    """Open ``key`` for reading, checking it is still the version ``etag`` names."""
+    try:
+        fd = os.open(key, os.O_RDONLY)
+    except FileNotFoundError as e:
+        raise ObjectNotFoundError(key) from e
+    except PermissionError as e:
+        raise AccessDeniedError(key) from e
+    if etag is not None and _etag(os.fstat(fd)) != etag:
+        actual = _etag(os.fstat(fd))
+        os.close(fd)
+        raise VersionChangedError(key, expected=etag, actual=actual)
+    return fd
