@@ -110,6 +110,12 @@ def parse_uri(uri: str) -> ObjectURI:
     return ObjectURI(scheme, bucket, key, uri)
 
 
+def origin_netloc(host: str, port: int | None) -> str:
+    """``host[:port]`` as it goes in a URL or a Host header (IPv6 literals bracketed)."""
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
 def _parse_http(uri: str, parts) -> ObjectURI:
     if not parts.hostname:
         raise InvalidURIError(uri, "missing host")
@@ -125,7 +131,7 @@ def _parse_http(uri: str, parts) -> ObjectURI:
             raise InvalidURIError(uri, "missing container name")
         _check_key(uri, key)
         return ObjectURI("az", container, key, uri, account=azure["account"])
-    origin = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+    origin = f"{parts.scheme}://{origin_netloc(parts.hostname, port)}"
     if parts.query:
         # Presigned URLs carry their signature in the query: keep it in the key.
         path = f"{path}?{parts.query}"

@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import select
 import socket
 import threading
@@ -36,10 +37,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from ..errors import RangeNotSupportedError, TransientError
 from ..settings import StorageSettings
+from ..uri import origin_netloc
 from .base import pwrite_all
 from .httpstatus import check_content_range, check_etag, raise_for_status
 
@@ -53,6 +55,12 @@ _MAX_REDIRECTS = 5
 _MAX_THREADS = 64
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE = hasattr(os, "splice")
+# Percent-encoding as yarl does it: reserved characters and existing escapes stay as they are.
+_PATH_SAFE = "/%!$&'()*+,;=:@~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+# S3 error codes worth another attempt whatever their HTTP status (400 for the first two).
+_RETRY_CODES = {"ExpiredToken", "RequestTimeout", "SlowDown", "InternalError"}
+_S3_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
 class WireUnsupported(Exception):
@@ -151,28 +159,52 @@ class _Job:
             if conn.poll.poll(min(left, _SLICE) * 1000):
                 return
 
-    def _io(self, conn: _Conn, what: str, op: Callable[[], int]) -> int:
+    def _io(self, conn: _Conn, what: str, op: Callable[[], Any]) -> Any:
+        """One socket operation, waiting while it would block. Connection errors pass
+        (a reused connection may be retried on a fresh one); other socket errors
+        (unreachable, network down) become retryable transport errors."""
         while True:
+            if self.cancelled.is_set():
+                raise _Cancelled
             try:
                 return op()
             except (BlockingIOError, InterruptedError):
                 self._wait(conn, what)
+            except ConnectionError:
+                raise
+            except OSError as e:
+                raise TransientError(self.request.uri, f"{type(e).__name__}: {e}") from e
 
     # -- one exchange --------------------------------------------------------------------
 
     def _send(self, conn: _Conn, data: bytes) -> None:
         view = memoryview(data)
         deadline = time.monotonic() + self.client.read_timeout
+        writable = select.poll()
+        writable.register(conn.sock, select.POLLOUT)
         while view:
+            if self.cancelled.is_set():
+                raise _Cancelled
             try:
                 view = view[conn.sock.send(view) :]
             except (BlockingIOError, InterruptedError):
-                if time.monotonic() > deadline or self.cancelled.is_set():
+                if time.monotonic() > deadline:
                     raise TransientError(self.request.uri, "request could not be sent") from None
-                select.select([], [conn.sock], [], _SLICE)
+                writable.poll(_SLICE * 1000)
+            except ConnectionError:
+                raise
+            except OSError as e:
+                raise TransientError(self.request.uri, f"{type(e).__name__}: {e}") from e
 
     def _read_head(self, conn: _Conn) -> _Response:
-        """Read the status line and headers, leaving the body unread in the socket."""
+        """Read the final response's status line and headers (interim 1xx responses such
+        as 100 Continue or 103 Early Hints are skipped), leaving the body in the socket."""
+        while True:
+            resp = _parse_head(self.request.uri, self._read_head_block(conn))
+            if not 100 <= resp.status < 200 or resp.status == 101:
+                return resp
+
+    def _read_head_block(self, conn: _Conn) -> bytes:
         head = b""
         while True:
             peek = self._io(conn, "response", lambda: conn.sock.recv(_MAX_HEAD, socket.MSG_PEEK))
@@ -186,7 +218,7 @@ class _Job:
             head += conn.sock.recv(len(peek))
             if len(head) > _MAX_HEAD:
                 raise TransientError(self.request.uri, "response headers too large")
-        return _parse_head(self.request.uri, head)
+        return head
 
     def exchange(self, start: int, end: int, read_body: Callable[[_Conn, int], None]) -> None:
         """GET ``[start, end)`` and hand the body to ``read_body``; follows plain-HTTP
@@ -214,12 +246,15 @@ class _Job:
     def _once(self, parts: Any, headers: Mapping[str, str], start: int, end: int) -> _Response:
         """Send the request and read the response head; a pooled connection that the
         server closed meanwhile is replaced once, silently (not a retry)."""
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # Percent-encoded as yarl (aiohttp) does it: what is already encoded stays so.
+        target = quote(parts.path or "/", safe=_PATH_SAFE)
+        if parts.query:
+            target += "?" + quote(parts.query, safe=_QUERY_SAFE)
         host, port = parts.hostname or "", parts.port or 80
         lines = [f"GET {target} HTTP/1.1", f"Range: bytes={start}-{end - 1}",
                  "Accept-Encoding: identity"]  # fmt: skip
         if not any(k.lower() == "host" for k in headers):
-            lines.append(f"Host: {parts.netloc}")
+            lines.append(f"Host: {origin_netloc(host, parts.port)}")
         if self.request.etag:
             lines.append(f"If-Match: {self.request.etag}")
         lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -239,6 +274,9 @@ class _Job:
         uri, etag = self.request.uri, self.request.etag
         # (The connection of a response refused here is closed by run().)
         if resp.status >= 300:
+            code = self._error_code(resp)
+            if code in _RETRY_CODES:  # e.g. 400 ExpiredToken: re-signed on the next attempt
+                raise TransientError(uri, f"HTTP {resp.status} {code}", status=resp.status)
             raise_for_status(uri, resp.status, _Headers(resp.headers), etag=etag)
         if resp.status == 200:
             raise RangeNotSupportedError(uri)
@@ -248,9 +286,29 @@ class _Job:
             raise WireUnsupported("chunked body")
         check_content_range(uri, resp.headers.get("content-range"), start, end)
         length = resp.headers.get("content-length")
-        if length is None or not length.isdigit() or int(length) != end - start:
+        if length is None:
+            raise WireUnsupported("body without Content-Length")
+        if not length.isdigit() or int(length) != end - start:
             raise TransientError(uri, f"Content-Length {length} for {end - start} bytes asked")
         check_etag(uri, etag, resp.headers.get("etag"))
+
+    def _error_code(self, resp: _Response) -> str:
+        """The ``<Code>`` of a small S3 error body ("" if none; the body is read only
+        when its length is known and small)."""
+        length = resp.headers.get("content-length", "")
+        if resp.status < 400 or not length.isdigit() or not 0 < int(length) <= _MAX_HEAD:
+            return ""
+        assert self.conn is not None
+        conn, body = self.conn, bytearray(int(length))
+        view = memoryview(body)
+        with contextlib.suppress(TransientError, ConnectionError):
+            while view:
+                n = self._io(conn, "error body", lambda v=view: conn.sock.recv_into(v))
+                if n == 0:
+                    break
+                view = view[n:]
+        m = _S3_CODE.search(bytes(body))
+        return m.group(1).decode("ascii", "replace") if m else ""
 
     def _discard(self) -> None:
         if self.conn is not None:
@@ -260,6 +318,8 @@ class _Job:
     def run(self, start: int, end: int, read_body: Callable[[_Conn, int], None]) -> None:
         """The whole request, in a worker thread (the request is made here too: signing
         may refresh credentials, which is blocking I/O)."""
+        if self.cancelled.is_set():  # cancelled while queued for a thread
+            raise _Cancelled
         self.request = self.make()
         try:
             self.exchange(start, end, read_body)
@@ -324,13 +384,15 @@ class _Job:
         """``recv_into`` the caller's buffers, in order (a scatter read)."""
         got = 0
         for view in views:
-            view = view.cast("B") if view.format != "B" else view
+            view = view.cast("B")  # flat bytes, whatever the caller's shape and format
             while view:
                 n = self._io(conn, "body", lambda v=view: conn.sock.recv_into(v))
                 if n == 0:
                     raise self._short(got, length)
                 view = view[n:]
                 got += n
+        if got != length:
+            raise TransientError(self.request.uri, f"views hold {got} of {length} bytes")
 
 
 class _SpliceRefused(Exception):
@@ -351,14 +413,20 @@ def _parse_head(uri: str, head: bytes) -> _Response:
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
         raise TransientError(uri, f"malformed status line {lines[0][:80]!r}")
     headers: dict[str, str] = {}
+    name = ""
     for line in lines[1:]:
         if not line:
+            continue
+        if line[0] in " \t" and name:  # obsolete line folding: continues the last header
+            headers[name] += " " + line.strip()
             continue
         name, sep, value = line.partition(":")
         if not sep:
             raise TransientError(uri, f"malformed header line {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
-    keep = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        name = name.strip().lower()
+        headers[name] = value.strip()
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep = parts[0] == "HTTP/1.1" and "close" not in tokens
     return _Response(int(parts[1]), headers, keep)
 
 
@@ -378,6 +446,7 @@ class WireClient:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._threads = ThreadPoolExecutor(_MAX_THREADS, thread_name_prefix="ws-wire")
+        self._jobs: set[_Job] = set()
         self._closed = False
 
     # -- connections ---------------------------------------------------------------------
@@ -428,21 +497,35 @@ class WireClient:
     async def _run(
         self, job: _Job, start: int, end: int, body: Callable[[_Conn, int], None]
     ) -> None:
+        if self._closed:
+            raise WireUnsupported("transport closed")
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._threads, job.run, start, end, body)
+        with self._lock:
+            self._jobs.add(job)
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
             # The caller may close the file or free the memory next: wait until the
-            # thread has stopped touching it (at most one poll slice).
+            # thread has stopped touching it (at most one poll slice), however many
+            # times we are cancelled meanwhile.
             job.cancelled.set()
-            await asyncio.wait([future])
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
             if not future.cancelled():
                 future.exception()  # retrieved: _Cancelled, or the error it ended with
             raise
+        finally:
+            with self._lock:
+                self._jobs.discard(job)
 
     async def close(self) -> None:
+        """Stop: requests still running are cancelled (they stop within a poll slice)."""
         self._closed = True
+        with self._lock:
+            for job in self._jobs:
+                job.cancelled.set()
         await asyncio.to_thread(self._threads.shutdown, wait=True)
         with self._lock:
             idle, self._idle = self._idle, {}

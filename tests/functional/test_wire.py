@@ -66,6 +66,14 @@ class Raw:
             writer.write(f"HTTP/1.1 302 Found\r\nLocation: https://127.0.0.1:{self.port}/obj"
                          "\r\nContent-Length: 0\r\n\r\n".encode())  # fmt: skip
             return
+        if self.mode == "expired":
+            body = b"<Error><Code>ExpiredToken</Code><Message>expired</Message></Error>"
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body)
+                         + body)  # fmt: skip
+            return
+        if self.mode == "continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                         b"Link: </x>\r\n\r\n")  # fmt: skip
         if headers.get("if-match", ETAG) != ETAG:
             writer.write(b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n")
             return
@@ -88,6 +96,11 @@ class Raw:
             writer.write(body[:1000])
             await writer.drain()
             await asyncio.sleep(30)
+        if mode == "trickle":  # 4 KiB every 5 ms: the reader is always mid-body
+            for i in range(0, len(body), 4096):
+                writer.write(body[i : i + 4096])
+                await writer.drain()
+                await asyncio.sleep(0.005)
         if mode == "short":
             writer.write(body[: len(body) // 2])
             await writer.drain()
@@ -175,6 +188,43 @@ async def test_etag_pin_is_sent(raw, client):
         await client.read_into(_req(raw, etag='"v0"'), 0, [memoryview(bytearray(10))])
 
 
+async def test_interim_responses_are_skipped(raw, client):
+    raw.mode = "continue"
+    buf = bytearray(1000)
+    await client.read_into(_req(raw), 5, [memoryview(buf)])
+    assert bytes(buf) == BODY[5:1005]
+
+
+async def test_s3_expired_token_is_retryable(raw, client):
+    raw.mode = "expired"
+    with pytest.raises(TransientError, match="ExpiredToken"):
+        await client.read_into(_req(raw), 0, [memoryview(bytearray(10))])
+
+
+async def test_paths_are_percent_encoded_like_aiohttp(raw):
+    backend = HTTPBackend(f"http://127.0.0.1:{raw.port}", StorageSettings())
+    buf = bytearray(10)
+    try:
+        await backend.read_into("dir/a b+c/ünï%41.bin", 0, [memoryview(buf)], etag=ETAG)
+    finally:
+        await backend.close()
+    assert raw.requests == ["/dir/a%20b+c/%C3%BCn%C3%AF%41.bin"]
+
+
+async def test_multidimensional_views_are_filled_as_flat_bytes(raw, client):
+    import numpy as np
+
+    arr = np.zeros((4, 1000), dtype=np.float32)
+    await client.read_into(_req(raw), 64, [memoryview(arr)])
+    assert arr.tobytes() == BODY[64 : 64 + 16_000]
+
+
+async def test_closed_client_hands_requests_back(raw, client):
+    await client.close()
+    with pytest.raises(WireUnsupported):
+        await client.read_into(_req(raw), 0, [memoryview(bytearray(10))])
+
+
 @pytest.mark.parametrize("path, mode", [("/obj", "chunked"), ("/tls", "ok")])
 async def test_what_it_cannot_do_is_refused_before_writing(path, mode, raw, client):
     raw.mode = mode
@@ -199,15 +249,19 @@ async def test_chunked_origin_is_handed_to_the_library_transport(raw, tmp_path):
     assert raw.requests == ["/obj"] * 3, url  # the refused one, then aiohttp twice
 
 
-async def test_cancel_mid_body_stops_the_thread_before_returning(raw, tmp_path):
-    raw.mode = "stall"
+@pytest.mark.parametrize("mode", ["stall", "trickle"])
+@pytest.mark.parametrize("cancels", [1, 3])
+async def test_cancel_mid_body_stops_the_thread_before_returning(cancels, mode, raw, tmp_path):
+    raw.mode = mode
     slow = WireClient(connect_timeout=2, read_timeout=30)
     fd = _file(tmp_path)
     try:
         task = asyncio.ensure_future(slow.read_to_file(_req(raw), 0, len(BODY), fd))
         await asyncio.sleep(0.3)
         started = time.monotonic()
-        task.cancel()
+        for _ in range(cancels):  # a second cancel must not cut the wait for the thread
+            task.cancel()
+            await asyncio.sleep(0.01)
         with pytest.raises(asyncio.CancelledError):
             await task
         assert time.monotonic() - started < 1.0  # one poll slice, not the read timeout
