@@ -13,9 +13,8 @@ costs a second. See README, "Transport".
 Scope: ``http://`` only (TLS needs user-space decryption; ``https://`` stays on obstore
 and aiohttp), HTTP/1.1 with ``Content-Length`` bodies, keep-alive connections pooled per
 host. A response this module does not handle (a redirect to ``https://``, a chunked or
-close-delimited body)
-raises :class:`WireUnsupported` before anything is written, and the backend redoes the
-request on its library transport.
+close-delimited body) raises :class:`WireUnsupported` before anything is written, and
+the backend redoes the request on its library transport.
 
 Each request runs in a worker thread on a non-blocking socket; waits are ``poll`` slices
 of at most :data:`_SLICE` seconds, so a cancelled request stops within one slice and never
