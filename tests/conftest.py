@@ -118,9 +118,9 @@ def run_cli() -> Callable[..., ProcResult]:
     return _run_cli
 
 
-# In CI every dependency a test guards with a skip is installed by scripts/test.sh, so a
-# skip there means CI lost something: it fails instead. The one exception is hardware
-# that CI machines do not have (a CUDA device).
+# Tests require what they use (scripts/test.sh installs all of it) instead of skipping
+# without it. The one skip is for hardware CI machines do not have (a CUDA device); in CI
+# any other skip, say one a new test adds, fails instead of passing silently.
 _CI_ALLOWED_SKIPS = ("needs a CUDA device",)
 
 

@@ -92,7 +92,6 @@ def test_stream_one_shard_from_moto(moto, s3_bucket, llama) -> None:
 
 
 def test_runai_engine_from_moto(moto, s3_bucket, llama, monkeypatch) -> None:
-    pytest.importorskip("runai_model_streamer")
     moto.upload_tree(llama.path, bucket=s3_bucket, prefix="llama")
     env = moto.env()
     # runai reads its S3 settings from the process environment.
@@ -104,7 +103,6 @@ def test_runai_engine_from_moto(moto, s3_bucket, llama, monkeypatch) -> None:
 
 
 def test_runai_engine_from_local_dir(llama) -> None:
-    pytest.importorskip("runai_model_streamer")
     got = _stream(str(llama.path), StorageSettings(), engine="runai")
     _assert_identical(got, _reference(llama.path))
 

@@ -14,7 +14,6 @@ Needs vLLM (``scripts/install-vllm.sh``); skipped without it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -28,13 +27,8 @@ from streamer.tensors.stream_mode import STREAM_MODE_EXCLUDE
 from tests.support.origin import Fault, start_origin_process
 from tests.support.process import REPO_ROOT, clean_env
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vLLM not installed (scripts/install-vllm.sh)",
-    ),
-]
+# vLLM is required here (scripts/test.sh installs it with scripts/install-vllm.sh).
+pytestmark = [pytest.mark.vllm]
 
 HELPER = Path(__file__).with_name("load_model.py")
 
@@ -196,8 +190,7 @@ def test_entry_point_registers_the_load_format(tmp_path: Path) -> None:
     from importlib.metadata import entry_points
 
     names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
-    if names.get("weightstream") != "streamer.vllm_plugin:register":
-        pytest.skip("weightstream is not installed with its vllm.general_plugins entry point")
+    assert names.get("weightstream") == "streamer.vllm_plugin:register", names
     code = (
         "from vllm.plugins import load_general_plugins\n"
         "from vllm.config.load import LoadConfig\n"
