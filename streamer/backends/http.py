@@ -25,7 +25,7 @@ from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
 from .httpstatus import CONTENT_RANGE, check_content_range, check_etag, raise_for_status
-from .wire import WireRequest, WireRoute, wire_client
+from .wire import WireRequest, WireRoute
 
 _READ_BLOCK = 1 << 20
 
@@ -61,10 +61,7 @@ class HTTPBackend(Backend):
         self.origin = origin.rstrip("/")
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._wire = (
-            WireRoute(wire_client(settings), name=self.origin)
-            if settings.wire_endpoint(self.origin) else None
-        )  # fmt: skip
+        self._wire = WireRoute.for_endpoint(settings, self.origin, name=self.origin)
 
     @classmethod
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> HTTPBackend:

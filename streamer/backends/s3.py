@@ -47,7 +47,7 @@ from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, ObjectInfo
 from .objectstore import NO_RETRIES, client_options, iter_range, read_into, translate
-from .wire import WireRequest, WireRoute, wire_client
+from .wire import WireRequest, WireRoute
 
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
@@ -128,8 +128,9 @@ class S3Backend(Backend):
                     executor, self._build
                 )
                 endpoint = self.settings.endpoint_url
-                if endpoint and self.settings.wire_endpoint(endpoint):
-                    self._wire = WireRoute(wire_client(self.settings), name=f"s3://{self.bucket}")
+                self._wire = WireRoute.for_endpoint(self.settings, endpoint,
+                                                    name=f"s3://{self.bucket}")  # fmt: skip
+                if self._wire and endpoint:
                     self._signer = _RangeSigner(
                         endpoint, self.bucket, virtual=self.settings.virtual_addressing,
                         region=self.settings.region or "us-east-1", credentials=credentials,

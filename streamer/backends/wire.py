@@ -534,11 +534,6 @@ class WireClient:
                 conn.close()
 
 
-def wire_client(settings: StorageSettings) -> WireClient:
-    """A client with the settings' timeouts."""
-    return WireClient(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
-
-
 class WireRoute:
     """A backend's socket path, until a response shows it cannot serve this origin.
 
@@ -551,6 +546,17 @@ class WireRoute:
         self.client = client
         self.name = name
         self.enabled = True
+
+    @classmethod
+    def for_endpoint(cls, settings: StorageSettings, url: str | None, *, name: str
+                     ) -> WireRoute | None:  # fmt: skip
+        """A route to ``url`` with the settings' timeouts, or None where the settings
+        keep it on the library transport (https, or ``WEIGHTSTREAM_TRANSPORT=sdk``)."""
+        if not settings.wire_endpoint(url):
+            return None
+        client = WireClient(connect_timeout=settings.connect_timeout,
+                            read_timeout=settings.read_timeout)  # fmt: skip
+        return cls(client, name=name)
 
     async def to_file(
         self, make: Callable[[], WireRequest], start: int, end: int, fd: int
