@@ -6,7 +6,11 @@
 #
 #   docker build -t ghcr.io/weightstream/weightstream:0.1.0 .
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# An exact tag, not the floating `3.11-slim`: a rebuild gets the same interpreter, and
+# 3.11.14 carries the fixed tarfile (CVE-2025-4517, fixed in 3.11.13). Extraction does not
+# rely on it (initcontainer/archive.py resolves every link itself); this is defence in
+# depth. Moving it is a reviewed change; pin `@sha256:` too where the registry is reachable.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # --- builder: install the package into a self-contained venv ------------------------
 FROM ${PYTHON_IMAGE} AS builder

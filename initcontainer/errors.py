@@ -16,3 +16,11 @@ class UnsafeArchiveError(ArchiveError):
     def __init__(self, path: str, member: str, reason: str) -> None:
         self.member = member
         super().__init__(path, f"unsafe archive member {member!r}: {reason}; nothing extracted")
+
+
+class ArchiveLimitError(ArchiveError):
+    """An archive exceeds a cap (members, expanded size, compression ratio: a
+    decompression bomb); nothing was extracted."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, f"{reason}; nothing extracted")

@@ -27,6 +27,7 @@ from streamer import DownloadOptions, DownloadReport, download
 from streamer.cli.render import summary_line
 from streamer.engine import STREAM_RESERVE
 from streamer.errors import UsageError
+from streamer.manifest import STATE_DIR
 from streamer.sizes import format_size
 from streamer.uri import ObjectURI, parse_uri
 
@@ -186,7 +187,23 @@ async def _from_cache(
                     "downloading directly", label, uri)  # fmt: skip
         return None
     log.info("%s %s ready from the node cache (%s mode)", label, pair.dst, config.cache_mode)
+    archive = await asyncio.to_thread(_lone_archive, pair.dst)
+    if archive is not None:
+        # KServe's archive rule, exactly as after a direct download: the link (or copy)
+        # is replaced by the extracted files; the cached archive itself stays untouched.
+        names = await asyncio.to_thread(extract, archive, pair.dst)
+        log.info("%s extracted %s into %s (%d entries)", label, archive.name, pair.dst,
+                 len(names))  # fmt: skip
+        return PairResult(pair, "extracted", len(names))
     return PairResult(pair, "cache")
+
+
+def _lone_archive(dst: Path) -> Path | None:
+    """The single archive file the cache put in ``dst``, if that is all it holds."""
+    entries = [p for p in dst.iterdir() if p.name != STATE_DIR]
+    if len(entries) == 1 and entries[0].is_file() and is_archive(entries[0].name):
+        return entries[0]
+    return None
 
 
 def _reason(e: BaseException) -> str:

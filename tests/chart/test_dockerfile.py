@@ -53,7 +53,10 @@ def test_multi_stage_with_slim_python_base():
     assert len(froms) == 2
     assert froms[0].endswith("AS builder") and froms[1].endswith("AS runtime")
     base = dict(re.findall(r"(\w+)=(\S+)", " ".join(_args("ARG"))))["PYTHON_IMAGE"]
-    assert base == "python:3.11-slim"
+    # An exact patch release that carries the fixed tarfile (CVE-2025-4517: 3.11.13+),
+    # never a floating tag.
+    m = re.fullmatch(r"python:3\.11\.(\d+)-slim-bookworm(@sha256:[0-9a-f]{64})?", base)
+    assert m and int(m.group(1)) >= 13, base
     # The venv copied from the builder links to the builder's interpreter: same base.
     assert all(f.startswith("${PYTHON_IMAGE} ") for f in froms)
     assert "COPY --from=builder /opt/weightstream /opt/weightstream" in DOCKERFILE

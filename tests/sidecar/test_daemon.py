@@ -389,3 +389,34 @@ async def test_weightstream_init_end_to_end(daemon, origin, origin_root, model_o
             assert (tmp_path / dst / rel).is_symlink()
             assert (tmp_path / dst / rel).read_bytes() == model.bytes_of(rel)
     assert fetched_bytes(srv, "llama") == model.size
+
+
+async def test_lone_archive_through_the_node_cache_is_extracted(daemon, origin, origin_root,
+                                                                tmp_path):
+    import io
+    import tarfile
+
+    (origin_root / "models" / "arch").mkdir(parents=True)
+    with tarfile.open(origin_root / "models" / "arch" / "model.tar.gz", "w:gz") as tf:
+        for name, data in (("config.json", b"{}"), ("sub/w.bin", b"weights")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    srv = await origin(origin_root)
+    d = await daemon().ready()
+    env = srv.env(clean_env(), WEIGHTSTREAM_CACHE_SOCKET=str(d.socket),
+                  WEIGHTSTREAM_POD_UID="0b7c-pod-uid")
+    dst = tmp_path / "mnt"
+    r = await asyncio.to_thread(
+        run_cmd, [sys.executable, "-m", "initcontainer", "s3://models/arch", str(dst)],
+        env=env, cwd=REPO_ROOT, timeout=120)
+    assert r.returncode == 0, r.output
+    assert "ready from the node cache" in r.output and "extracted model.tar.gz" in r.output
+    assert sorted(p.name for p in dst.iterdir() if p.name != ".weightstream") == [
+        "config.json", "sub"]
+    assert not (dst / "sub" / "w.bin").is_symlink()
+    assert (dst / "sub" / "w.bin").read_bytes() == b"weights"
+    assert not (dst / "model.tar.gz").exists()
+    async with d.client() as api:  # the cache keeps the archive for the next pod
+        (m,) = await api.models()
+    assert m["state"] == "ready"
