@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from streamer.errors import WeightstreamError, exit_code
-from streamer.logs import configure, exit_process
+from streamer.logs import SECRET_ENV_VARS, add_secrets, configure, exit_process
 from streamer.uri import redact
 
 from .config import InitConfig
@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     fmt = environ.get("WEIGHTSTREAM_LOG_FORMAT", "text")
     configure(fmt if fmt in ("text", "json") else "text")
     try:
+        add_secrets(environ.get(k) for k in SECRET_ENV_VARS)
         config = InitConfig.from_args(argv, environ)
+        add_secrets([config.storage.secret_access_key, config.storage.session_token])
         log.info("weightstream-init: %d source(s): %s", len(config.pairs),
                  ", ".join(f"{redact(p.src)} -> {p.dst}" for p in config.pairs))  # fmt: skip
         cache = open_node_cache(

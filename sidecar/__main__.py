@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from streamer.errors import WeightstreamError, exit_code
-from streamer.logs import exit_process
+from streamer.logs import exit_process, scrub
 
 from .config import DaemonConfig, add_serve_arguments
 from .server import run
@@ -26,10 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except WeightstreamError as e:
-        print(f"weightstream cache: error: {e}", file=sys.stderr)
+        print(f"weightstream cache: error: {scrub(str(e))}", file=sys.stderr)
         return exit_code(e)
     except OSError as e:  # e.g. the TCP port is taken, the cache root is not writable
-        print(f"weightstream cache: error: {e}", file=sys.stderr)
+        print(f"weightstream cache: error: {scrub(str(e))}", file=sys.stderr)
         return 1
 
 

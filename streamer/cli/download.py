@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 
 from ..api import DownloadOptions, download
-from ..logs import configure
+from ..logs import SECRET_ENV_VARS, add_secrets, configure
 from ..settings import StorageSettings, TransferDefaults
 from ..sizes import parse_size
 from .render import ProgressPrinter, report_json, summary_line
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         fsync=args.fsync,
     )
     storage = StorageSettings.from_env(environ)
+    add_secrets([storage.secret_access_key, storage.session_token,
+                 *(environ.get(k) for k in SECRET_ENV_VARS)])  # fmt: skip
     printer = None if args.quiet else ProgressPrinter()
     try:
         report = asyncio.run(

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from .. import __version__
 from ..errors import WeightstreamError, exit_code
-from ..logs import exit_process
+from ..logs import exit_process, scrub
 
 log = logging.getLogger("weightstream")
 
@@ -67,12 +67,12 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except WeightstreamError as e:
         if args.debug:
             log.exception("failed")
-        print(f"weightstream: error: {e}", file=sys.stderr)
+        print(f"weightstream: error: {scrub(str(e))}", file=sys.stderr)
         return exit_code(e)
     except OSError as e:
         if args.debug:
             log.exception("failed")
-        print(f"weightstream: error: {e}", file=sys.stderr)
+        print(f"weightstream: error: {scrub(str(e))}", file=sys.stderr)
         return 1
 
 
