@@ -10,7 +10,8 @@
 
 ``provide`` sends the pod's own credentials over the node-local socket (resolving the
 botocore chain here first, so web identity / IRSA works although the daemon cannot read
-the pod's token file), logs the daemon's progress, takes a lease for the pod, then makes
+the pod's token file) with a lease for the pod (taken by the daemon as part of the ensure,
+so the model is leased the moment it is ready), logs the daemon's progress, then makes
 ``dst`` ready: ``link`` mode symlinks every file into the cache (the chart mounts the cache
 read-only at the same path into the model server), ``copy`` mode copies each file through
 the daemon's file API (also the fallback when the cache path is not mounted here).
@@ -88,8 +89,6 @@ class DaemonClient:
                     self.log.warning("node cache could not provide %s: %s: %s", src,
                                      err.get("code", model["state"]), err.get("message", ""))
                     return False
-                await api.lease(model["id"], grant=grant, holder=self.holder,
-                                ttl=self.lease_ttl)
                 files = await api.files(model["id"], grant=grant)
                 how = await self._materialise(api, model, grant, files, Path(dst))
         except DaemonUnavailableError as e:
@@ -125,8 +124,11 @@ class DaemonClient:
         reconnects = 0
         while True:
             try:
+                # The lease is part of the ensure: the model is leased for this pod from
+                # the moment it is ready, so nothing can evict it before we link it.
                 answer = await api.ensure(src, include=include, exclude=exclude,
-                                          storage=storage)
+                                          storage=storage,
+                                          lease=(self.holder, self.lease_ttl))
                 model, grant = answer["model"], answer["grant"]
                 connected, lost_at = True, None
                 if model["state"] in ("ready", "failed"):
@@ -139,7 +141,7 @@ class DaemonClient:
                 last_log = time.monotonic()
                 model_id = model["id"]
                 while time.monotonic() < deadline:
-                    async for model in api.events(model_id, timeout=min(
+                    async for model in api.events(model_id, grant=grant, timeout=min(
                             300.0, max(1.0, deadline - time.monotonic()))):
                         if model["state"] in ("ready", "failed"):
                             self.log.info("node cache: %s", describe(model))

@@ -17,16 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from streamer import Backend, ObjectURI, StorageSettings, open_backend
+from streamer.errors import UsageError
 
-from .errors import CredentialsRequiredError, GrantRequiredError, NotAllowedError
+from .errors import (
+    CredentialsRequiredError,
+    GrantRequiredError,
+    NotAllowedError,
+    TooManyGrantsError,
+)
 from .identity import source_name
 
 # Variables of the requester's environment snapshot that carry a credential of its own
@@ -79,43 +87,135 @@ def _under(name: str, prefix: str) -> bool:
 
 
 class Grants:
-    """Short-lived tokens proving that a requester passed the access check for a model."""
+    """Short-lived tokens proving that a requester passed the access check for a model.
+
+    Grants are kept per requester (:func:`requester_id`: who proved access, and for which
+    lease holder) and bounded per requester: a requester past ``per_requester`` live
+    grants loses its own oldest one, never another requester's. When ``limit`` grants are
+    live in all, new ones are refused (:class:`TooManyGrantsError`) rather than pushing
+    anyone's live grant out.
+    """
 
     def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 limit: int = 20000) -> None:
+                 per_requester: int = 64, limit: int = 20000) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._limit = limit
-        self._grants: dict[str, tuple[str, float]] = {}
+        self._per_requester = max(1, per_requester)
+        self._limit = max(1, limit)
+        self._grants: dict[str, tuple[str, float, str]] = {}  # token -> (entry, exp, who)
+        self._by_requester: dict[str, dict[str, None]] = {}  # who -> tokens, oldest first
 
-    def issue(self, entry_id: str) -> str:
+    def issue(self, entry_id: str, requester: str) -> str:
+        """A new grant for ``entry_id`` held by ``requester``.
+
+        Raises:
+            TooManyGrantsError: ``limit`` grants are live (of other requesters).
+        """
+        mine = self._by_requester.setdefault(requester, {})
+        while len(mine) >= self._per_requester:  # the requester's own oldest goes
+            self._drop(next(iter(mine)))
         if len(self._grants) >= self._limit:
             self.prune()
-            while len(self._grants) >= self._limit:  # still full: drop the oldest
-                self._grants.pop(next(iter(self._grants)))
+            if len(self._grants) >= self._limit:
+                raise TooManyGrantsError(
+                    f"the node cache holds {len(self._grants)} live grants; retry later")
         token = secrets.token_urlsafe(24)
-        self._grants[token] = (entry_id, self._clock() + self._ttl)
+        self._grants[token] = (entry_id, self._clock() + self._ttl, requester)
+        self._by_requester.setdefault(requester, {})[token] = None
         return token
+
+    def model_of(self, token: str | None) -> str | None:
+        """The model a live grant names (None: no such live grant)."""
+        found = self._grants.get(token or "")
+        if found is None or found[1] <= self._clock():
+            return None
+        return found[0]
 
     def check(self, token: str | None, entry_id: str) -> None:
         """Raises GrantRequiredError unless ``token`` is live and names ``entry_id``."""
-        found = self._grants.get(token or "")
-        if found is None or found[0] != entry_id or found[1] <= self._clock():
+        if self.model_of(token) != entry_id:
             raise GrantRequiredError(
                 "this call needs the grant returned by a successful ensure of this model "
-                "(Authorization: Bearer <grant>)", model_id=entry_id)
+                "(Authorization: Bearer <grant>) or the operator token", model_id=entry_id)
 
     def revoke_model(self, entry_id: str) -> None:
-        for token in [t for t, (e, _) in self._grants.items() if e == entry_id]:
-            del self._grants[token]
+        for token in [t for t, (e, _, _) in self._grants.items() if e == entry_id]:
+            self._drop(token)
 
     def prune(self) -> None:
         now = self._clock()
-        for token in [t for t, (_, exp) in self._grants.items() if exp <= now]:
-            del self._grants[token]
+        for token in [t for t, (_, exp, _) in self._grants.items() if exp <= now]:
+            self._drop(token)
+
+    def _drop(self, token: str) -> None:
+        found = self._grants.pop(token, None)
+        if found is None:
+            return
+        mine = self._by_requester.get(found[2])
+        if mine is not None:
+            mine.pop(token, None)
+            if not mine:
+                del self._by_requester[found[2]]
 
     def __len__(self) -> int:
         return len(self._grants)
+
+
+class OperatorToken:
+    """The operator credential: a secret the daemon reads from a file at start.
+
+    It authorises what no single grant covers: listing every model, evicting any
+    unleased model, and peer reads on the TCP listener (peers of one DaemonSet share the
+    Secret). Without a token file, only grants authorise anything.
+    """
+
+    MIN_LENGTH = 16
+
+    def __init__(self, token: str | None) -> None:
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    @classmethod
+    def load(cls, path: Path | None) -> OperatorToken:
+        """Read ``path`` (stripped); None: no operator token.
+
+        Raises:
+            UsageError: the file cannot be read or holds fewer than 16 characters.
+        """
+        if path is None:
+            return cls(None)
+        try:
+            token = Path(path).read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read the operator token file {path}: "
+                             f"{type(e).__name__}") from None
+        if len(token) < cls.MIN_LENGTH:
+            raise UsageError(f"the operator token in {path} must be at least "
+                             f"{cls.MIN_LENGTH} characters")
+        return cls(token)
+
+    def matches(self, token: str | None) -> bool:
+        if self._digest is None or not token:
+            return False
+        return hmac.compare_digest(self._digest, hashlib.sha256(token.encode()).digest())
+
+
+def requester_id(uri: ObjectURI, storage: StorageSettings, holder: str | None) -> str:
+    """Who asks: a digest of the scheme, the endpoint, the credential's principal (the S3
+    access key id, a digest of a bearer token or Azure key, or anonymous) and the lease
+    holder. Only used to keep grants apart; never logged."""
+    env = storage.env
+    secret = (storage.access_key_id or "") if uri.scheme == "s3" else "".join(
+        env.get(k, "") for k in _PRINCIPAL_ENV.get(uri.scheme, ()))
+    doc = [uri.scheme, uri.account, storage.endpoint_url or "",
+           hashlib.sha256(secret.encode()).hexdigest(), holder or ""]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+_PRINCIPAL_ENV = {
+    "gs": ("GOOGLE_OAUTH_ACCESS_TOKEN",),
+    "hf": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
+    "az": ("AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"),
+}
 
 
 class ProofCache:

@@ -21,7 +21,7 @@ from streamer import StorageSettings
 from streamer.logs import configure
 from streamer.sizes import format_size
 
-from .config import DaemonConfig, add_serve_arguments, client_socket
+from .config import DaemonConfig, add_serve_arguments, client_socket, client_token
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
                        help="daemon socket (env WEIGHTSTREAM_CACHE_SOCKET, default "
                             "<WEIGHTSTREAM_CACHE_ROOT>/daemon.sock)")
         p.add_argument("--json", action="store_true", help="print JSON on stdout")
+        p.add_argument("--operator-token-file", metavar="PATH",
+                       help="the daemon's operator token, needed by ls and evict (env "
+                            "WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE)")
         return p
 
     ls = client_parser("ls", "list the models in the node cache")
@@ -93,14 +96,14 @@ def run_pull(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         async with _client(args, environ) as api:
             answer = await api.ensure(args.uri, include=tuple(args.include),
                                       exclude=tuple(args.exclude), storage=storage)
-            state = answer["model"]
+            state, grant = answer["model"], answer["grant"]
             if args.no_wait or state["state"] in ("ready", "failed"):
                 return state
             model_id = state["id"]
             deadline = time.monotonic() + args.timeout
             last = 0.0
             while time.monotonic() < deadline:
-                async for state in api.events(model_id,
+                async for state in api.events(model_id, grant=grant,
                                               timeout=min(300.0, deadline - time.monotonic())):
                     if not args.json and time.monotonic() - last >= 2.0:
                         last = time.monotonic()
@@ -203,4 +206,5 @@ def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> CacheAPICli
     # would pay for nothing (the CLI registers this module's commands at start-up).
     from .client import CacheAPIClient
 
-    return CacheAPIClient(client_socket(args.socket, environ))
+    return CacheAPIClient(client_socket(args.socket, environ),
+                          token=client_token(args.operator_token_file, environ))

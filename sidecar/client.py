@@ -26,8 +26,11 @@ BASE = "http://weightstream-cache"
 class CacheAPIClient:
     """``async with CacheAPIClient(socket) as api: await api.ensure(...)``."""
 
-    def __init__(self, socket_path: str | Path, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, socket_path: str | Path, *, connect_timeout: float = 5.0,
+                 token: str | None = None) -> None:
+        """``token``: the operator token, sent on calls made without a grant."""
         self.socket_path = str(socket_path)
+        self._token = token
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -51,31 +54,41 @@ class CacheAPIClient:
 
     async def ensure(self, uri: str, *, include: tuple[str, ...] = (),
                      exclude: tuple[str, ...] = (),
-                     storage: StorageSettings | None = None) -> dict[str, Any]:
-        """Returns ``{"model": {...}, "grant": str, "outcome": str}``."""
-        body = {"uri": uri, "include": list(include), "exclude": list(exclude),
-                "credentials": (storage or StorageSettings()).to_dict()}
+                     storage: StorageSettings | None = None,
+                     lease: tuple[str, float | None] | None = None) -> dict[str, Any]:
+        """Returns ``{"model": {...}, "grant": str, "outcome": str[, "lease": {...}]}``.
+
+        ``lease``: ``(holder, ttl or None)`` to lease the model as part of the ensure.
+        """
+        body: dict[str, Any] = {"uri": uri, "include": list(include),
+                                "exclude": list(exclude),
+                                "credentials": (storage or StorageSettings()).to_dict()}
+        if lease is not None:
+            body["lease"] = {"holder": lease[0]} | (
+                {"ttl_seconds": lease[1]} if lease[1] is not None else {})
         return await self._json("POST", "/v1/ensure", body=body)
 
-    async def model(self, model_id: str, *, wait: float = 0, since: int = -1) -> dict[str, Any]:
+    async def model(self, model_id: str, *, grant: str | None = None, wait: float = 0,
+                    since: int = -1) -> dict[str, Any]:
         query = f"?wait={wait}&since={since}" if wait > 0 else ""
-        return await self._json("GET", f"/v1/models/{_seg(model_id)}{query}")
+        return await self._json("GET", f"/v1/models/{_seg(model_id)}{query}", grant=grant)
 
-    async def models(self) -> list[dict[str, Any]]:
-        return (await self._json("GET", "/v1/models"))["models"]
+    async def models(self, *, grant: str | None = None) -> list[dict[str, Any]]:
+        """Every model (operator token) or the one a grant names."""
+        return (await self._json("GET", "/v1/models", grant=grant))["models"]
 
-    async def events(self, model_id: str, *, timeout: float = 60.0
+    async def events(self, model_id: str, *, grant: str | None = None, timeout: float = 60.0
                      ) -> AsyncIterator[dict[str, Any]]:
         """The model's state now and at every change (NDJSON) until terminal or timeout."""
-        async with self._request("GET", f"/v1/models/{_seg(model_id)}/events?timeout={timeout}"
-                                 ) as resp:
+        async with self._request("GET", f"/v1/models/{_seg(model_id)}/events?timeout={timeout}",
+                                 grant=grant) as resp:
             await _raise_for(resp)
             async for line in resp.content:
                 if line.strip():
                     yield json.loads(line)
 
-    async def evict(self, model_id: str) -> dict[str, Any]:
-        return await self._json("DELETE", f"/v1/models/{_seg(model_id)}")
+    async def evict(self, model_id: str, *, grant: str | None = None) -> dict[str, Any]:
+        return await self._json("DELETE", f"/v1/models/{_seg(model_id)}", grant=grant)
 
     async def lease(self, model_id: str, *, grant: str, holder: str,
                     ttl: float | None = None) -> dict[str, Any]:
@@ -109,8 +122,8 @@ class CacheAPIClient:
         if self._session is None:
             raise RuntimeError("use CacheAPIClient as an async context manager")
         hdrs = dict(headers or {})
-        if grant:
-            hdrs["Authorization"] = f"Bearer {grant}"
+        if grant or self._token:
+            hdrs["Authorization"] = f"Bearer {grant or self._token}"
         return _Guarded(self._session.request(method, BASE + path, json=body, headers=hdrs),
                         self.socket_path)
 

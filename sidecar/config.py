@@ -12,6 +12,8 @@ flag                       environment                     default
 ``--socket``               (daemon) --                     ``<cache-root>/daemon.sock``
 ``--listen``               ``WEIGHTSTREAM_CACHE_LISTEN``   ``0.0.0.0:8470`` (``off``)
 ``--allow`` (repeatable)   ``WEIGHTSTREAM_CACHE_ALLOW``    any (comma separated)
+``--allow-endpoint`` (rep.) ``WEIGHTSTREAM_CACHE_ALLOW_ENDPOINTS`` none (comma separated)
+``--operator-token-file``  ``WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE`` unset (grants only)
 ``--log-format``           ``WEIGHTSTREAM_LOG_FORMAT``     ``text``
 ``--concurrency``          ``WEIGHTSTREAM_CONCURRENCY``    ``16``
 ``--chunk-size``           ``WEIGHTSTREAM_CHUNK_SIZE``     ``32Mi``
@@ -62,7 +64,15 @@ class DaemonConfig:
         min_free: free-disk watermark kept by evicting unleased models.
         socket_path: unix socket of the full API (node-local).
         listen: ``(host, port)`` of the TCP API (health, metrics, peers); None: off.
-        allow: URI prefixes the daemon may fetch; empty: any (``file://`` only if listed).
+        allow: URI prefixes the daemon may fetch; empty: any object store on its default
+            endpoint (``file://`` and ``http(s)://`` only if listed).
+        allow_endpoints: endpoints (``scheme://host[:port]``) a requester may name
+            (``endpoint_url``, a Hub mirror, a GCS or Azure endpoint) or fetch
+            ``http(s)://`` sources from; empty: none (see :mod:`sidecar.endpoints`).
+        operator_token_file: file holding the operator credential (listing every model,
+            evicting any, peer reads); None: only grants authorise.
+        grants_per_requester: live grants one requester keeps (its oldest go first).
+        max_grants: live grants in all; past it new ensures answer ``too_many_grants``.
         log_format: ``text`` or ``json``.
         concurrency, chunk_size, max_memory: transfer engine knobs for each pull.
         max_pulls: pulls running at once (more wait in ``pending``).
@@ -86,6 +96,10 @@ class DaemonConfig:
     socket_path: Path | None = None
     listen: tuple[str, int] | None = ("0.0.0.0", 8470)
     allow: tuple[str, ...] = ()
+    allow_endpoints: tuple[str, ...] = ()
+    operator_token_file: Path | None = None
+    grants_per_requester: int = 64
+    max_grants: int = 20000
     log_format: str = "text"
     concurrency: int = DEFAULT_CONCURRENCY
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -126,6 +140,12 @@ class DaemonConfig:
         for prefix in self.allow:
             if "://" not in prefix:
                 raise UsageError(f"allow-list entry {prefix!r} is not a URI prefix (s3://b/p)")
+        from .endpoints import parse_allowed_endpoint
+
+        for endpoint in self.allow_endpoints:
+            parse_allowed_endpoint(endpoint)  # raises UsageError
+        if self.grants_per_requester < 1 or self.max_grants < 1:
+            raise UsageError("grant limits must be at least 1")
 
     @property
     def socket(self) -> Path:
@@ -157,6 +177,13 @@ class DaemonConfig:
         else:
             allow = tuple(p.strip() for p in environ.get("WEIGHTSTREAM_CACHE_ALLOW", "")
                           .split(",") if p.strip())
+        endpoints_flag = args.get("allow_endpoint")
+        if endpoints_flag:
+            endpoints = tuple(endpoints_flag)
+        else:
+            endpoints = tuple(p.strip() for p in environ.get(
+                "WEIGHTSTREAM_CACHE_ALLOW_ENDPOINTS", "").split(",") if p.strip())
+        token_file = pick("operator_token_file", "WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE", None)
         values: dict[str, Any] = dict(
             cache_root=Path(pick("cache_root", "WEIGHTSTREAM_CACHE_ROOT", DEFAULT_ROOT)),
             capacity=parse_size(pick("capacity", "WEIGHTSTREAM_CACHE_CAPACITY", 0),
@@ -166,6 +193,8 @@ class DaemonConfig:
             socket_path=args.get("socket"),
             listen=parse_listen(pick("listen", "WEIGHTSTREAM_CACHE_LISTEN", DEFAULT_LISTEN)),
             allow=allow,
+            allow_endpoints=endpoints,
+            operator_token_file=Path(token_file) if token_file else None,
             log_format=pick("log_format", "WEIGHTSTREAM_LOG_FORMAT", transfer.log_format),
             concurrency=int(pick("concurrency", None, transfer.concurrency)),
             chunk_size=parse_size(pick("chunk_size", None, transfer.chunk_size),
@@ -224,7 +253,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         f"or off (env WEIGHTSTREAM_CACHE_LISTEN, default {DEFAULT_LISTEN})")
     p.add_argument("--allow", action="append", metavar="PREFIX",
                    help="URI prefix the daemon may fetch; repeatable "
-                        "(env WEIGHTSTREAM_CACHE_ALLOW, comma separated; default any)")
+                        "(env WEIGHTSTREAM_CACHE_ALLOW, comma separated; default any object "
+                        "store on its default endpoint)")
+    p.add_argument("--allow-endpoint", action="append", metavar="URL",
+                   help="endpoint (scheme://host[:port]) requesters may name or fetch "
+                        "http(s):// sources from; repeatable (env "
+                        "WEIGHTSTREAM_CACHE_ALLOW_ENDPOINTS, comma separated; default none)")
+    p.add_argument("--operator-token-file", metavar="PATH",
+                   help="file with the operator token (listing, eviction, peer reads); "
+                        "env WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE")
     p.add_argument("--log-format", choices=("text", "json"),
                    help="log format (env WEIGHTSTREAM_LOG_FORMAT, default text)")
     p.add_argument("--concurrency", type=int, metavar="N",
@@ -252,6 +289,23 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "KUBERNETES_SERVICE_HOST/PORT)")
     p.add_argument("--kube-token-file", metavar="PATH",
                    help=f"service account token (default {SA_DIR / 'token'})")
+
+
+def client_token(args_token_file: str | None, environ: Mapping[str, str]) -> str | None:
+    """The operator token for the operator commands: ``--operator-token-file``, then
+    ``WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE``; None when neither is set.
+
+    Raises:
+        UsageError: the file cannot be read.
+    """
+    path = args_token_file or environ.get("WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read the operator token file {path}: "
+                         f"{type(e).__name__}") from None
 
 
 def client_socket(args_socket: str | None, environ: Mapping[str, str]) -> Path:

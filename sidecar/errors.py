@@ -66,6 +66,14 @@ class GrantRequiredError(CacheError, PermissionError):
     exit_code = 4
 
 
+class TooManyGrantsError(CacheError):
+    """The daemon holds as many live grants as it keeps; new ones wait for old to expire
+    (no requester's live grant is ever pushed out by another's)."""
+
+    code = "too_many_grants"
+    status = 429
+
+
 class ModelNotFoundError(CacheError, LookupError):
     """No model with this id is known to the daemon."""
 

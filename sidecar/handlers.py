@@ -2,7 +2,8 @@
 
 Every handler is a few lines over :class:`~sidecar.service.CacheService`; errors are
 raised as :mod:`sidecar.errors` and turned into JSON by the middleware in
-:mod:`sidecar.app`.
+:mod:`sidecar.app`. Authorization is the service's: handlers pass the
+``Authorization: Bearer`` token (a grant or the operator token) through.
 """
 
 from __future__ import annotations
@@ -68,12 +69,14 @@ async def metrics(request: web.Request) -> web.Response:
 async def ensure(request: web.Request) -> web.Response:
     ensured = await request.app[SERVICE].ensure(parse_ensure(await read_json(request)))
     status = 200 if ensured.model["state"] == "ready" else 202
-    return _json({"model": ensured.model, "grant": ensured.grant, "outcome": ensured.outcome},
-                 status=status)
+    doc = {"model": ensured.model, "grant": ensured.grant, "outcome": ensured.outcome}
+    if ensured.lease is not None:
+        doc["lease"] = ensured.lease
+    return _json(doc, status=status)
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return _json({"models": request.app[SERVICE].list()})
+    return _json({"models": request.app[SERVICE].list(token=bearer(request))})
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -82,9 +85,10 @@ async def get_model(request: web.Request) -> web.Response:
     entry_id = request.match_info["id"]
     wait = query_number(request.query, "wait", 0.0, maximum=request.app[CONFIG].max_wait)
     if wait <= 0:
-        return _json(service.get(entry_id))
+        return _json(service.get(entry_id, token=bearer(request)))
     since = int(query_number(request.query, "since", -1, minimum=-1, maximum=2**53))
-    return _json(await service.wait(entry_id, since=since, timeout=wait))
+    return _json(await service.wait(entry_id, token=bearer(request), since=since,
+                                    timeout=wait))
 
 
 async def model_events(request: web.Request) -> web.StreamResponse:
@@ -92,7 +96,7 @@ async def model_events(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     timeout = query_number(request.query, "timeout", 60.0,
                            maximum=request.app[CONFIG].max_wait)
-    stream = service.watch(request.match_info["id"], timeout=timeout)
+    stream = service.watch(request.match_info["id"], token=bearer(request), timeout=timeout)
     first = await anext(stream)  # raises (404 ...) before the response starts
     resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
     await resp.prepare(request)
@@ -109,7 +113,8 @@ async def model_events(request: web.Request) -> web.StreamResponse:
 
 
 async def evict_model(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].evict(request.match_info["id"]))
+    return _json(await request.app[SERVICE].evict(request.match_info["id"],
+                                                  token=bearer(request)))
 
 
 # ---------------------------------------------------------------- leases
@@ -145,7 +150,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
 
 async def get_peer_file(request: web.Request) -> web.StreamResponse:
-    """The TCP peer API: read-only file ranges of ready models (enabled by config)."""
+    """The TCP peer API: read-only file ranges of ready models (enabled by config), for
+    callers holding the operator token (peers of one DaemonSet share it) or a grant."""
     path = request.app[SERVICE].file_path(
-        request.match_info["id"], request.match_info["path"], grant=None, peer=True)
+        request.match_info["id"], request.match_info["path"], grant=bearer(request))
     return web.FileResponse(path, chunk_size=1 << 20)

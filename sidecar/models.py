@@ -197,6 +197,9 @@ class EnsureRequest:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     storage: StorageSettings = field(default_factory=StorageSettings)
+    # (holder, ttl seconds or None): lease the model for this holder as part of the
+    # ensure, so that it is leased from the moment it is ready (no eviction window).
+    lease: tuple[str, float | None] | None = None
 
     def __repr__(self) -> str:  # never print the settings
         return f"EnsureRequest(uri={self.uri!r}, include={self.include}, exclude={self.exclude})"
@@ -207,3 +210,4 @@ class Ensured:
     model: dict[str, Any]
     grant: str
     outcome: str  # hit, joined, miss
+    lease: dict[str, Any] | None = None  # the lease taken with the ensure, if asked

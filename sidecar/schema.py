@@ -75,19 +75,22 @@ def parse_storage(value: Any) -> StorageSettings:
 
 
 def parse_ensure(doc: Any) -> EnsureRequest:
-    """``{"uri": str, "include": [str], "exclude": [str], "credentials": {...}}``."""
-    doc = _object(doc, "the request", {"uri", "include", "exclude", "credentials"}, {"uri"})
+    """``{"uri": str, "include": [str], "exclude": [str], "credentials": {...},
+    "lease": {"holder": str, "ttl_seconds": number}}``."""
+    doc = _object(doc, "the request", {"uri", "include", "exclude", "credentials", "lease"},
+                  {"uri"})
     uri = doc["uri"]
     if not isinstance(uri, str) or not 0 < len(uri) <= MAX_URI:
         raise BadRequestError(f"uri must be a non-empty string of at most {MAX_URI} characters")
     return EnsureRequest(uri=uri, include=_patterns(doc.get("include"), "include"),
                          exclude=_patterns(doc.get("exclude"), "exclude"),
-                         storage=parse_storage(doc.get("credentials")))
+                         storage=parse_storage(doc.get("credentials")),
+                         lease=None if doc.get("lease") is None else parse_lease(doc["lease"]))
 
 
 def parse_lease(doc: Any) -> tuple[str, float | None]:
     """``{"holder": str, "ttl_seconds": number}`` -> (holder, ttl or None)."""
-    doc = _object(doc, "the request", {"holder", "ttl_seconds"}, {"holder"})
+    doc = _object(doc, "the lease", {"holder", "ttl_seconds"}, {"holder"})
     holder = parse_holder(doc["holder"])
     ttl = doc.get("ttl_seconds")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))

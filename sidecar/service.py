@@ -13,7 +13,13 @@ How an ``ensure`` goes:
    requester joins the running pull; unknown or failed -> a new pull starts. Nothing
    awaits between the lookup and the insertion, so N concurrent requests for the same
    version always share one pull;
-4. a grant (a token for the file and lease calls of this model) is returned.
+4. a grant (a token for the file and lease calls of this model) is returned, and the
+   lease the request asked for is taken at once (so a model is leased for its waiting
+   pods from the moment it is ready: no eviction window between ready and lease).
+
+Authorization (:meth:`CacheService._authorize`): every call about one model needs a live
+grant for it or the operator token; listing needs the operator token (a grant lists its
+own model only).
 
 A pull waits for one of ``max_pulls`` slots, reserves room (evicting least recently used
 unleased models, or failing with ``insufficient_space``), runs ``streamer.download`` into
@@ -41,13 +47,22 @@ from streamer.progress import ProgressSnapshot
 from streamer.sizes import format_size
 
 from . import disk
-from .access import AccessPolicy, BackendFactory, BackendPool, Grants, ProofCache
+from .access import (
+    AccessPolicy,
+    BackendFactory,
+    BackendPool,
+    Grants,
+    OperatorToken,
+    ProofCache,
+    requester_id,
+)
 from .capacity import Candidate, Room, choose_victims
 from .config import DaemonConfig
 from .errors import (
     BusyError,
     CacheError,
     FileNotInModelError,
+    GrantRequiredError,
     LeasedError,
     ModelNotFoundError,
     NotReadyError,
@@ -95,7 +110,10 @@ class CacheService:
         self._monotonic = monotonic
         self._disk_usage = disk_usage
         self._policy = AccessPolicy(config.allow)
-        self._grants = Grants(ttl=config.grant_ttl, clock=monotonic)
+        self._grants = Grants(ttl=config.grant_ttl, clock=monotonic,
+                              per_requester=config.grants_per_requester,
+                              limit=config.max_grants)
+        self._operator = OperatorToken.load(config.operator_token_file)
         self._proofs = ProofCache(ttl=config.proof_ttl, clock=monotonic)
         self._backends = (BackendPool(backend_factory, clock=monotonic) if backend_factory
                           else BackendPool(clock=monotonic))
@@ -191,8 +209,16 @@ class CacheService:
             self._spawn(self._pull(entry, uri, request.storage), name=f"pull {entry_id}")
             log.info("pull %s: %s (%d files, %s) queued", entry_id, entry.source,
                      len(files), format_size(entry.size))
+        holder = request.lease[0] if request.lease else None
+        grant = self._grants.issue(entry_id, requester_id(uri, request.storage, holder))
+        lease = None
+        if request.lease is not None:
+            # Taken before any await: from here on the model is leased (if it is ready
+            # now) or will be leased the moment it is published.
+            lease = self._lease(entry, *request.lease)
+            await self._persist(entry)
         self.metrics.ensures.labels(outcome).inc()
-        return Ensured(self._view(entry), self._grants.issue(entry_id), outcome)
+        return Ensured(self._view(entry), grant, outcome, lease)
 
     # ------------------------------------------------------------------ pull
 
@@ -335,8 +361,6 @@ class CacheService:
                     and e.state is State.READY and not e.live_leases(now)):
                 await self._unpublish(e, reason="superseded")
 
-    # ------------------------------------------------------------------ reading state
-
     def _entry(self, entry_id: str) -> Entry:
         entry = self._entries.get(check_entry_id(entry_id))
         if entry is None:
@@ -347,17 +371,48 @@ class CacheService:
         path = self.layout.model_dir(entry.id) if entry.state is State.READY else None
         return entry.view(path=path, now=self._clock())
 
-    def get(self, entry_id: str) -> dict[str, Any]:
-        return self._view(self._entry(entry_id))
+    # ------------------------------------------------------------------ authorization
 
-    def list(self) -> list[dict[str, Any]]:
-        entries = sorted(self._entries.values(), key=lambda e: (-e.last_used, e.id))
+    def is_operator(self, token: str | None) -> bool:
+        return self._operator.matches(token)
+
+    def _authorize(self, entry_id: str, token: str | None) -> Entry:
+        """The entry, if ``token`` is the operator token or a live grant for it.
+
+        Raises:
+            GrantRequiredError, ModelNotFoundError, BadRequestError (a malformed id).
+        """
+        check_entry_id(entry_id)
+        if not self._operator.matches(token):
+            self._grants.check(token, entry_id)
+        return self._entry(entry_id)
+
+    # ------------------------------------------------------------------ reading state
+
+    def get(self, entry_id: str, *, token: str | None) -> dict[str, Any]:
+        return self._view(self._authorize(entry_id, token))
+
+    def list(self, *, token: str | None) -> list[dict[str, Any]]:
+        """Every model (operator token), or the one model a grant names.
+
+        Raises:
+            GrantRequiredError: neither.
+        """
+        if self._operator.matches(token):
+            entries = sorted(self._entries.values(), key=lambda e: (-e.last_used, e.id))
+        else:
+            mine = self._grants.model_of(token)
+            if mine is None:
+                raise GrantRequiredError("listing models needs the operator token (or a grant, "
+                                         "which lists its own model)")
+            entries = [e for e in (self._entries.get(mine),) if e is not None]
         return [self._view(e) for e in entries]
 
-    async def wait(self, entry_id: str, *, since: int, timeout: float) -> dict[str, Any]:
+    async def wait(self, entry_id: str, *, token: str | None, since: int,
+                   timeout: float) -> dict[str, Any]:
         """Long-poll: return once the model changed after ``since`` (or is terminal), or
         when ``timeout`` seconds pass."""
-        entry = self._entry(entry_id)
+        entry = self._authorize(entry_id, token)
         timeout = max(0.0, min(timeout, self.config.max_wait))
         if entry.seq <= since and not entry.state.terminal:
             self._waiters += 1
@@ -367,11 +422,11 @@ class CacheService:
                 self._waiters -= 1
         return self._view(entry)
 
-    async def watch(self, entry_id: str, *, timeout: float,
+    async def watch(self, entry_id: str, *, token: str | None, timeout: float,
                     heartbeat: float = 15.0) -> AsyncIterator[dict[str, Any]]:
         """Yield the model's state now and after every change until it is terminal or
         ``timeout`` seconds pass (repeating it every ``heartbeat`` seconds)."""
-        entry = self._entry(entry_id)
+        entry = self._authorize(entry_id, token)
         deadline = self._monotonic() + max(0.0, min(timeout, self.config.max_wait))
         self._waiters += 1
         try:
@@ -389,23 +444,26 @@ class CacheService:
 
     async def take_lease(self, entry_id: str, *, grant: str | None, holder: str,
                          ttl: float | None) -> dict[str, Any]:
-        entry = self._entry(entry_id)
-        self._grants.check(grant, entry.id)
+        entry = self._authorize(entry_id, grant)
         if entry.state is not State.READY:
-            raise NotReadyError(f"model {entry.id} is {entry.state}; lease it once ready",
-                                model_id=entry.id)
+            raise NotReadyError(f"model {entry.id} is {entry.state}; lease it once ready "
+                                "(or ask for the lease in the ensure)", model_id=entry.id)
+        lease = self._lease(entry, holder, ttl)
+        await self._persist(entry)
+        return lease
+
+    def _lease(self, entry: Entry, holder: str, ttl: float | None) -> dict[str, Any]:
+        """Record a lease (no await: callers rely on it being taken at once)."""
         ttl = self.config.default_lease_ttl if ttl is None else ttl
         ttl = min(ttl, self.config.max_lease_ttl)
         now = self._clock()
         entry.leases[holder] = now + ttl
         entry.last_used = now
         entry.bump()
-        await self._persist(entry)
         return {"holder": holder, "expires_at": now + ttl, "ttl_seconds": ttl}
 
     async def release_lease(self, entry_id: str, *, grant: str | None, holder: str) -> bool:
-        entry = self._entry(entry_id)
-        self._grants.check(grant, entry.id)
+        entry = self._authorize(entry_id, grant)
         if entry.leases.pop(holder, None) is None:
             return False
         entry.bump()
@@ -426,12 +484,14 @@ class CacheService:
 
     # ------------------------------------------------------------------ evict
 
-    async def evict(self, entry_id: str) -> dict[str, Any]:
-        """Operator eviction. Refuses leased models and running pulls.
+    async def evict(self, entry_id: str, *, token: str | None) -> dict[str, Any]:
+        """Eviction, with the operator token or a grant for the model. Refuses leased
+        models and running pulls.
 
         Raises:
-            ModelNotFoundError, LeasedError, BusyError.
+            GrantRequiredError, ModelNotFoundError, LeasedError, BusyError.
         """
+        self._authorize(entry_id, token)
         async with self._space_lock:
             entry = self._entry(entry_id)
             if entry.state in (State.PENDING, State.PULLING):
@@ -456,18 +516,17 @@ class CacheService:
         entry = self._ready(entry_id, grant)
         return [{"path": rel, "size": size} for rel, size, _ in entry.files]
 
-    def file_path(self, entry_id: str, rel: str, *, grant: str | None,
-                  peer: bool = False) -> Path:
+    def file_path(self, entry_id: str, rel: str, *, grant: str | None) -> Path:
         """Where to read ``rel`` of a ready model (escape-checked, listed files only).
 
-        ``peer``: the caller is the TCP peer API (enabled by config), which needs no grant.
+        ``grant``: a grant for this model or the operator token (what peers present).
 
         Raises:
             PathEscapeError, FileNotInModelError, NotReadyError, GrantRequiredError.
         """
         check_entry_id(entry_id)
         path = self.layout.model_file(entry_id, rel)  # refuses escapes before any lookup
-        entry = self._ready(entry_id, None if peer else grant, check_grant=not peer)
+        entry = self._ready(entry_id, grant)
         if not entry.has_file(rel):
             raise FileNotInModelError(f"model {entry.id} has no file {rel[:200]!r}",
                                       model_id=entry.id)
@@ -475,10 +534,8 @@ class CacheService:
         entry.dirty = True
         return path
 
-    def _ready(self, entry_id: str, grant: str | None, *, check_grant: bool = True) -> Entry:
-        entry = self._entry(entry_id)
-        if check_grant:
-            self._grants.check(grant, entry.id)
+    def _ready(self, entry_id: str, grant: str | None) -> Entry:
+        entry = self._authorize(entry_id, grant)
         if entry.state is not State.READY:
             raise NotReadyError(f"model {entry.id} is {entry.state}", model_id=entry.id)
         return entry

@@ -6,6 +6,9 @@
   (``python -m sidecar`` on a temp cache root, a short socket path and a free TCP port);
   every daemon is stopped at teardown.
 * ``cache_config``: factory for an in-process :class:`~sidecar.config.DaemonConfig`.
+
+Both read the operator token :data:`OPERATOR_TOKEN` from a file (``--operator-token-file``),
+and ``DaemonProcess.client()`` presents it (what ``weightstream cache ls`` does).
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ from streamer import StorageSettings, synth
 from tests.support.moto_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.process import REPO_ROOT, clean_env
+
+OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
+
+
+def operator_token_file(directory: Path) -> Path:
+    path = directory / "operator.token"
+    if not path.exists():
+        path.write_text(OPERATOR_TOKEN + "\n")
+        path.chmod(0o600)
+    return path
 
 
 def storage_for(endpoint: str) -> StorageSettings:
@@ -92,7 +105,8 @@ def cache_config(short_dir: Path) -> Callable[..., DaemonConfig]:
         values: dict[str, Any] = dict(cache_root=short_dir / "cache", min_free=0,
                                       listen=None, chunk_size=64 << 10, max_memory=4 << 20,
                                       concurrency=4, housekeeping_interval=3600.0,
-                                      progress_interval=0.05, proof_ttl=0.0)
+                                      progress_interval=0.05, proof_ttl=0.0,
+                                      operator_token_file=operator_token_file(short_dir))
         values.update(overrides)
         return DaemonConfig(**values)
 
@@ -116,8 +130,9 @@ class DaemonProcess:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def client(self) -> CacheAPIClient:
-        return CacheAPIClient(self.socket)
+    def client(self, *, operator: bool = True) -> CacheAPIClient:
+        """A client of the socket API; ``operator``: it presents the operator token."""
+        return CacheAPIClient(self.socket, token=OPERATOR_TOKEN if operator else None)
 
     def start(self) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -187,7 +202,8 @@ def daemon(short_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
         argv = [sys.executable, "-m", "sidecar", "--cache-root", str(root), "--socket",
                 str(sock), "--listen", f"{LOOPBACK}:{port}", "--min-free", "0",
                 "--chunk-size", "64Ki", "--max-memory", "4Mi", "--concurrency", "4",
-                "--proof-ttl", "0", *flags]
+                "--proof-ttl", "0", "--operator-token-file",
+                str(operator_token_file(short_dir)), *flags]
         d = DaemonProcess(root=root, socket=sock, port=port, argv=argv,
                           env=clean_env(env or {}), log_path=short_dir / f"d{counter[0]}.log")
         started.append(d)
@@ -207,5 +223,6 @@ def fetched_bytes(origin: Any, name: str) -> int:
     return sum(r.bytes_sent for r in origin_data_gets(origin, name))
 
 
-__all__ = ["DaemonProcess", "OriginModel", "fetched_bytes", "origin_data_gets", "storage_for"]
+__all__ = ["OPERATOR_TOKEN", "DaemonProcess", "OriginModel", "fetched_bytes",
+           "origin_data_gets", "storage_for"]
 

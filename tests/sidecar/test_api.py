@@ -19,7 +19,9 @@ from sidecar.models import DiskUsage
 from sidecar.service import CacheService
 from tests.support.origin import Fault
 
-from .conftest import fetched_bytes
+from .conftest import OPERATOR_TOKEN, fetched_bytes
+
+OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}  # the operator token (conftest)
 
 
 async def _client(aiohttp_client, config, **service_kw):
@@ -42,7 +44,8 @@ async def _ensure_ready(client, model, timeout=20.0, **extra):
     state = doc["model"]
     while state["state"] not in ("ready", "failed"):
         r = await client.get(f"/v1/models/{state['id']}",
-                             params={"wait": str(timeout), "since": str(state["seq"])})
+                             params={"wait": str(timeout), "since": str(state["seq"])},
+                             headers={"Authorization": f"Bearer {doc['grant']}"})
         state = await r.json()
     return state, doc["grant"]
 
@@ -84,9 +87,9 @@ async def test_bad_requests_get_json_4xx(aiohttp_client, cache_config, origin, o
     assert r.status == 405 and (await r.json())["code"] == "method_not_allowed"
     r = await client.get("/v1/models/not-an-id")
     assert r.status == 400 and (await r.json())["code"] == "bad_request"
-    r = await client.get("/v1/models/0123456789abcdef-0123456789ab")
+    r = await client.get("/v1/models/0123456789abcdef-0123456789ab", headers=OP)
     assert r.status == 404 and (await r.json())["code"] == "model_not_found"
-    r = await client.get("/v1/models/0123456789abcdef-0123456789ab?wait=banana")
+    r = await client.get("/v1/models/0123456789abcdef-0123456789ab?wait=banana", headers=OP)
     assert r.status == 400
     assert srv.requests() == []  # nothing reached the store
 
@@ -220,7 +223,7 @@ async def test_changed_source_is_a_new_version(aiohttp_client, cache_config, ori
     second, _ = await _ensure_ready(client, model)
     assert second["state"] == "ready" and second["model_id"] == first["model_id"]
     assert second["version"] != first["version"]
-    r = await client.get("/v1/models")
+    r = await client.get("/v1/models", headers=OP)
     ids = [m["id"] for m in (await r.json())["models"]]
     assert ids == [second["id"]]  # the unleased old version was superseded
 
@@ -282,24 +285,25 @@ async def test_lru_eviction_never_takes_leased_models(aiohttp_client, cache_conf
     sc, _ = await _ensure_ready(client, c)
     assert sc["state"] == "failed" and sc["error"]["code"] == "insufficient_space"
     assert "leased" in sc["error"]["message"]
-    assert {m["id"] for m in service.list() if m["state"] == "ready"} == {sa["id"], sb["id"]}
-    r = await client.delete(f"/v1/models/{sa['id']}")
+    ready = {m["id"] for m in service.list(token=OPERATOR_TOKEN) if m["state"] == "ready"}
+    assert ready == {sa["id"], sb["id"]}
+    r = await client.delete(f"/v1/models/{sa['id']}", headers=OP)
     assert r.status == 409 and (await r.json())["code"] == "leased"
     # a's lease expires (injected clock): the next pull of c evicts a, the LRU one.
     now[0] += 120
     await service.housekeep()
     sc, _ = await _ensure_ready(client, c)
     assert sc["state"] == "ready"
-    ready = {m["id"] for m in service.list() if m["state"] == "ready"}
+    ready = {m["id"] for m in service.list(token=OPERATOR_TOKEN) if m["state"] == "ready"}
     assert ready == {sb["id"], sc["id"]}
     assert not (config.cache_root / "models" / sa["id"]).exists()
     # Operator eviction of an unleased model; releasing b's lease lets it go too.
-    r = await client.delete(f"/v1/models/{sc['id']}")
+    r = await client.delete(f"/v1/models/{sc['id']}", headers=OP)
     assert r.status == 200 and (await r.json())["evicted"] is True
     r = await client.delete(f"/v1/models/{sb['id']}/leases/pod-b",
                             headers={"Authorization": f"Bearer {gb}"})
     assert (await r.json())["released"] is True
-    r = await client.delete(f"/v1/models/{sb['id']}")
+    r = await client.delete(f"/v1/models/{sb['id']}", headers=OP)
     assert r.status == 200
     assert list((config.cache_root / "models").iterdir()) == []
 
@@ -363,8 +367,10 @@ async def test_client_disconnect_mid_wait_does_not_hurt(aiohttp_client, cache_co
     state = (await r.json())["model"]
     assert state["state"] in ("pending", "pulling")
     waits = [asyncio.ensure_future(client.get(f"/v1/models/{state['id']}",
-                                              params={"wait": "30", "since": "99"})),
-             asyncio.ensure_future(client.get(f"/v1/models/{state['id']}/events"))]
+                                              params={"wait": "30", "since": "99"},
+                                              headers=OP)),
+             asyncio.ensure_future(client.get(f"/v1/models/{state['id']}/events",
+                                              headers=OP))]
     await asyncio.sleep(0.2)
     for w in waits:
         w.cancel()
@@ -388,7 +394,8 @@ async def test_event_stream_reports_progress_until_ready(aiohttp_client, cache_c
     client = await _client(aiohttp_client, cache_config(concurrency=2))
     r = await client.post("/v1/ensure", json=_body(model))
     model_id = (await r.json())["model"]["id"]
-    r = await client.get(f"/v1/models/{model_id}/events", params={"timeout": "30"})
+    r = await client.get(f"/v1/models/{model_id}/events", params={"timeout": "30"},
+                         headers=OP)
     assert r.headers["Content-Type"].startswith("application/x-ndjson")
     states = [json.loads(line) async for line in r.content if line.strip()]
     assert states[-1]["state"] == "ready"
@@ -415,9 +422,9 @@ async def test_public_app_has_no_private_routes(aiohttp_client, cache_config, or
     for path in ("/healthz", "/readyz", "/metrics"):
         assert (await public.get(path)).status == 200
     r = await public.get(f"/v1/peer/models/{state['id']}/files/config.json",
-                         headers={"Range": "bytes=0-4"})
+                         headers={"Range": "bytes=0-4"} | OP)
     assert r.status == 206 and await r.read() == model.bytes_of("config.json")[:5]
-    r = await public.get(f"/v1/peer/models/{state['id']}/files/..%2F..%2Fstate")
+    r = await public.get(f"/v1/peer/models/{state['id']}/files/..%2F..%2Fstate", headers=OP)
     assert r.status == 400
     off = await aiohttp_client(create_public_app(cache_config(), service=private.app[SERVICE]))
     assert (await off.get(f"/v1/peer/models/{state['id']}/files/config.json")).status == 404
@@ -441,7 +448,7 @@ async def test_pulls_beyond_max_pulls_wait_as_pending(aiohttp_client, cache_conf
     ra = await (await client.post("/v1/ensure", json=_body(a))).json()
     rb = await (await client.post("/v1/ensure", json=_body(b))).json()
     await asyncio.sleep(0.1)
-    r = await client.get(f"/v1/models/{rb['model']['id']}")
+    r = await client.get(f"/v1/models/{rb['model']['id']}", headers=OP)
     assert (await r.json())["state"] == "pending"
     assert (await _ensure_ready(client, b))[0]["state"] == "ready"
     assert (await _ensure_ready(client, a))[0]["state"] == "ready"
@@ -461,7 +468,8 @@ async def test_plain_https_object_without_its_query_in_the_api(aiohttp_client, c
     state = doc["model"]
     while state["state"] not in ("ready", "failed"):
         state = await (await client.get(f"/v1/models/{state['id']}",
-                                        params={"wait": "10", "since": str(state["seq"])})).json()
+                                        params={"wait": "10", "since": str(state["seq"])},
+                                        headers=OP)).json()
     assert state["state"] == "ready" and state["files"] == 1
     assert "s3cr3t" not in json.dumps(state) and state["source"].endswith("/config.json")
     r = await client.get(f"/v1/models/{state['id']}/files/config.json",
@@ -484,10 +492,11 @@ async def test_housekeeping_evicts_lru_under_the_watermark(aiohttp_client, cache
     now[0] += 1
     sb, _ = await _ensure_ready(client, b)
     await service.housekeep()
-    assert len([m for m in service.list() if m["state"] == "ready"]) == 2
+    assert len([m for m in service.list(token=OPERATOR_TOKEN) if m["state"] == "ready"]) == 2
     free[0] = (1 << 20) - a.size // 2  # something else filled the disk
     await service.housekeep()
-    assert [m["id"] for m in service.list() if m["state"] == "ready"] == [sb["id"]]
+    ready = [m["id"] for m in service.list(token=OPERATOR_TOKEN) if m["state"] == "ready"]
+    assert ready == [sb["id"]]
     r = await client.get("/metrics")
     assert 'weightstream_cache_evictions_total{reason="watermark"} 1.0' in await r.text()
 
@@ -533,11 +542,13 @@ async def test_leases_follow_the_pods_of_the_node(aiohttp_client, aiohttp_server
     service = client.app[SERVICE]
     api["fail"] = True
     await service.housekeep()  # the API is down: nothing changes
-    holders = {x["holder"]: x["expires_at"] for x in service.get(state["id"])["leases"]}
+    leases = service.get(state["id"], token=OPERATOR_TOKEN)["leases"]
+    holders = {x["holder"]: x["expires_at"] for x in leases}
     assert set(holders) == {alive, gone, done, "host-123"}
     api["fail"] = False
     await service.housekeep()
-    after = {x["holder"]: x["expires_at"] for x in service.get(state["id"])["leases"]}
+    leases = service.get(state["id"], token=OPERATOR_TOKEN)["leases"]
+    after = {x["holder"]: x["expires_at"] for x in leases}
     assert set(after) == {alive, "host-123"}  # not a pod UID: only its TTL counts
     assert after[alive] > holders[alive] + 3600  # a running pod's lease is renewed
     assert api["seen"][-1] == ("spec.nodeName=gpu-node-1", "Bearer sa-token")

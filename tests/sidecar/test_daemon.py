@@ -267,13 +267,18 @@ async def test_disk_fills_up_mid_pull(tmpfs, daemon, origin, origin_root, model_
 # ---------------------------------------------------------------- capacity, leases, CLI
 
 
-def _cli(d, *args, env=None):
+def _cli(d, *args, env=None, operator=True):
+    """``weightstream cache ...``; ``operator``: with the daemon's operator token file."""
     argv = [sys.executable, "-m", "streamer.cli.main", "cache", *args, "--socket", str(d.socket)]
-    return run_cmd(argv, env=env or clean_env(), cwd=REPO_ROOT, timeout=60)
+    env = dict(env or clean_env())
+    if operator:
+        env["WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE"] = d.argv[d.argv.index(
+            "--operator-token-file") + 1]
+    return run_cmd(argv, env=env, cwd=REPO_ROOT, timeout=60)
 
 
-async def _run_cli(d, *args, env=None):
-    return await asyncio.to_thread(_cli, d, *args, env=env)
+async def _run_cli(d, *args, env=None, operator=True):
+    return await asyncio.to_thread(_cli, d, *args, env=env, operator=operator)
 
 
 async def test_capacity_leases_and_operator_cli(daemon, origin, origin_root, model_on_origin):
@@ -291,6 +296,10 @@ async def test_capacity_leases_and_operator_cli(daemon, origin, origin_root, mod
         await api.lease(sa["id"], grant=answer["grant"], holder="pod-a", ttl=600)
         sb, _ = await _ensure_ready(api, b)
         assert sb["state"] == "failed" and sb["error"]["code"] == "insufficient_space"
+    r = await _run_cli(d, "ls", operator=False)  # the socket alone is no tenant boundary
+    assert r.returncode == 4 and "operator token" in r.stderr and sa["id"] not in r.stdout
+    r = await _run_cli(d, "evict", sa["id"], operator=False)
+    assert r.returncode == 1 and "grant_required" not in r.stdout
     r = await _run_cli(d, "ls")
     assert r.returncode == 0 and sa["id"] in r.stdout and "LEASES" in r.stdout
     assert "failed (insufficient_space)" in r.stdout
