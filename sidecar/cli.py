@@ -21,6 +21,7 @@ from streamer import StorageSettings
 from streamer.logs import configure
 from streamer.sizes import format_size
 
+from . import views
 from .config import DaemonConfig, add_serve_arguments, client_socket, client_token
 from .errors import ApiError
 
@@ -147,7 +148,7 @@ def run_evict(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 # ---------------------------------------------------------------- output
 
 
-def describe(state: dict[str, Any]) -> str:
+def describe(state: views.Model) -> str:
     """One line about a model's state (also used by the init container's logs)."""
     head = f"{state['id']} {state['source']}: {state['state']}"
     if state["state"] == "ready":
@@ -166,7 +167,7 @@ def describe(state: dict[str, Any]) -> str:
             f"{'--' if eta is None else f'{eta:.0f}s'}")
 
 
-def render_table(models: list[dict[str, Any]], *, now: float) -> str:
+def render_table(models: list[views.Model], *, now: float) -> str:
     rows = [("ID", "STATE", "SIZE", "LAST USED", "LEASES", "SOURCE")]
     for m in models:
         state = m["state"]

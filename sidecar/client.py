@@ -18,6 +18,7 @@ import aiohttp
 
 from streamer import StorageSettings
 
+from . import views
 from .errors import ApiError, DaemonUnavailableError
 
 BASE = "http://weightstream-cache"
@@ -55,7 +56,7 @@ class CacheAPIClient:
     async def ensure(self, uri: str, *, include: tuple[str, ...] = (),
                      exclude: tuple[str, ...] = (),
                      storage: StorageSettings | None = None,
-                     lease: tuple[str, float | None] | None = None) -> dict[str, Any]:
+                     lease: tuple[str, float | None] | None = None) -> views.Ensured:
         """Returns ``{"model": {...}, "grant": str, "outcome": str[, "lease": {...}]}``.
 
         ``lease``: ``(holder, ttl or None)`` to lease the model as part of the ensure.
@@ -69,16 +70,16 @@ class CacheAPIClient:
         return await self._json("POST", "/v1/ensure", body=body)
 
     async def model(self, model_id: str, *, grant: str | None = None, wait: float = 0,
-                    since: int = -1) -> dict[str, Any]:
+                    since: int = -1) -> views.Model:
         query = f"?wait={wait}&since={since}" if wait > 0 else ""
         return await self._json("GET", f"/v1/models/{_seg(model_id)}{query}", grant=grant)
 
-    async def models(self, *, grant: str | None = None) -> list[dict[str, Any]]:
+    async def models(self, *, grant: str | None = None) -> list[views.Model]:
         """Every model (operator token) or the one a grant names."""
         return (await self._json("GET", "/v1/models", grant=grant))["models"]
 
     async def events(self, model_id: str, *, grant: str | None = None, timeout: float = 60.0
-                     ) -> AsyncIterator[dict[str, Any]]:
+                     ) -> AsyncIterator[views.Model]:
         """The model's state now and at every change (NDJSON) until terminal or timeout."""
         async with self._request("GET", f"/v1/models/{_seg(model_id)}/events?timeout={timeout}",
                                  grant=grant) as resp:
@@ -87,11 +88,11 @@ class CacheAPIClient:
                 if line.strip():
                     yield json.loads(line)
 
-    async def evict(self, model_id: str, *, grant: str | None = None) -> dict[str, Any]:
+    async def evict(self, model_id: str, *, grant: str | None = None) -> views.Eviction:
         return await self._json("DELETE", f"/v1/models/{_seg(model_id)}", grant=grant)
 
     async def lease(self, model_id: str, *, grant: str, holder: str,
-                    ttl: float | None = None) -> dict[str, Any]:
+                    ttl: float | None = None) -> views.Lease:
         body: dict[str, Any] = {"holder": holder}
         if ttl is not None:
             body["ttl_seconds"] = ttl
@@ -102,7 +103,7 @@ class CacheAPIClient:
         return await self._json(
             "DELETE", f"/v1/models/{_seg(model_id)}/leases/{_seg(holder)}", grant=grant)
 
-    async def files(self, model_id: str, *, grant: str) -> list[dict[str, Any]]:
+    async def files(self, model_id: str, *, grant: str) -> list[views.FileItem]:
         return (await self._json("GET", f"/v1/models/{_seg(model_id)}/files",
                                  grant=grant))["files"]
 

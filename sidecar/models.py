@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 from streamer import StorageSettings
 
+from . import views
+
 PinnedFile = tuple[str, int, "str | None"]
 
 # One sequence for every entry of the process, starting at the wall clock in ms, so a
@@ -51,7 +53,7 @@ class Progress:
     files_total: int = 0
     rate: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> views.Progress:
         left = self.bytes_total - self.bytes_done
         eta = round(left / self.rate, 1) if self.rate > 0 and left > 0 else None
         return {"bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
@@ -110,9 +112,9 @@ class Entry:
     def live_leases(self, now: float) -> dict[str, float]:
         return {h: t for h, t in self.leases.items() if t > now}
 
-    def view(self, *, path: Path | None, now: float) -> dict[str, Any]:
+    def view(self, *, path: Path | None, now: float) -> views.Model:
         """The API document of this model (no credentials, no ETags)."""
-        doc: dict[str, Any] = {
+        doc: views.Model = {
             "id": self.id,
             "model_id": self.model_key,
             "version": self.version,
@@ -207,7 +209,7 @@ class EnsureRequest:
 
 @dataclass(frozen=True)
 class Ensured:
-    model: dict[str, Any]
+    model: views.Model
     grant: str
     outcome: str  # hit, joined, miss
-    lease: dict[str, Any] | None = None  # the lease taken with the ensure, if asked
+    lease: views.Lease | None = None  # the lease taken with the ensure, if asked

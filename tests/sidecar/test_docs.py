@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from sidecar import errors
 from sidecar.app import _HTTP_CODES, create_app, create_public_app
 from sidecar.config import DaemonConfig
+from sidecar.views import DOCUMENTED
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -65,3 +67,23 @@ def test_every_error_code_is_documented():
                                   "--node-name", "--kube-api"])
 def test_serve_flags_are_documented(flag):
     assert f"`{flag}" in (DOCS / "sidecar.md").read_text()
+
+
+def _schema_of(name: str) -> dict:
+    return _spec()["components"]["schemas"][name]
+
+
+@pytest.mark.parametrize("view", DOCUMENTED, ids=lambda t: t.__name__)
+def test_openapi_schemas_match_the_typed_view(view):
+    """docs/openapi-cache.yaml documents exactly the keys of :mod:`sidecar.views`, with
+    the same required ones, and nested views by reference."""
+    schema = _schema_of(view.__name__)
+    assert set(schema["properties"]) == set(view.__annotations__), view.__name__
+    assert set(schema.get("required", [])) == set(view.__required_keys__), view.__name__
+    hints = typing.get_type_hints(view)
+    for key, hint in hints.items():
+        hint = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+        if isinstance(hint, type) and hint in DOCUMENTED:
+            prop = schema["properties"][key]
+            ref = prop.get("$ref") or prop.get("items", {}).get("$ref")
+            assert ref == f"#/components/schemas/{hint.__name__}", (view.__name__, key)

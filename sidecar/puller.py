@@ -1,0 +1,125 @@
+"""The puller: one model version from its source into ``staging/``, then published.
+
+A pull waits for one of ``max_pulls`` slots, reserves room (:class:`~sidecar.space.Space`),
+adopts (resumes) a partial pull of the same version if one is on disk, runs
+``streamer.download`` with the requester's backend, checks the result against the pinned
+listing and publishes it with one rename (:func:`sidecar.disk.publish`). Failures end in
+the ``failed`` state with a code and a reason; the partial data stays for the next
+attempt to resume unless it cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from streamer import DownloadOptions, ObjectURI, StorageSettings, download
+from streamer.progress import ProgressSnapshot
+from streamer.sizes import format_size
+
+from . import disk
+from .access import BackendPool
+from .blocking import Blocking
+from .config import DaemonConfig
+from .errors import classify
+from .layout import CacheLayout
+from .metrics import CacheMetrics
+from .models import Entry, State
+from .space import Space
+
+log = logging.getLogger(__name__)
+
+
+class Puller:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        layout: CacheLayout,
+        space: Space,
+        backends: BackendPool,
+        metrics: CacheMetrics,
+        blocking: Blocking,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        on_failed: Callable[[Entry], None],
+    ) -> None:
+        self._config = config
+        self._layout = layout
+        self._space = space
+        self._backends = backends
+        self._metrics = metrics
+        self._blocking = blocking
+        self._clock = clock
+        self._monotonic = monotonic
+        self._on_failed = on_failed
+        self._slots = asyncio.Semaphore(config.max_pulls)
+
+    async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings) -> None:
+        """Run one pull to its end (``ready`` or ``failed``); never raises but on cancel."""
+        staging = None
+        started = self._monotonic()
+        try:
+            async with self._slots:
+                await self._space.reserve(entry)
+                entry.state = State.PULLING
+                entry.bump()
+                staging = await self._space.adopt_staging(entry.id)
+                options = DownloadOptions(
+                    include=entry.include, exclude=entry.exclude,
+                    concurrency=self._config.concurrency, chunk_size=self._config.chunk_size,
+                    # The cache outlives pods and reboots: nothing is journaled or
+                    # published before it is on disk.
+                    max_memory=self._config.max_memory, fsync=True)
+                async with self._backends.use(uri, storage) as backend:
+                    report = await download(uri, staging.path, options=options, storage=storage,
+                                           progress=self._progress_to(entry), backend=backend)
+                self._metrics.upstream_bytes.inc(report.bytes_fetched)
+                await self._blocking.state(disk.publish, self._layout, entry, staging)
+                staging = None
+        except asyncio.CancelledError:
+            log.info("pull %s: interrupted by shutdown; its partial data is kept", entry.id)
+            raise
+        except Exception as e:
+            code, _status, message = classify(e)
+            if code == "internal":
+                log.error("pull %s failed", entry.id, exc_info=e)
+            else:
+                log.warning("pull %s: %s failed: %s: %s", entry.id, entry.source, code, message)
+            entry.state = State.FAILED
+            entry.error = (code, message)
+            entry.failed_at = self._clock()
+            self._on_failed(entry)
+            self._metrics.pulls.labels(code).inc()
+            if staging is not None:
+                await self._space.keep_or_discard(staging, code)
+        else:
+            now = self._clock()
+            entry.state = State.READY
+            entry.last_used = now
+            seconds = self._monotonic() - started
+            self._metrics.pulls.labels("ok").inc()
+            self._metrics.pull_seconds.observe(seconds)
+            log.info("pull %s: %s ready in %.1fs (%s fetched, %s)", entry.id, entry.source,
+                     seconds, format_size(report.bytes_fetched), format_size(entry.size))
+            await self._space.evict_superseded(entry)
+        finally:
+            self._space.release(entry.id)
+            entry.bump()
+
+    def _progress_to(self, entry: Entry) -> Callable[[ProgressSnapshot], None]:
+        last = [0.0]
+        interval = self._config.progress_interval
+
+        def update(s: ProgressSnapshot) -> None:
+            p = entry.progress
+            p.bytes_done = entry.size - s.total_bytes + s.done_bytes  # skipped files count
+            p.files_done = len(entry.files) - s.total_files + s.done_files
+            p.rate = s.rate
+            now = self._monotonic()
+            if now - last[0] >= interval:
+                last[0] = now
+                entry.bump()
+
+        return update

@@ -1,0 +1,82 @@
+"""The typed view of the cache API: the documents the daemon answers with.
+
+One definition shared by the service (which builds them), the client and the CLI (which
+read them) and ``docs/openapi-cache.yaml`` (whose schemas of the same names a test checks
+against these, key by key, required or not).
+"""
+
+# No ``from __future__ import annotations``: TypedDict needs evaluated NotRequired[...]
+# to know which keys are required.
+from typing import NotRequired, TypedDict
+
+
+class Progress(TypedDict):
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    rate_bytes_per_s: int
+    eta_s: float | None
+
+
+class Lease(TypedDict):
+    holder: str
+    expires_at: float
+    ttl_seconds: NotRequired[float]
+
+
+class PullError(TypedDict):
+    code: str
+    message: str
+
+
+class Model(TypedDict):
+    """One model version as the API shows it (no credentials, no ETags)."""
+
+    id: str
+    model_id: str
+    version: str
+    source: str
+    include: list[str]
+    exclude: list[str]
+    state: str
+    seq: int
+    size: int
+    files: int
+    created_at: float
+    last_used: float
+    leases: list[Lease]
+    path: NotRequired[str]  # ready only
+    progress: NotRequired[Progress]  # pending or pulling only
+    error: NotRequired[PullError]  # failed only
+
+
+class Ensured(TypedDict):
+    model: Model
+    grant: str
+    outcome: str  # hit, joined, miss
+    lease: NotRequired[Lease]  # when the ensure asked for one
+
+
+class Health(TypedDict):
+    status: NotRequired[str]
+    models: NotRequired[dict[str, int]]
+    used_bytes: NotRequired[int]
+    free_bytes: NotRequired[int]
+    capacity_bytes: NotRequired[int]
+    pid: NotRequired[int]
+
+
+class FileItem(TypedDict):
+    path: str
+    size: int
+
+
+class Eviction(TypedDict):
+    id: str
+    evicted: bool
+    bytes: int
+
+
+# Views documented under components/schemas in docs/openapi-cache.yaml (same names).
+DOCUMENTED: tuple[type, ...] = (Progress, Lease, Model, Ensured, Health)
