@@ -103,6 +103,29 @@ class VersionChangedError(IntegrityError):
         super().__init__(path, f"object changed during download ({detail})")
 
 
+class ObjectSizeError(IntegrityError):
+    """The object's size is not the one the download was planned with (a listing or HEAD
+    that under-reports, or the object replaced by one of another size)."""
+
+    def __init__(self, path: str, *, expected: int, actual: int | None) -> None:
+        self.expected = expected
+        self.actual = actual
+        got = "an unknown size" if actual is None else f"{actual} bytes"
+        super().__init__(path, f"the store now reports {got}; the download was planned "
+                               f"for {expected} bytes")  # fmt: skip
+
+
+class ChecksumMismatchError(IntegrityError):
+    """The bytes written do not match the checksum the store holds for the object."""
+
+    def __init__(self, path: str, *, algorithm: str, expected: str, actual: str) -> None:
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+        super().__init__(path, f"{algorithm} {actual} differs from the store's {expected}; "
+                               "nothing published")  # fmt: skip
+
+
 class SafetensorsError(IntegrityError):
     """A ``.safetensors`` file or its index is malformed."""
 

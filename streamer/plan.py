@@ -48,6 +48,8 @@ def safe_relpath(uri: str, rel: str) -> str:
     norm = posixpath.normpath(rel)
     if rel.startswith("/") or norm.startswith("..") or norm in ("", "."):
         raise InvalidURIError(uri, f"object path {rel!r} would land outside the destination")
+    if any(c < " " or c == "\x7f" for c in rel):
+        raise InvalidURIError(uri, f"object path {rel!r} holds control characters")
     return norm
 
 

@@ -81,7 +81,11 @@ def parse_uri(uri: str) -> ObjectURI:
     if "://" not in uri:
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) and not re.match(r"^[A-Za-z]:[\\/]", uri):
             raise InvalidURIError(uri, "expected SCHEME://... (missing '//')")
-        return ObjectURI("file", "", str(Path(uri).expanduser().absolute()), uri)
+        try:
+            path = Path(uri).expanduser()
+        except RuntimeError as e:  # "~user" naming no user
+            raise InvalidURIError(uri, "cannot expand '~' (no such user)") from e
+        return ObjectURI("file", "", str(path.absolute()), uri)
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme == "file":
@@ -151,5 +155,7 @@ def _parse_hf(uri: str) -> ObjectURI:
 
 
 def _check_key(uri: str, key: str) -> None:
+    if any(c < " " or c == "\x7f" for c in key):
+        raise InvalidURIError(uri, "control characters (NUL, newline, ...) in the object key")
     if any(seg == ".." for seg in key.split("/")):
         raise InvalidURIError(uri, "'..' is not allowed in object keys")

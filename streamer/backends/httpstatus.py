@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import (
     AccessDeniedError,
     ObjectNotFoundError,
+    ObjectSizeError,
     StoreError,
     TransientError,
     VersionChangedError,
@@ -39,13 +40,33 @@ def raise_for_status(
     raise StoreError(uri, f"HTTP {status}", status=status)
 
 
-def check_content_range(uri: str, header: str | None, start: int, end: int) -> None:
-    """A 206 must carry exactly the bytes asked for: ``bytes start-(end-1)/total``."""
-    m = CONTENT_RANGE.match(header or "")
+def check_content_range(
+    uri: str, header: str | None, start: int, end: int, *, total: int | None = None
+) -> None:
+    """A 206 must carry exactly the bytes asked for: ``bytes start-(end-1)/total``.
+
+    With ``total`` (the size the plan was made with), the object's total must be that
+    size too: a store (or a HEAD) that reported fewer bytes than the object holds would
+    otherwise publish a truncated file.
+
+    Raises:
+        TransientError: the range is not the one asked for (a proxy or transport fault).
+        ObjectSizeError: the object's total size is not the planned one.
+    """
+    m = CONTENT_RANGE.match((header or "").strip())
     if not m or int(m.group(1)) != start or int(m.group(2)) != end - 1:
         raise TransientError(
-            uri, f"Content-Range {header!r} does not match the requested bytes {start}-{end - 1}"
-        )
+            uri, f"Content-Range {_short(header)} does not match the requested bytes "
+            f"{start}-{end - 1}"
+        )  # fmt: skip
+    if total is not None and m.group(3) != str(total):
+        actual = None if m.group(3) == "*" else int(m.group(3))
+        raise ObjectSizeError(uri, expected=total, actual=actual)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def check_etag(uri: str, expected: str | None, actual: str | None) -> None:
