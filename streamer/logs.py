@@ -84,10 +84,12 @@ def scrub(text: str) -> str:
 
 
 class SecretFilter(logging.Filter):
-    """Scrubs a record in place: message (arguments merged), traceback, stack, extras."""
+    """Scrubs a record in place: message (arguments merged, newlines escaped), traceback,
+    stack, extras."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        # One record, one line: a key or URI holding a newline cannot forge log lines.
+        record.msg = scrub(record.getMessage()).replace("\r", "\\r").replace("\n", "\\n")
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip()

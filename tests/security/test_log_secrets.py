@@ -199,3 +199,21 @@ def test_daemon_logs_no_tenant_secret_at_debug(origin_process, model_root, tmp_p
     assert_clean(r.output + bad.output, f"init through the daemon ({fmt})")
     assert_clean(logs, f"daemon --debug ({fmt})")
     assert "DEBUG" in logs or '"level": "debug"' in logs
+
+
+def test_a_newline_in_a_logged_value_cannot_forge_a_line():
+    import io
+    import logging
+
+    from streamer.logs import configure
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure("text", stream=stream)
+    try:
+        logging.getLogger("t").info("fetching %s", "m/x.json\n2026-01-01 ERROR forged")
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "\\n2026-01-01 ERROR forged" in lines[0]
