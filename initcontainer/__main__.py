@@ -5,6 +5,11 @@ into one last log line that states the cause (KServe's init containers use
 ``terminationMessagePolicy: FallbackToLogsOnError``, so that line becomes the pod's
 termination message) and an exit code (2 usage, 3 not found, 4 access denied,
 5 integrity, 1 other).
+
+No arguments at all is a logged no-op (exit 0), not a usage error: KServe v0.20 leaves a
+preset's ``storage-initializer`` in the pod without arguments when it has nothing to
+download (an ``oci+native://`` model mounted as an image volume, or
+``spec.storageInitializer.enabled: false``), and the pod must still start.
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     started = time.monotonic()
     fmt = environ.get("WEIGHTSTREAM_LOG_FORMAT", "text")
     configure(fmt if fmt in ("text", "json") else "text")
+    if not argv:
+        log.warning(
+            "weightstream-init: no SRC DST arguments, nothing to download (KServe passes none "
+            "for an oci+native:// model or with storageInitializer.enabled=false); exiting 0"
+        )
+        logging.shutdown()
+        return 0
     try:
         add_secrets(environ.get(k) for k in SECRET_ENV_VARS)
         config = InitConfig.from_args(argv, environ)

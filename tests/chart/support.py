@@ -20,7 +20,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "weightstream"
-FIXTURES = REPO / "tests" / "fixtures" / "kserve"
+KSERVE_FIXTURES = REPO / "tests" / "fixtures" / "kserve"
+# KServe releases with vendored CRDs and well-known configs (tests/fixtures/kserve/<v>/).
+KSERVE_VERSIONS = ("v0.17", "v0.18", "v0.19", "v0.20", "main")
+# main at aaac4e29: the newest, used where one version is enough.
+FIXTURES = KSERVE_FIXTURES / "main"
+KUBECTL = REPO / ".tools" / "bin" / "kubectl"
+KUBECTL_VERSION = "v1.33.0"
+# The KServe APIs the chart renders objects of; `helm template` is told the cluster serves
+# them (as a cluster with KServe installed would say through .Capabilities.APIVersions).
+KSERVE_APIS = (
+    "serving.kserve.io/v1alpha2/LLMInferenceServiceConfig",
+    "serving.kserve.io/v1alpha1/ClusterStorageContainer",
+)
 VALUES_DIR = Path(__file__).resolve().parent / "values"
 EXAMPLES = REPO / "examples"
 HELM = REPO / ".tools" / "bin" / "helm"
@@ -290,3 +302,32 @@ def iter_containers(pod_spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def go_regex_matches(pattern: str, text: str) -> bool:
     """KServe matches supportedUriFormats regexes with Go's regexp.MatchString (search)."""
     return re.search(pattern, text) is not None
+
+
+# --- the chart's LLMInferenceServiceConfig presets -----------------------------------
+
+# Where each preset's pod patch sits in the spec (see the chart's values.yaml).
+PRESET_POD_PATHS = {
+    "": ("template",),
+    "-prefill": ("prefill", "template"),
+    "-worker": ("worker",),
+    "-prefill-worker": ("prefill", "worker"),
+}
+
+
+def preset_pod_spec(preset: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec a preset patches, wherever it sits (template, prefill, worker)."""
+    specs = []
+    for path in PRESET_POD_PATHS.values():
+        node: Any = preset["spec"]
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            specs.append(node)
+    assert len(specs) == 1, f"{preset['metadata']['name']}: {len(specs)} pod specs"
+    return specs[0]
+
+
+def main_preset(objs: Iterable[dict[str, Any]], name: str = "weightstream") -> dict[str, Any]:
+    """The `spec.template` preset (single-node, decode and leader pods)."""
+    return find(objs, "LLMInferenceServiceConfig", name)

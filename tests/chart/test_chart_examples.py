@@ -43,7 +43,7 @@ def test_llminferenceservice_validates_against_crd(crds):
 
 def test_llminferenceservice_references_the_preset(render):
     obj = _one(LLMISVC)
-    preset = find(render(None), "LLMInferenceServiceConfig")
+    preset = find(render(None), "LLMInferenceServiceConfig", "weightstream")
     assert {"name": preset["metadata"]["name"]} in obj["spec"]["baseRefs"]
     # The example leaves storage to the preset: no init container or cache volume of its own.
     template = obj["spec"].get("template", {})
@@ -79,16 +79,44 @@ def test_inferenceservice_cache_volume_matches_chart(render):
     "s3://bucket/llama",
     "gs://bucket/llama",
     "hf://meta-llama/Llama-3.1-8B",
+    "az://container/llama",
     "https://account.blob.core.windows.net/container/llama",
-    "https://example.com/models/llama.tar.gz",
 ])
 def test_supported_uri_formats(render, uri):
     csc = find(render(None), "ClusterStorageContainer", "weightstream")["spec"]
     assert _uri_supported(csc["supportedUriFormats"], uri)
 
 
-@pytest.mark.parametrize("uri", ["pvc://claim/llama", "oci://registry/llama:1"])
+# issue 13: plain http(s) is claimed only for the hosts listed in httpHosts (KServe's own
+# initializer keeps Azure File shares, `<host>-headers` sources, git and other hosts).
+HTTP_HOSTS = "kserve.clusterStorageContainer.httpHosts={models.example.com,mirror.internal:8443}"
+
+
+@pytest.mark.parametrize("uri", [
+    "https://models.example.com/llama/model.tar.gz",
+    "http://models.example.com/llama",
+    "https://mirror.internal:8443/llama",
+])
+def test_listed_http_hosts_are_claimed(render, uri):
+    csc = find(render(None, HTTP_HOSTS), "ClusterStorageContainer", "weightstream")["spec"]
+    assert _uri_supported(csc["supportedUriFormats"], uri)
+    assert not _uri_supported(
+        find(render(None), "ClusterStorageContainer", "weightstream")["spec"][
+            "supportedUriFormats"], uri)
+
+
+@pytest.mark.parametrize("uri", [
+    "pvc://claim/llama",
+    "oci://registry/llama:1",
+    "https://example.com/models/llama.tar.gz",
+    "https://account.file.core.windows.net/share/llama",
+    "https://github.com/org/model.git",
+    "https://models.example.com.evil.net/llama",
+    "http://evil.net/?u=https://account.blob.core.windows.net/c/llama",
+    "webhdfs://namenode:9870/models/llama",
+])
 def test_unsupported_uri_formats(render, uri):
-    """pvc:// is mounted by KServe itself and oci:// is a modelcar: not ours."""
-    csc = find(render(None), "ClusterStorageContainer", "weightstream")["spec"]
+    """pvc:// is mounted by KServe, oci:// is a modelcar, and unlisted hosts, Azure File
+    shares and look-alike hosts stay with KServe's own initializer."""
+    csc = find(render(None, HTTP_HOSTS), "ClusterStorageContainer", "weightstream")["spec"]
     assert not _uri_supported(csc["supportedUriFormats"], uri)

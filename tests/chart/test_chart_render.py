@@ -17,6 +17,7 @@ import pytest
 from .conftest import run_helm
 from .support import (
     CHART,
+    KSERVE_APIS,
     SERVICE_MONITOR_SCHEMA,
     VALUE_SETS,
     VALUES_DIR,
@@ -108,7 +109,8 @@ def test_kubernetes_validate_cli_strict(helm, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         # custom resources have no built-in schema: they are checked against the CRDs
         warned = proc.stdout.count("WARN")
-        assert warned == 3, proc.stdout  # 2 ClusterStorageContainers + 1 preset
+        # 2 ClusterStorageContainers + 4 presets (template, prefill, worker, prefill-worker)
+        assert warned == 6, proc.stdout
 
 
 def test_kubernetes_validate_rejects_unknown_fields(render):
@@ -143,8 +145,9 @@ def test_notes_render(helm, tmp_path):
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
         'data:\n  notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n'
     )
+    apis = [a for api in KSERVE_APIS for a in ("--api-versions", api)]
     result = run_helm(helm, "template", "ws", str(chart), "--show-only",
-                      "templates/notes-probe.yaml", "--namespace", "weightstream-system")
+                      "templates/notes-probe.yaml", "--namespace", "weightstream-system", *apis)
     assert result.returncode == 0, result.stderr
     assert "baseRefs" in result.stdout
     assert "rollout status daemonset/ws-weightstream" in result.stdout

@@ -19,7 +19,15 @@ from initcontainer.config import InitConfig
 from sidecar.config import DaemonConfig, add_serve_arguments
 from streamer.sizes import parse_size
 
-from .support import CHART, VALUE_SETS, VALUES_DIR, container, find, find_all
+from .support import (
+    CHART,
+    VALUE_SETS,
+    VALUES_DIR,
+    container,
+    find,
+    find_all,
+    preset_pod_spec,
+)
 
 pytestmark = pytest.mark.helm
 
@@ -95,8 +103,8 @@ def test_init_container_accepts_rendered_env(render, values):
     v = _values(values)
     inits = []
     for preset in find_all(objs, "LLMInferenceServiceConfig"):
-        inits.append(("preset", container(preset["spec"]["template"]["initContainers"],
-                                          "storage-initializer"), True))
+        inits.append((preset["metadata"]["name"], container(
+            preset_pod_spec(preset)["initContainers"], "storage-initializer"), True))
     for csc in find_all(objs, "ClusterStorageContainer"):
         node_cache = (csc["spec"]["workloadType"] == "initContainer"
                       and v["kserve"]["clusterStorageContainer"]["nodeCache"])

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from .gotemplate import go_names
+from .gotemplate import render as go_render
 from .support import (
     FIXTURES,
     REPO,
@@ -30,7 +32,9 @@ from .support import (
     find_all,
     llm_template_main_command,
     load_yaml_docs,
+    main_preset,
     mount,
+    preset_pod_spec,
     volume,
 )
 
@@ -98,24 +102,26 @@ def test_daemon_cache_root_and_socket(render, values):
 def test_preset_mounts_match_daemon(render, values):
     objs = render(values)
     presets = find_all(objs, "LLMInferenceServiceConfig")
+    assert len(presets) == 4  # template, prefill.template, worker, prefill.worker
     root, socket = _daemon_cache(objs)
-    template = presets[0]["spec"]["template"]
+    for preset in presets:
+        template = preset_pod_spec(preset)
 
-    assert volume(template["volumes"], CACHE_VOLUME)["hostPath"] == {
-        "path": root, "type": "DirectoryOrCreate",
-    }
-    init = container(template["initContainers"], "storage-initializer")
-    main = container(template["containers"], "main")
-    for c in (init, main):
-        m = mount(c, CACHE_VOLUME)
-        assert m["mountPath"] == root, c["name"]
-        assert m["readOnly"] is True, c["name"]
+        assert volume(template["volumes"], CACHE_VOLUME)["hostPath"] == {
+            "path": root, "type": "DirectoryOrCreate",
+        }
+        init = container(template["initContainers"], "storage-initializer")
+        main = container(template["containers"], "main")
+        for c in (init, main):
+            m = mount(c, CACHE_VOLUME)
+            assert m["mountPath"] == root, c["name"]
+            assert m["readOnly"] is True, c["name"]
 
-    env = env_map(init)
-    assert env["WEIGHTSTREAM_CACHE_SOCKET"] == socket
-    assert posixpath.dirname(env["WEIGHTSTREAM_CACHE_SOCKET"]) == root
-    assert env["WEIGHTSTREAM_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
-    assert env["WEIGHTSTREAM_CACHE_MODE"] == _values(values)["initContainer"]["cacheMode"]
+        env = env_map(init)
+        assert env["WEIGHTSTREAM_CACHE_SOCKET"] == socket
+        assert posixpath.dirname(env["WEIGHTSTREAM_CACHE_SOCKET"]) == root
+        assert env["WEIGHTSTREAM_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+        assert env["WEIGHTSTREAM_CACHE_MODE"] == _values(values)["initContainer"]["cacheMode"]
 
 
 @pytest.mark.parametrize("values", PRESET_SETS, ids=_ids)
@@ -127,13 +133,20 @@ def test_preset_does_not_collide_with_kserve_template(render, values):
     kserve_main = container(well_known["containers"], "main")
     taken_paths = {m["mountPath"] for m in kserve_main["volumeMounts"]} | {"/mnt/models"}
 
-    template = presets[0]["spec"]["template"]
-    assert {v["name"] for v in template["volumes"]}.isdisjoint(taken_volumes)
-    root = volume(template["volumes"], CACHE_VOLUME)["hostPath"]["path"]
-    for path in taken_paths:
-        assert not (root == path or root.startswith(path + "/") or path.startswith(root + "/"))
-    # KServe renders configs as Go templates before merging them.
-    assert "{{" not in json.dumps(presets[0])
+    for preset in presets:
+        template = preset_pod_spec(preset)
+        assert {v["name"] for v in template["volumes"]}.isdisjoint(taken_volumes)
+        root = volume(template["volumes"], CACHE_VOLUME)["hostPath"]["path"]
+        for path in taken_paths:
+            assert not (root == path or root.startswith(path + "/")
+                        or path.startswith(root + "/"))
+        # KServe executes the merged config as a Go template over the service (issue 13:
+        # the presets now carry actions of their own, for the `distributed` condition):
+        # each renders, and nothing of Helm's is left for KServe to trip over.
+        rendered = go_render(json.dumps(preset), {"Spec": go_names(
+            {"model": {"uri": "s3://models/llama", "name": "llama"}})})
+        assert "{{" not in rendered
+        json.loads(rendered)
 
 
 def test_cluster_storage_containers(render):
@@ -152,7 +165,8 @@ def test_cluster_storage_containers(render):
         prefixes = {f["prefix"] for f in formats if "prefix" in f}
         assert {"s3://", "gs://", "hf://"} <= prefixes
         assert any("blob" in f.get("regex", "") for f in formats)
-        assert any(f.get("regex", "").startswith("https?://") for f in formats)
+        # issue 13: only what weightstream serves; plain http(s) only for listed hosts
+        assert all(f["regex"].startswith("^https://") for f in formats if "regex" in f)
         # No node cache by default: a pod without the hostPath volume would be rejected.
         assert "volumeMounts" not in spec["container"]
         assert "WEIGHTSTREAM_CACHE_SOCKET" not in env_map(spec["container"])
@@ -177,7 +191,8 @@ def test_entry_points_match_pyproject(render):
     assert daemon["command"][0] in SCRIPTS
     assert "weightstream-init" in SCRIPTS
     assert SCRIPTS["weightstream-init"].startswith("initcontainer")
-    preset = find(objs, "LLMInferenceServiceConfig")["spec"]["template"]
+    # merge mode (KServe v0.20, the default): KServe supplies the arguments.
+    preset = main_preset(objs)["spec"]["template"]
     init = container(preset["initContainers"], "storage-initializer")
     assert "command" not in init and "args" not in init
 
@@ -210,7 +225,7 @@ def test_one_image_everywhere(render, values):
         if obj["kind"] == "DaemonSet":
             spec = obj["spec"]["template"]["spec"]
         elif obj["kind"] == "LLMInferenceServiceConfig":
-            spec = obj["spec"]["template"]
+            spec = preset_pod_spec(obj)
             images.add(container(spec["initContainers"], "storage-initializer")["image"])
             continue
         elif obj["kind"] == "ClusterStorageContainer":
@@ -250,7 +265,7 @@ def test_configmap_matches_interfaces(render, values):
 
 def test_sizes_print_as_integers(render):
     objs = render("custom-cache.yaml")
-    env = env_map(container(find(objs, "LLMInferenceServiceConfig")["spec"]["template"][
+    env = env_map(container(main_preset(objs, "weightstream-nvme")["spec"]["template"][
         "initContainers"], "storage-initializer"))
     assert env["WEIGHTSTREAM_CHUNK_SIZE"] == "33554432"
     assert env["WEIGHTSTREAM_CONCURRENCY"] == "32"
@@ -420,9 +435,18 @@ def _run_main_command(tmp_path: Path, env: dict[str, str]) -> list[str]:
     return json.loads(out.read_text())
 
 
+def _kserve_rendered(preset: dict[str, Any], spec: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The preset as KServe's ReplaceVariables renders it for a service with ``spec``."""
+    spec = spec or {"model": {"uri": "s3://models/llama", "name": "llama"}}
+    return json.loads(go_render(json.dumps(preset), {"Spec": go_names(spec)}))
+
+
 @pytest.mark.parametrize("values", [None, "custom-cache.yaml"], ids=_ids)
 def test_vllm_receives_runai_streamer_args(render, values, tmp_path):
-    preset = find(render(values), "LLMInferenceServiceConfig")
+    objs = render(values)
+    name = _values(values)["kserve"]["llmPreset"]["name"]
+    preset = _kserve_rendered(main_preset(objs, name))
     main = container(preset["spec"]["template"]["containers"], "main")
     env = {k: v for k, v in env_map(main).items() if isinstance(v, str)}
     argv = _run_main_command(tmp_path, env)
@@ -433,7 +457,10 @@ def test_vllm_receives_runai_streamer_args(render, values, tmp_path):
     j = argv.index("--model-loader-extra-config")
     extra = json.loads(argv[j + 1])
     assert set(extra) <= VLLM_LOADER_KEYS
-    assert extra == _values(values)["kserve"]["llmPreset"]["vllm"]["loaderExtraConfig"]
+    expected = dict(_values(values)["kserve"]["llmPreset"]["vllm"]["loaderExtraConfig"])
+    if expected.get("distributed") == "auto":  # issue 15: only for TP/PP services
+        del expected["distributed"]
+    assert extra == expected
 
     streamer_env = _values(values)["kserve"]["llmPreset"]["vllm"]["streamerEnv"]
     assert {k: v for k, v in env.items() if k.startswith("RUNAI_STREAMER_")} == {
@@ -442,7 +469,7 @@ def test_vllm_receives_runai_streamer_args(render, values, tmp_path):
 
 
 def test_vllm_args_absent_without_streamer(render, tmp_path):
-    preset = find(render("no-streamer.yaml"), "LLMInferenceServiceConfig")
+    preset = main_preset(render("no-streamer.yaml"))
     main = container(preset["spec"]["template"]["containers"], "main")
     assert "env" not in main
     argv = _run_main_command(tmp_path, {})
@@ -450,7 +477,7 @@ def test_vllm_args_absent_without_streamer(render, tmp_path):
 
 
 def test_vllm_args_are_shell_quoted(render):
-    preset = find(render(None), "LLMInferenceServiceConfig")
+    preset = _kserve_rendered(main_preset(render(None)))
     main = container(preset["spec"]["template"]["containers"], "main")
     words = shlex.split(env_map(main)["VLLM_ADDITIONAL_ARGS"])
     assert words[:3] == ["--load-format", "runai_streamer", "--model-loader-extra-config"]

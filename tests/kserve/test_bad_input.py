@@ -14,7 +14,6 @@ from tests.support.origin import Fault
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        ([], "even number of arguments"),
         (["s3://bkt/m"], "even number of arguments"),
         (["s3://bkt/m", "/tmp/x", "s3://bkt/n"], "even number of arguments"),
         (["ftp://host/model", "DST"], "unsupported URI scheme 'ftp'"),
@@ -32,6 +31,14 @@ def test_usage_errors_exit_2(args, needle, moto_env, run_init, tmp_path):
     line = last_line(r)
     assert "weightstream-init failed:" in line and needle in line
     assert not (tmp_path / "dst").exists()
+
+
+def test_no_arguments_is_a_logged_no_op(moto_env, run_init):
+    """KServe v0.20 leaves the preset's init container without arguments for oci+native://
+    models and with storageInitializer.enabled=false: the pod must start (issue 13)."""
+    r = run_init(env=moto_env())
+    assert r.returncode == 0, r.output
+    assert "nothing to download" in last_line(r)
 
 
 @pytest.mark.parametrize(

@@ -165,20 +165,3 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
-
-{{/*
-vLLM arguments for the `main` container, as one shell-quoted string. KServe's main
-container runs `eval "exec vllm serve /mnt/models ... ${VLLM_ADDITIONAL_ARGS} $@"`, so the
-JSON is wrapped in single quotes to survive that eval.
-*/}}
-{{- define "weightstream.vllmArgs" -}}
-{{- $vllm := .Values.kserve.llmPreset.vllm }}
-{{- if $vllm.runaiStreamer }}
-{{- $args := list "--load-format" "runai_streamer" }}
-{{- if $vllm.loaderExtraConfig }}
-{{- $args = append $args "--model-loader-extra-config" }}
-{{- $args = append $args (printf "'%s'" (toJson $vllm.loaderExtraConfig)) }}
-{{- end }}
-{{- join " " $args }}
-{{- end }}
-{{- end }}

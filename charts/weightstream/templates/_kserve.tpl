@@ -1,0 +1,242 @@
+{{/*
+KServe helpers: API checks, the LLMInferenceServiceConfig pod patches and the vLLM flags.
+
+KServe renders every LLMInferenceServiceConfig as a Go template (after merging, over the
+service object) before it builds pods. Text meant for that second rendering is written
+here with $o / $c (the two delimiters) so Helm prints it unchanged.
+*/}}
+
+{{/*
+Fail unless the cluster serves `api` (group/version/kind); `value` names the value that
+turns the object off.
+*/}}
+{{- define "weightstream.kserve.requireApi" -}}
+{{- if not (.root.Capabilities.APIVersions.Has .api) }}
+{{- fail (printf "this cluster does not serve %s, which %s=true renders (%s). Install a KServe version that serves it (docs/chart.md, \"Supported KServe versions\") or set %s=false." .api .value .why .value) }}
+{{- end }}
+{{- end }}
+
+{{/*
+`own` or `merge`: how the presets provide the storage-initializer (values.yaml
+kserve.llmPreset.initContainer). `merge` needs KServe v0.20 or newer.
+*/}}
+{{- define "weightstream.llmInitMode" -}}
+{{- $version := .Values.kserve.version }}
+{{- $mode := .Values.kserve.llmPreset.initContainer }}
+{{- $old := has $version (list "v0.17" "v0.18" "v0.19") }}
+{{- if eq $mode "auto" }}
+{{- ternary "own" "merge" $old }}
+{{- else if and (eq $mode "merge") $old }}
+{{- fail (printf "kserve.llmPreset.initContainer=merge needs KServe v0.20 or newer: KServe %s adds its own storage-initializer beside (v0.17, v0.18) or instead of (v0.19) the preset's. Set kserve.llmPreset.initContainer=own (or auto), or kserve.version to the KServe you run." $version) }}
+{{- else }}
+{{- $mode }}
+{{- end }}
+{{- end }}
+
+{{/*
+The KServe template condition under which runai's `distributed` mode is set: the
+service (or, for prefill pods, its prefill section) sets a tensor or pipeline size.
+*/}}
+{{- define "weightstream.parallelCondition" -}}
+{{- if has .role (list "prefill" "prefill-worker") -}}
+and .Spec.Prefill .Spec.Prefill.Parallelism (or .Spec.Prefill.Parallelism.Tensor .Spec.Prefill.Parallelism.Pipeline)
+{{- else -}}
+and .Spec.Parallelism (or .Spec.Parallelism.Tensor .Spec.Parallelism.Pipeline)
+{{- end }}
+{{- end }}
+
+{{/*
+--model-loader-extra-config JSON for the chosen load format, or "" for none.
+runai_streamer with `distributed: auto` carries a KServe template condition.
+*/}}
+{{- define "weightstream.loaderConfigJson" -}}
+{{- $o := "{{" }}{{- $c := "}}" }}
+{{- $vllm := .root.Values.kserve.llmPreset.vllm }}
+{{- if eq $vllm.loadFormat "weightstream" }}
+{{- with $vllm.weightstreamLoaderConfig }}{{ toJson . }}{{ end }}
+{{- else if eq $vllm.loadFormat "runai_streamer" }}
+{{- with $vllm.loaderExtraConfig }}
+{{- $auto := and (hasKey . "distributed") (eq (toString (index . "distributed")) "auto") }}
+{{- if $auto }}
+{{- $rest := toJson (omit . "distributed") }}
+{{- $sep := ternary "" "," (eq $rest "{}") }}
+{{- /* "{ {{- if" and not "{{{ if": KServe's lexer would read "{{{" as an action */}}
+{{- printf "%s %s- if %s %s%s\"distributed\":true%s end %s}" (trimSuffix "}" $rest) $o (include "weightstream.parallelCondition" $) $c $sep $o $c }}
+{{- else }}
+{{- toJson . }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+vLLM flags as a JSON list of words (unquoted), or "[]".
+*/}}
+{{- define "weightstream.vllmFlags" -}}
+{{- $vllm := .root.Values.kserve.llmPreset.vllm }}
+{{- $words := list }}
+{{- if $vllm.loadFormat }}
+{{- $words = list "--load-format" $vllm.loadFormat }}
+{{- $json := include "weightstream.loaderConfigJson" . }}
+{{- if $json }}
+{{- $words = concat $words (list "--model-loader-extra-config" $json) }}
+{{- end }}
+{{- end }}
+{{- toJson $words }}
+{{- end }}
+
+{{/*
+true on KServe v0.17, whose single-node, decode and prefill templates run `vllm serve` as
+a plain argv (VLLM_ADDITIONAL_ARGS is not read there), while its multi-node templates run
+`eval "vllm serve ... ${VLLM_ADDITIONAL_ARGS} $@"`. The same preset patches both (a
+multi-node leader is spec.template too), so on v0.17 `main` gets `args: [--load-format,
+<format>]`, words that survive both an argv and an eval, besides VLLM_ADDITIONAL_ARGS, and
+runai's concurrency and memory limit also as RUNAI_STREAMER_* variables.
+*/}}
+{{- define "weightstream.argvTemplates" -}}
+{{- if eq .Values.kserve.version "v0.17" }}true{{ end }}
+{{- end }}
+
+{{/*
+Image of `main` for the weightstream load format ("" keeps KServe's).
+*/}}
+{{- define "weightstream.vllmImage" -}}
+{{- $vllm := .Values.kserve.llmPreset.vllm }}
+{{- if and (eq $vllm.loadFormat "weightstream") $vllm.image.repository }}
+{{- $tag := default .Chart.AppVersion $vllm.image.tag }}
+{{- if $vllm.image.digest }}
+{{- printf "%s:%s@%s" $vllm.image.repository $tag $vllm.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $vllm.image.repository $tag }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the volume at /mnt/models in `own` mode: KServe's own name, so that a service
+that turns the initializer back on (v0.20+) gets no second mount at that path.
+*/}}
+{{- define "weightstream.modelVolumeName" -}}
+kserve-provision-location
+{{- end }}
+
+{{/*
+The pod patch of one role (`decode`, `prefill`, `worker`, `prefill-worker`): KServe merges
+it over the well-known template by container name (strategic merge), so it only names
+the `storage-initializer` init container and the `main` container.
+*/}}
+{{- define "weightstream.llmPodPatch" -}}
+{{- $root := .root }}
+{{- $o := "{{" }}{{- $c := "}}" }}
+{{- $own := eq .mode "own" }}
+{{- $preset := $root.Values.kserve.llmPreset }}
+{{- $flags := include "weightstream.vllmFlags" . | fromJsonArray }}
+{{- $argv := include "weightstream.argvTemplates" $root }}
+{{- $format := $preset.vllm.loadFormat }}
+{{- $env := dict }}
+{{- if and $argv (eq $format "runai_streamer") }}
+{{- range $key, $name := dict "concurrency" "RUNAI_STREAMER_CONCURRENCY" "memory_limit" "RUNAI_STREAMER_MEMORY_LIMIT" }}
+{{- if hasKey $preset.vllm.loaderExtraConfig $key }}
+{{- $_ := set $env $name (index $preset.vllm.loaderExtraConfig $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $env = merge (deepCopy $preset.vllm.streamerEnv) $env }}
+{{- $image := include "weightstream.vllmImage" $root }}
+initContainers:
+  - name: storage-initializer
+    image: {{ include "weightstream.image" $root | quote }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    {{- if $own }}
+    # KServe renders the model URI (the service's spec.model.uri) into the first argument.
+    args:
+      - {{ printf "%s .Spec.Model.URI %s" $o $c | quote }}
+      - /mnt/models
+    terminationMessagePolicy: FallbackToLogsOnError
+    {{- with $preset.credentialsSecret }}
+    envFrom:
+      - secretRef:
+          name: {{ . }}
+    {{- end }}
+    {{- end }}
+    env:
+      {{- include "weightstream.initEnv" (dict "root" $root "nodeCache" true) | trim | nindent 6 }}
+    resources:
+      {{- toYaml $root.Values.initContainer.resources | nindent 6 }}
+    securityContext:
+      {{- include "weightstream.initSecurityContext" $root | nindent 6 }}
+    volumeMounts:
+      {{- include "weightstream.cacheMountReadOnly" $root | nindent 6 }}
+      {{- if $own }}
+      - name: {{ include "weightstream.modelVolumeName" $root }}
+        mountPath: /mnt/models
+      {{- end }}
+containers:
+  - name: main
+    {{- with $image }}
+    image: {{ . | quote }}
+    {{- end }}
+    {{- if and $format $argv }}
+    # KServe v0.17's single-node templates run `vllm serve /mnt/models ...` as a plain
+    # argv and do not read VLLM_ADDITIONAL_ARGS: the load format is appended here.
+    args:
+      - --load-format
+      - {{ $format }}
+    {{- end }}
+    {{- if or $flags $env }}
+    env:
+      {{- if $flags }}
+      # Appended to `vllm serve /mnt/models` by the template's command (through eval, so
+      # the JSON is single-quoted).
+      - name: VLLM_ADDITIONAL_ARGS
+        value: {{ include "weightstream.shellWords" $flags | quote }}
+      {{- end }}
+      {{- range $name, $value := $env }}
+      - name: {{ $name }}
+        value: {{ include "weightstream.scalar" $value | quote }}
+      {{- end }}
+    {{- end }}
+    volumeMounts:
+      # Same path as on the node and in the init container: the links the init
+      # container writes into /mnt/models point here.
+      {{- include "weightstream.cacheMountReadOnly" $root | nindent 6 }}
+      {{- if $own }}
+      - name: {{ include "weightstream.modelVolumeName" $root }}
+        mountPath: /mnt/models
+        readOnly: true
+      {{- end }}
+volumes:
+  {{- include "weightstream.cacheVolume" $root | nindent 2 }}
+  {{- if $own }}
+  - name: {{ include "weightstream.modelVolumeName" $root }}
+    emptyDir: {}
+  {{- end }}
+{{- end }}
+
+{{/*
+Words joined for a shell that evaluates them: a word with JSON in it is single-quoted.
+*/}}
+{{- define "weightstream.shellWords" -}}
+{{- $out := list }}
+{{- range . }}
+{{- if hasPrefix "{" . }}
+{{- $out = append $out (printf "'%s'" .) }}
+{{- else }}
+{{- $out = append $out . }}
+{{- end }}
+{{- end }}
+{{- join " " $out }}
+{{- end }}
+
+{{/*
+supportedUriFormats of the ClusterStorageContainers: the configured list plus one anchored
+regex per host in httpHosts (KServe matches with Go's regexp.MatchString, a search).
+*/}}
+{{- define "weightstream.supportedUriFormats" -}}
+{{- $csc := .Values.kserve.clusterStorageContainer }}
+{{- $formats := $csc.supportedUriFormats }}
+{{- range $csc.httpHosts }}
+{{- $formats = append $formats (dict "regex" (printf "^https?://%s/.+" (regexQuoteMeta .))) }}
+{{- end }}
+{{- toYaml $formats }}
+{{- end }}
