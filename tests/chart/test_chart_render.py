@@ -152,3 +152,7 @@ def test_notes_render(helm, tmp_path):
     assert "baseRefs" in result.stdout
     assert "rollout status daemonset/ws-weightstream" in result.stdout
     assert "pod-security.kubernetes.io/enforce=privileged" in result.stdout
+    # issue 13: the supported-versions table and the presets per topology
+    assert "v0.17 - v0.19" in result.stdout and "not served" in result.stdout
+    assert "weightstream-prefill" in result.stdout and "weightstream-worker" in result.stdout
+    assert "set kserve.llmPreset.initContainer=own for those" in result.stdout  # v0.20 default

@@ -40,6 +40,13 @@ def _args(name: str) -> list[str]:
     return [rest for word, rest in INSTRUCTIONS if word == name]
 
 
+def _stage(name: str) -> str:
+    """The text of one build stage (from its FROM line to the next FROM)."""
+    parts = re.split(r"^(?=FROM )", DOCKERFILE, flags=re.M)
+    (stage,) = [p for p in parts if re.match(rf"FROM \S+ AS {name}\s*$", p.splitlines()[0])]
+    return stage
+
+
 def _pip_installs(text: str) -> list[str]:
     """Targets of `pip install` commands (quotes removed), e.g. `.[backends]`."""
     return [
@@ -50,15 +57,15 @@ def _pip_installs(text: str) -> list[str]:
 
 def test_multi_stage_with_slim_python_base():
     froms = _args("FROM")
-    assert len(froms) == 2
-    assert froms[0].endswith("AS builder") and froms[1].endswith("AS runtime")
+    # issue 13 adds the `vllm` target; `runtime` stays last, so it is the default image
+    assert [f.split()[-1] for f in froms] == ["builder", "vllm", "runtime"]
     base = dict(re.findall(r"(\w+)=(\S+)", " ".join(_args("ARG"))))["PYTHON_IMAGE"]
     # An exact patch release that carries the fixed tarfile (CVE-2025-4517: 3.11.13+),
     # never a floating tag.
     m = re.fullmatch(r"python:3\.11\.(\d+)-slim-bookworm(@sha256:[0-9a-f]{64})?", base)
     assert m and int(m.group(1)) >= 13, base
     # The venv copied from the builder links to the builder's interpreter: same base.
-    assert all(f.startswith("${PYTHON_IMAGE} ") for f in froms)
+    assert all(f.startswith("${PYTHON_IMAGE} ") for f in (froms[0], froms[2]))
     assert "COPY --from=builder /opt/weightstream /opt/weightstream" in DOCKERFILE
 
 
@@ -76,7 +83,7 @@ def test_every_named_entry_point_exists():
 
 
 def test_installs_package_with_existing_extras():
-    (target,) = _pip_installs(DOCKERFILE)
+    (target,) = _pip_installs(_stage("builder"))
     m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", target)
     assert m, f"the image must install the source tree itself, got {target!r}"
     extras = set(filter(None, (m.group(1) or "").split(",")))
@@ -119,7 +126,7 @@ def test_installs_the_way_the_readme_does():
         if (e := _extras(t)) is not None
     ]
     assert documented, "README.md (and the scripts it runs) install no weightstream"
-    (target,) = _pip_installs(DOCKERFILE)
+    (target,) = _pip_installs(_stage("builder"))
     wanted = _extras(target)
     assert wanted is not None
     assert any(wanted <= extras for extras in documented), (
@@ -154,3 +161,24 @@ def test_runs_as_the_daemons_user():
     pod = values["daemon"]["podSecurityContext"]
     assert (uid, gid) == (pod["runAsUser"], pod["runAsGroup"]) == (1000, 1000)
     assert "--uid 1000" in DOCKERFILE and "--gid 1000" in DOCKERFILE
+
+
+def test_vllm_target_installs_weightstream_with_its_plugin():
+    """`--target vllm`: a vLLM image with this tree's wheel and the [vllm] extras, checked
+    at build time through vLLM's plugin entry point group (issue 13)."""
+    stage = _stage("vllm")
+    base = dict(re.findall(r"(\w+)=(\S+)", " ".join(_args("ARG"))))["VLLM_IMAGE"]
+    assert base.startswith("vllm/vllm-openai:v0.33")
+    assert stage.startswith("FROM ${VLLM_IMAGE} AS vllm")
+    assert "pip wheel --no-deps --wheel-dir /wheels ." in _stage("builder")
+    assert "COPY --from=builder /wheels " in stage
+    targets = _pip_installs(re.sub(r"\\\n", " ", stage))
+    assert targets and all(t.rstrip(";\"'") == "${whl}[vllm]" for t in targets)
+    assert "vllm" in EXTRAS
+    group, name = "vllm.general_plugins", "weightstream"
+    assert PYPROJECT["project"]["entry-points"][group][name] == "streamer.vllm_plugin:register"
+    assert f"group='{group}'" in stage and f"e.name == '{name}'" in stage
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["kserve"]["llmPreset"]["vllm"]["image"]["repository"].endswith(
+        "/weightstream-vllm")
+    assert "--target vllm -t ghcr.io/weightstream/weightstream-vllm" in DOCKERFILE
