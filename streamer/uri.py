@@ -5,6 +5,7 @@ Accepted forms::
     s3://bucket/prefix          gs://bucket/prefix          az://container/prefix
     hf://org/model[@revision]   http(s)://host[:port]/path  file:///abs/path, ./rel/path
     https://<account>.blob.core.windows.net/<container>/<path>   (Azure Blob)
+    webhdfs://namenode[:port]/path   hdfs://namenode[:port]/path   (through fsspec)
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .errors import InvalidURIError, UnsupportedSchemeError, strip_secrets
 
 OBJECT_STORE_SCHEMES = ("s3", "gs", "az", "hf")
 HTTP_SCHEMES = ("http", "https")
+# Schemes with no native backend, served through fsspec (streamer/backends/fsspec.py):
+# remote filesystems only; their "bucket" is the server's host[:port].
+FSSPEC_SCHEMES = ("webhdfs", "swebhdfs", "hdfs")
 _AZURE_BLOB_HOST = re.compile(r"^(?P<account>[a-z0-9]{3,24})\.blob\.core\.windows\.net$")
 # S3 bucket names: 3-63 chars, lowercase, digits, dots, hyphens (we also accept the
 # legacy underscore form some on-prem stores allow).
@@ -29,9 +33,10 @@ class ObjectURI:
     """A parsed source location.
 
     Attributes:
-        scheme: ``s3``, ``gs``, ``az``, ``hf``, ``http``, ``https`` or ``file``.
+        scheme: ``s3``, ``gs``, ``az``, ``hf``, ``http``, ``https``, ``file``, or one of
+            :data:`FSSPEC_SCHEMES`.
         bucket: bucket / container / repository id; for http(s) the ``scheme://host:port``
-            origin; empty for ``file``.
+            origin; for the fsspec schemes the server's ``host[:port]``; empty for ``file``.
         key: the object key or prefix inside the bucket (no leading slash); for ``file``
             the absolute path.
         raw: the string as the user gave it.
@@ -96,6 +101,8 @@ def parse_uri(uri: str) -> ObjectURI:
         return ObjectURI("file", "", unquote(parts.path), uri)
     if scheme in HTTP_SCHEMES:
         return _parse_http(uri, parts)
+    if scheme in FSSPEC_SCHEMES:
+        return _parse_fsspec(uri, parts)
     if scheme not in OBJECT_STORE_SCHEMES:
         raise UnsupportedSchemeError(scheme, hint=f"in {redact(uri)!r}")
     if scheme == "hf":
@@ -112,6 +119,22 @@ def parse_uri(uri: str) -> ObjectURI:
     key = unquote(parts.path).lstrip("/")
     _check_key(uri, key)
     return ObjectURI(scheme, bucket, key, uri)
+
+
+def _parse_fsspec(uri: str, parts) -> ObjectURI:
+    if not parts.hostname:
+        raise InvalidURIError(uri, "missing host")
+    if "@" in parts.netloc:
+        raise InvalidURIError(uri, "credentials do not go in the URI (FSSPEC_<SCHEME>_USER)")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise InvalidURIError(uri, "invalid port") from e
+    if parts.query or parts.fragment:
+        raise InvalidURIError(uri, "query strings and fragments are not allowed")
+    key = unquote(parts.path).lstrip("/")
+    _check_key(uri, key)
+    return ObjectURI(parts.scheme.lower(), origin_netloc(parts.hostname, port), key, uri)
 
 
 def origin_netloc(host: str, port: int | None) -> str:

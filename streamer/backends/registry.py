@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedSchemeError
 from ..settings import StorageSettings
-from ..uri import ObjectURI
+from ..uri import FSSPEC_SCHEMES, ObjectURI
 from .base import Backend
 
 BackendFactory = Callable[[ObjectURI, StorageSettings], Backend]
@@ -29,6 +29,9 @@ _REGISTRY: dict[str, _Entry] = {
     "gs": _Entry("streamer.backends.gcs", "GCSBackend.from_uri"),
     "az": _Entry("streamer.backends.azure", "AzureBackend.from_uri"),
     "hf": _Entry("streamer.backends.hf", "HFBackend.from_uri"),
+    # No native backend: fsspec is the fallback (remote filesystems only, see uri.py).
+    **{scheme: _Entry("streamer.backends.fsspec", "FsspecBackend.from_uri")
+       for scheme in FSSPEC_SCHEMES},
 }
 _OVERRIDES: dict[str, BackendFactory] = {}
 

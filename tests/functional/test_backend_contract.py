@@ -3,7 +3,8 @@ file) with the ETag pin, typed errors.
 
 Each backend is reached through a real server on loopback (moto, our origin) or the local
 filesystem, plain-HTTP ones through both data planes (``auto``: our sockets; ``sdk``:
-obstore / aiohttp); a new backend joins by adding a case to ``case``.
+obstore / aiohttp), the fsspec fallback through a WebHDFS stand-in
+(:mod:`tests.support.webhdfs`); a new backend joins by adding a case to ``case``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from streamer import StorageSettings, open_backend, parse_uri
 from streamer.backends.base import Backend
 from streamer.errors import ObjectNotFoundError, VersionChangedError
+from tests.support.webhdfs import replace_file, serve_webhdfs
 
 PAYLOAD = os.urandom(300_000)
 
@@ -78,13 +80,28 @@ async def _local(tmp_path: Path) -> Case:
                 str(d / "none"), str(d) + "/", rewrite)  # fmt: skip
 
 
+async def _webhdfs(stack: contextlib.AsyncExitStack, tmp_path: Path) -> Case:
+    root = tmp_path / "hdfs"
+    (root / "models" / "p").mkdir(parents=True)
+    (root / "models" / "p" / "obj").write_bytes(PAYLOAD)
+    (root / "models" / "p" / "obj-other").write_bytes(b"x")
+    srv = await stack.enter_async_context(serve_webhdfs(root))
+    backend = open_backend(parse_uri(f"webhdfs://{srv.netloc}/models/p"), StorageSettings())
+    return Case(backend, "models/p/obj", "models/p/none", "models/p/",
+                lambda: replace_file(root / "models/p/obj", PAYLOAD[::-1]))
+
+
 @pytest.fixture(
-    params=["s3-origin", "s3-origin-sdk", "s3-moto", "http-origin", "http-origin-sdk", "local"]
+    params=["s3-origin", "s3-origin-sdk", "s3-moto", "http-origin", "http-origin-sdk", "local",
+            "webhdfs-fsspec"]
 )
 async def case(request, origin, tmp_path) -> AsyncIterator[Case]:
     kind = request.param
     transport = "sdk" if kind.endswith("-sdk") else "auto"
-    if kind.startswith("s3-origin"):
+    stack = contextlib.AsyncExitStack()
+    if kind == "webhdfs-fsspec":
+        c = await _webhdfs(stack, tmp_path)
+    elif kind.startswith("s3-origin"):
         c = await _s3_on_origin(origin, tmp_path, transport)
     elif kind == "s3-moto":
         c = await _s3_on_moto(request.getfixturevalue("moto"), tmp_path)
@@ -97,6 +114,7 @@ async def case(request, origin, tmp_path) -> AsyncIterator[Case]:
     finally:
         with contextlib.suppress(Exception):
             await c.backend.close()
+        await stack.aclose()
 
 
 async def test_stat_reports_size_and_version(case: Case):
