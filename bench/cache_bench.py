@@ -71,7 +71,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "--cache-root", str(self.root), "--socket",
              str(self.socket), "--listen", f"{LOOPBACK}:{self.port}", "--min-free", "0",
-             *flags],
+             "--allow-endpoint", f"http://{LOOPBACK}", *flags],  # the origin is on loopback
             env=clean_env(), cwd=REPO, stdout=self.log, stderr=self.log)
         wait_http(f"http://{LOOPBACK}:{self.port}/readyz", timeout=60, proc=self.proc)
 

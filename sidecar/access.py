@@ -1,11 +1,11 @@
 """Who may get what: the allow-list, the credentials rule, grants, and requester backends.
 
 The daemon never fetches with its own identity. Every ``ensure`` carries the requester's
-:class:`~streamer.StorageSettings`; :class:`AccessPolicy` refuses sources outside the
-allow-list and requests that would fall back to the daemon's own credential chain, and the
-service then lists the source *with those credentials* (the proof of access) before it
-hands out anything, cached or not. A successful proof yields a :class:`Grants` token that
-the file and lease calls must present.
+credentials message (:mod:`sidecar.credentials`); :class:`AccessPolicy` refuses sources
+outside the allow-list and requests that would fall back to the daemon's own credential
+chain, and the service then lists the source *with those credentials* (the proof of
+access) before it hands out anything, cached or not. A successful proof yields a
+:class:`Grants` token that the calls about that model must present.
 
 :class:`BackendPool` keeps a few recently used backends per (bucket, settings) so that a
 warm hit does not pay for building an SDK client each time. Keys are digests; settings
@@ -25,11 +25,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from streamer import Backend, ObjectURI, StorageSettings, open_backend
 from streamer.errors import UsageError
+from streamer.uri import HTTP_SCHEMES
 
+from .credentials import SCHEME_KINDS, RequesterAccess
 from .errors import (
+    BadRequestError,
     CredentialsRequiredError,
     GrantRequiredError,
     NotAllowedError,
@@ -37,46 +41,46 @@ from .errors import (
 )
 from .identity import source_name
 
-# Variables of the requester's environment snapshot that carry a credential of its own
-# for schemes whose SDKs would otherwise fall back to the daemon's identity.
-_EXPLICIT_ENV = {
-    "az": ("AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING",
-           "AZURE_STORAGE_ACCOUNT_KEY"),
-    "gs": ("GOOGLE_OAUTH_ACCESS_TOKEN",),
-}
-
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Static rules checked before any network I/O."""
+    """Static rules checked before any network I/O (the server checks follow in
+    :class:`~sidecar.endpoints.EndpointPolicy`)."""
 
     allow: tuple[str, ...] = ()
 
-    def check(self, uri: ObjectURI, storage: StorageSettings) -> None:
+    def check(self, uri: ObjectURI, access: RequesterAccess) -> bool:
         """Raise unless the daemon may fetch ``uri`` for this requester.
+
+        Returns:
+            True when an ``--allow`` prefix names this ``http(s)://`` source (the operator
+            allowed its server); False otherwise (a named server must then be in the
+            endpoint list).
 
         Raises:
             NotAllowedError: outside the allow-list, or ``file://`` not explicitly allowed.
             CredentialsRequiredError: the request would use the daemon's own credentials.
+            BadRequestError: a credential of a kind this scheme does not take.
         """
         name = source_name(uri)
         if uri.scheme == "file" and not any(p.startswith("file://") for p in self.allow):
             raise NotAllowedError("the node cache does not read local paths unless a "
                                   "file:// prefix is in its allow-list")
-        if self.allow and not any(_under(name, p) for p in self.allow):
+        listed = any(_under(name, p) for p in self.allow)
+        if self.allow and not listed:
             raise NotAllowedError(f"{name} is outside the node cache's allow-list")
-        if uri.scheme == "s3":
-            explicit = bool(storage.access_key_id and storage.secret_access_key)
-            if not (explicit or storage.anonymous):
+        kind = access.credentials.kind
+        accepted = SCHEME_KINDS.get(uri.scheme, ("anonymous",))
+        if kind == "none":
+            sas_in_uri = uri.scheme == "az" and bool(uri.account and urlsplit(uri.raw).query)
+            if accepted[0] != "anonymous" and not sas_in_uri:
                 raise CredentialsRequiredError(
-                    "send the requester's own S3 credentials (or anonymous: true); the "
-                    "node cache never uses its own")
-        elif uri.scheme in _EXPLICIT_ENV and not any(
-            storage.env.get(k) for k in _EXPLICIT_ENV[uri.scheme]
-        ):
-            raise CredentialsRequiredError(
-                f"send the requester's own {uri.scheme} credentials "
-                f"({' or '.join(_EXPLICIT_ENV[uri.scheme])}); the node cache never uses its own")
+                    f"send the requester's own {uri.scheme} credentials (kind "
+                    f"{' or '.join(accepted)}); the node cache never uses its own")
+        elif kind not in accepted:
+            raise BadRequestError(f"credentials of kind {kind} do not apply to "
+                                  f"{uri.scheme}:// (use {' or '.join(accepted)})")
+        return listed and uri.scheme in HTTP_SCHEMES
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -199,23 +203,15 @@ class OperatorToken:
         return hmac.compare_digest(self._digest, hashlib.sha256(token.encode()).digest())
 
 
-def requester_id(uri: ObjectURI, storage: StorageSettings, holder: str | None) -> str:
+def requester_id(uri: ObjectURI, access: RequesterAccess, holder: str | None) -> str:
     """Who asks: a digest of the scheme, the endpoint, the credential's principal (the S3
     access key id, a digest of a bearer token or Azure key, or anonymous) and the lease
     holder. Only used to keep grants apart; never logged."""
-    env = storage.env
-    secret = (storage.access_key_id or "") if uri.scheme == "s3" else "".join(
-        env.get(k, "") for k in _PRINCIPAL_ENV.get(uri.scheme, ()))
-    doc = [uri.scheme, uri.account, storage.endpoint_url or "",
-           hashlib.sha256(secret.encode()).hexdigest(), holder or ""]
-    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
-
-
-_PRINCIPAL_ENV = {
-    "gs": ("GOOGLE_OAUTH_ACCESS_TOKEN",),
-    "hf": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
-    "az": ("AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"),
-}
+    c = access.credentials
+    principal = c.access_key_id or c.token or c.account_key or c.sas_token or ""
+    doc = [uri.scheme, uri.account, access.endpoint.to_doc(), c.kind,
+           hashlib.sha256(principal.encode()).hexdigest(), holder or ""]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 class ProofCache:

@@ -16,9 +16,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from streamer import StorageSettings
+from streamer import StorageSettings, parse_uri
+from streamer.errors import WeightstreamError
 
 from . import views
+from .credentials import RequesterAccess
 from .errors import ApiError, DaemonUnavailableError
 
 BASE = "http://weightstream-cache"
@@ -59,11 +61,19 @@ class CacheAPIClient:
                      lease: tuple[str, float | None] | None = None) -> views.Ensured:
         """Returns ``{"model": {...}, "grant": str, "outcome": str[, "lease": {...}]}``.
 
+        ``storage``: the requester's own settings; only the credential and the endpoint
+        for this URI's scheme are sent (:class:`~sidecar.credentials.RequesterAccess`),
+        never file paths or the environment.
         ``lease``: ``(holder, ttl or None)`` to lease the model as part of the ensure.
         """
         body: dict[str, Any] = {"uri": uri, "include": list(include),
-                                "exclude": list(exclude),
-                                "credentials": (storage or StorageSettings()).to_dict()}
+                                "exclude": list(exclude)}
+        try:
+            parsed = parse_uri(uri)
+        except WeightstreamError:
+            parsed = None  # the daemon answers 400 with its reason
+        if parsed is not None:
+            body |= RequesterAccess.from_settings(parsed, storage or StorageSettings()).to_doc()
         if lease is not None:
             body["lease"] = {"holder": lease[0]} | (
                 {"ttl_seconds": lease[1]} if lease[1] is not None else {})

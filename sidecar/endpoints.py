@@ -2,16 +2,30 @@
 
 A requester may name a server in two ways: an endpoint in its ``ensure`` (an S3
 ``endpoint_url``, a Hub mirror, a GCS or Azure endpoint) or an ``http(s)://`` source.
-Either is refused unless the operator listed it with ``--allow-endpoint`` (an entry is
-``scheme://host[:port]``; without a port any port of that host matches).
+Either is refused unless the operator allowed it: an endpoint must match an
+``--allow-endpoint`` entry (``scheme://host[:port]``; without a port any port of that host
+matches); an ``http(s)://`` source must match one, or fall under an ``--allow`` prefix.
+
+Even then, the address rules apply (:class:`EndpointPolicy`): a server named by a host
+name is resolved, and *every* address it resolves to must be an ordinary one (not
+loopback, link-local, unspecified, multicast, reserved or a cloud metadata address). A
+server named by an IP literal that the operator listed is taken as the operator's
+decision (a store on the node's loopback, in tests); the metadata addresses are refused
+even then. The check runs at every ensure and again before every pull starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from streamer.errors import UsageError
+
+from .errors import BadRequestError, NotAllowedError
 
 _SCHEMES = ("http", "https")
 
@@ -51,3 +65,131 @@ def parse_allowed_endpoint(text: str) -> AllowedEndpoint:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+# Addresses never reached for a requester unless the operator named that very address:
+# loopback, link-local (which holds the cloud metadata services), unspecified,
+# multicast and reserved ranges. The metadata addresses are refused even when named.
+METADATA_ADDRESSES = frozenset({
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, ...
+    ipaddress.ip_address("169.254.170.2"),  # ECS task credentials
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+})
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (the system resolver, off the event loop)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed requester-named server."""
+
+    scheme: str
+    host: str  # lowercased; IPv6 without brackets
+    port: int
+
+    @property
+    def literal(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            return _unmap(ipaddress.ip_address(self.host))
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{_bracket(self.host)}:{self.port}"
+
+
+def parse_target(url: str, *, what: str) -> Target:
+    """``scheme://host[:port]/...`` -> Target.
+
+    Raises:
+        BadRequestError: not an http(s) URL with a host (CR/LF, spaces, user info, a bad
+            port, another scheme): a typed 400, never a 500 from deep in an SDK.
+    """
+    if not url or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise BadRequestError(f"{what} must be an http(s) URL without spaces or control "
+                              "characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise BadRequestError(f"{what} is not a valid URL") from None
+    if parts.scheme not in _SCHEMES or not parts.hostname:
+        raise BadRequestError(f"{what} must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise BadRequestError(f"{what} must not carry user info")
+    default = 443 if parts.scheme == "https" else 80
+    return Target(parts.scheme, parts.hostname.lower().rstrip("."), port or default)
+
+
+class EndpointPolicy:
+    """The operator's ``--allow-endpoint`` list and the address rules (module docstring).
+
+    :meth:`check` runs at every ensure and again before every pull: a name that resolved
+    to a permitted address at the proof but to a forbidden one later (DNS rebinding) is
+    refused then.
+    """
+
+    def __init__(self, allowed: Iterable[str] = (), *,
+                 resolve: Resolver = system_resolve) -> None:
+        self._allowed = tuple(parse_allowed_endpoint(a) for a in allowed)
+        self._resolve = resolve
+
+    def listed(self, target: Target) -> bool:
+        return any(a.matches(target.scheme, target.host, target.port) for a in self._allowed)
+
+    async def check(self, url: str, *, what: str, listed: bool | None = None) -> None:
+        """Raise unless the daemon may connect to the server ``url`` names.
+
+        ``listed``: the caller already decided that the operator allowed this URL (an
+        ``http(s)://`` source under an ``--allow`` prefix); None: it must match an
+        ``--allow-endpoint`` entry.
+
+        Raises:
+            BadRequestError: ``url`` is not a valid http(s) URL.
+            NotAllowedError: not allowed by the operator, or it resolves (or is) a
+                metadata, loopback, link-local or otherwise special address.
+        """
+        target = parse_target(url, what=what)
+        if not (listed if listed is not None else self.listed(target)):
+            raise NotAllowedError(
+                f"{what} {target} is not an endpoint the operator allowed "
+                "(the daemon's --allow-endpoint)")
+        literal = target.literal
+        if literal is not None:
+            if literal in METADATA_ADDRESSES:
+                raise NotAllowedError(f"{what} {target} is a metadata service address")
+            return  # the operator named this very address
+        try:
+            addresses = await self._resolve(target.host, target.port)
+        except OSError:
+            raise NotAllowedError(f"{what} {target}: the name does not resolve") from None
+        if not addresses:
+            raise NotAllowedError(f"{what} {target}: the name does not resolve")
+        for text in addresses:
+            address = _unmap(ipaddress.ip_address(text.split("%", 1)[0]))
+            if address in METADATA_ADDRESSES or _special(address):
+                raise NotAllowedError(
+                    f"{what} {target} resolves to {address}, a loopback, link-local, "
+                    "metadata or reserved address (name it by address in --allow-endpoint "
+                    "if it really is a store)")
+
+
+def _special(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (address.is_loopback or address.is_link_local or address.is_unspecified
+            or address.is_multicast or address.is_reserved)
+
+
+def _unmap(address: ipaddress.IPv4Address | ipaddress.IPv6Address
+           ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``::ffff:169.254.169.254`` is 169.254.169.254."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address

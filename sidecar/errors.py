@@ -66,6 +66,14 @@ class GrantRequiredError(CacheError, PermissionError):
     exit_code = 4
 
 
+class NotCacheableError(CacheError):
+    """The source has no validator the daemon can pin a version with (an ``http(s)://``
+    object without a strong ETag): it is not cached rather than served stale."""
+
+    code = "not_cacheable"
+    status = 422
+
+
 class TooManyGrantsError(CacheError):
     """The daemon holds as many live grants as it keeps; new ones wait for old to expire
     (no requester's live grant is ever pushed out by another's)."""

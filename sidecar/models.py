@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from streamer import StorageSettings
-
 from . import views
+from .credentials import RequesterAccess
 
 PinnedFile = tuple[str, int, "str | None"]
 
@@ -193,12 +192,12 @@ def real_disk_usage(path: Path) -> DiskUsage:
 
 @dataclass(frozen=True)
 class EnsureRequest:
-    """A validated ``ensure``: what to fetch and with whose credentials."""
+    """A validated ``ensure``: what to fetch, with which credential, from which server."""
 
     uri: str
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    storage: StorageSettings = field(default_factory=StorageSettings)
+    access: RequesterAccess = field(default_factory=RequesterAccess)
     # (holder, ttl seconds or None): lease the model for this holder as part of the
     # ensure, so that it is leased from the moment it is ready (no eviction window).
     lease: tuple[str, float | None] | None = None

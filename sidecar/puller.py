@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from streamer import DownloadOptions, ObjectURI, StorageSettings, download
 from streamer.progress import ProgressSnapshot
@@ -56,12 +56,19 @@ class Puller:
         self._on_failed = on_failed
         self._slots = asyncio.Semaphore(config.max_pulls)
 
-    async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings) -> None:
-        """Run one pull to its end (``ready`` or ``failed``); never raises but on cancel."""
+    async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings, *,
+                   check: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run one pull to its end (``ready`` or ``failed``); never raises but on cancel.
+
+        ``check``: awaited once the pull has its slot, before any byte moves (the
+        service re-checks the server a requester named: DNS may have changed).
+        """
         staging = None
         started = self._monotonic()
         try:
             async with self._slots:
+                if check is not None:
+                    await check()
                 await self._space.reserve(entry)
                 entry.state = State.PULLING
                 entry.bump()

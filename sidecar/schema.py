@@ -2,18 +2,18 @@
 
 Unknown fields are an error (a typo must not silently change what is fetched). Error
 messages name fields, never values: a credentials object must not echo into a response.
+The credentials message has a schema of its own (:mod:`sidecar.credentials`): no file
+paths, no environment, no TLS switches.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from streamer import StorageSettings
-from streamer.errors import UsageError
-
+from .credentials import KIND_FIELDS, KINDS, OPTIONAL_FIELDS, Credentials, Endpoint, RequesterAccess
+from .endpoints import parse_target
 from .errors import BadRequestError
 from .models import EnsureRequest
 
@@ -22,12 +22,9 @@ MAX_PATTERNS = 256
 MAX_PATTERN = 1024
 HOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
 
-_STORAGE_TYPES: dict[str, tuple[type, ...]] = {}
-for _f in dataclasses.fields(StorageSettings):
-    _STORAGE_TYPES[_f.name] = {
-        "str | None": (str, type(None)), "bool": (bool,), "float": (int, float),
-        "int": (int,), "Mapping[str, str]": (dict,),
-    }.get(str(_f.type), (object,))
+MAX_SECRET = 16384
+REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 
 
 def _object(doc: Any, what: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
@@ -53,38 +50,67 @@ def _patterns(value: Any, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_storage(value: Any) -> StorageSettings:
-    """The requester's settings (``StorageSettings.to_dict()``), type-checked per field."""
+def parse_credentials(value: Any) -> Credentials:
+    """``{"kind": ..., <that kind's fields>}`` (:mod:`sidecar.credentials`); absent: none."""
     if value is None:
-        return StorageSettings()
-    doc = _object(value, "credentials", set(_STORAGE_TYPES))
-    for name, item in doc.items():
-        types = _STORAGE_TYPES[name]
-        if not isinstance(item, types) or (bool not in types and isinstance(item, bool)):
-            raise BadRequestError(f"credentials.{name} has the wrong type")
-        if float in types and not 0 < item < 86400:
-            raise BadRequestError(f"credentials.{name} must be a positive number of seconds")
-    env = doc.get("env")
-    if env is not None and not all(isinstance(k, str) and isinstance(v, str)
-                                   for k, v in env.items()):
-        raise BadRequestError("credentials.env must map strings to strings")
-    try:
-        return StorageSettings.from_dict(doc)
-    except (UsageError, TypeError, ValueError) as e:
-        raise BadRequestError("credentials are not valid storage settings") from e
+        return Credentials("none")
+    if not isinstance(value, dict) or value.get("kind") not in KINDS:
+        raise BadRequestError(f"credentials must be an object with kind one of "
+                              f"{', '.join(KINDS)}")
+    kind = value["kind"]
+    fields = KIND_FIELDS[kind]
+    optional = OPTIONAL_FIELDS.get(kind, ())
+    doc = _object(value, f"credentials of kind {kind}", {"kind", *fields, *optional},
+                  {"kind", *fields})
+    for name in (*fields, *optional):
+        item = doc.get(name)
+        if item is None and name in optional:
+            continue
+        if not isinstance(item, str) or not 0 < len(item) <= MAX_SECRET or not item.isprintable():
+            raise BadRequestError(f"credentials.{name} must be a non-empty printable string "
+                                  f"of at most {MAX_SECRET} characters")
+    return Credentials(kind, **{k: v for k, v in doc.items() if k != "kind"})
+
+
+def parse_endpoint(value: Any) -> Endpoint:
+    """``{"url", "region", "virtual_addressing", "account"}``, all optional. The URL is
+    checked against the operator's list later (:mod:`sidecar.endpoints`); here its form."""
+    if value is None:
+        return Endpoint()
+    doc = _object(value, "endpoint", {"url", "region", "virtual_addressing", "account"})
+    url = doc.get("url")
+    if url is not None:
+        if not isinstance(url, str) or len(url) > MAX_URI:
+            raise BadRequestError(f"endpoint.url must be a string of at most {MAX_URI} "
+                                  "characters")
+        parse_target(url, what="endpoint.url")
+    region = doc.get("region")
+    if region is not None and (not isinstance(region, str) or not REGION.match(region)):
+        raise BadRequestError("endpoint.region must be a region name like eu-west-1 "
+                              "(lowercase letters, digits and dashes)")
+    account = doc.get("account")
+    if account is not None and (not isinstance(account, str) or not ACCOUNT.match(account)):
+        raise BadRequestError("endpoint.account must be an Azure storage account name "
+                              "(3-24 lowercase letters and digits)")
+    virtual = doc.get("virtual_addressing", False)
+    if not isinstance(virtual, bool):
+        raise BadRequestError("endpoint.virtual_addressing must be true or false")
+    return Endpoint(url=url or None, region=region, virtual_addressing=virtual,
+                    account=account)
 
 
 def parse_ensure(doc: Any) -> EnsureRequest:
     """``{"uri": str, "include": [str], "exclude": [str], "credentials": {...},
-    "lease": {"holder": str, "ttl_seconds": number}}``."""
-    doc = _object(doc, "the request", {"uri", "include", "exclude", "credentials", "lease"},
-                  {"uri"})
+    "endpoint": {...}, "lease": {"holder": str, "ttl_seconds": number}}``."""
+    doc = _object(doc, "the request",
+                  {"uri", "include", "exclude", "credentials", "endpoint", "lease"}, {"uri"})
     uri = doc["uri"]
     if not isinstance(uri, str) or not 0 < len(uri) <= MAX_URI:
         raise BadRequestError(f"uri must be a non-empty string of at most {MAX_URI} characters")
     return EnsureRequest(uri=uri, include=_patterns(doc.get("include"), "include"),
                          exclude=_patterns(doc.get("exclude"), "exclude"),
-                         storage=parse_storage(doc.get("credentials")),
+                         access=RequesterAccess(parse_credentials(doc.get("credentials")),
+                                                parse_endpoint(doc.get("endpoint"))),
                          lease=None if doc.get("lease") is None else parse_lease(doc["lease"]))
 
 

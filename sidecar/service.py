@@ -16,7 +16,10 @@ lives in its own module:
 How an ``ensure`` goes:
 
 1. static checks: the URI parses, is inside the allow-list, and the requester sent its
-   own credentials (:class:`~sidecar.access.AccessPolicy`);
+   own credentials (:class:`~sidecar.access.AccessPolicy`); a server the requester names
+   (an endpoint, an ``http(s)://`` source) is one the operator allowed and resolves to
+   ordinary addresses only (:class:`~sidecar.endpoints.EndpointPolicy`; checked again
+   when the pull starts);
 2. proof of access: the source is listed *with the requester's credentials* (the same
    planning the engine does), which also pins the version (every file's size and ETag);
 3. ``<model-id>-<version>`` is claimed in the registry: ready -> a hit; pending or
@@ -43,10 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamer import ObjectURI, StorageSettings, parse_uri
+from streamer import ObjectURI, parse_uri
 from streamer.plan import Plan
 from streamer.plan import plan as plan_source
 from streamer.sizes import format_size
+from streamer.uri import HTTP_SCHEMES
 
 from . import disk
 from . import views as v
@@ -61,9 +65,18 @@ from .access import (
 )
 from .blocking import Blocking
 from .config import DaemonConfig
+from .credentials import RequesterAccess
+from .endpoints import EndpointPolicy, Resolver, system_resolve
 from .errors import BusyError, CacheError, GrantRequiredError, LeasedError, NotReadyError
 from .files import Files
-from .identity import model_key, normalise_patterns, pinned_files, source_name, version_of
+from .identity import (
+    model_key,
+    normalise_patterns,
+    pinned_files,
+    require_validators,
+    source_name,
+    version_of,
+)
 from .layout import CacheLayout, check_entry_id
 from .leases import Leases, Pods
 from .metrics import CacheMetrics, CacheStats
@@ -90,6 +103,7 @@ class CacheService:
         disk_usage: DiskProbe = real_disk_usage,
         backend_factory: BackendFactory | None = None,
         pods: Pods | None = None,
+        resolve: Resolver = system_resolve,
     ) -> None:
         self.config = config
         self.layout = CacheLayout(config.cache_root)
@@ -98,6 +112,7 @@ class CacheService:
         self._monotonic = monotonic
         self._disk_usage = disk_usage
         self._policy = AccessPolicy(config.allow)
+        self._endpoints = EndpointPolicy(config.allow_endpoints, resolve=resolve)
         self._grants = Grants(ttl=config.grant_ttl, clock=monotonic,
                               per_requester=config.grants_per_requester,
                               limit=config.max_grants)
@@ -176,11 +191,14 @@ class CacheService:
             entry.last_used = now
             entry.dirty = True
         elif outcome == "miss":
-            self._spawn(self.puller.pull(entry, uri, request.storage), name=f"pull {entry_id}")
+            access = request.access
+            self._spawn(self.puller.pull(entry, uri, access.settings(uri),
+                                         check=lambda: self._check_access(uri, access)),
+                        name=f"pull {entry_id}")
             log.info("pull %s: %s (%d files, %s) queued", entry_id, entry.source,
                      len(entry.files), format_size(entry.size))
         holder = request.lease[0] if request.lease else None
-        grant = self._grants.issue(entry_id, requester_id(uri, request.storage, holder))
+        grant = self._grants.issue(entry_id, requester_id(uri, request.access, holder))
         lease = None
         if request.lease is not None:
             # Taken before any await: from here on the model is leased (if it is ready
@@ -193,17 +211,33 @@ class CacheService:
     async def _prove(self, request: EnsureRequest) -> _Proof:
         """Static checks, then the listing with the requester's credentials."""
         uri = parse_uri(request.uri)
-        self._policy.check(uri, request.storage)
+        access = request.access
+        await self._check_access(uri, access)
+        storage = access.settings(uri)  # only what the message says: no paths, no env
         include = normalise_patterns(request.include)
         exclude = normalise_patterns(request.exclude)
-        key = model_key(uri, request.storage, include=include, exclude=exclude)
-        proof_key = self._proofs.key(uri, request.storage, include, exclude)
+        key = model_key(uri, access.endpoint, include=include, exclude=exclude)
+        proof_key = self._proofs.key(uri, storage, include, exclude)
         the_plan = self._proofs.get(proof_key)
         if the_plan is None:
-            async with self._backends.use(uri, request.storage) as backend:
+            async with self._backends.use(uri, storage) as backend:
                 the_plan = await plan_source(backend, uri, include=include, exclude=exclude)
+            require_validators(uri, the_plan)
             self._proofs.put(proof_key, the_plan)
         return _Proof(uri, key, the_plan, include, exclude)
+
+    async def _check_access(self, uri: ObjectURI, access: RequesterAccess) -> None:
+        """The static rules, then the server a requester names (resolved and checked
+        each time: at every ensure and again when a pull starts).
+
+        Raises:
+            NotAllowedError, CredentialsRequiredError, BadRequestError.
+        """
+        by_prefix = self._policy.check(uri, access)
+        server = access.server_url(uri)
+        if server is not None:
+            what = "source" if uri.scheme in HTTP_SCHEMES else "endpoint"
+            await self._endpoints.check(server, what=what, listed=True if by_prefix else None)
 
     def _forget_proofs(self, entry: Entry) -> None:
         self._proofs.forget(lambda p: version_of(p) == entry.version)
@@ -410,5 +444,4 @@ class _Proof:
         return entry
 
 
-__all__ = ["CacheError", "CacheService", "DiskProbe", "EnsureRequest", "Ensured", "Pods",
-           "StorageSettings"]
+__all__ = ["CacheError", "CacheService", "DiskProbe", "EnsureRequest", "Ensured", "Pods"]

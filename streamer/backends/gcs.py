@@ -1,13 +1,19 @@
 """Google Cloud Storage (``gs://bucket/path``) through obstore's ``GCSStore``.
 
-Credentials, read from the settings' environment snapshot:
+Credentials, read from the settings' environment snapshot, first match wins:
 
+* ``GOOGLE_OAUTH_ACCESS_TOKEN``: an OAuth access token, sent as the bearer token of every
+  request through obstore's ``credential_provider`` (nothing else is consulted: not the
+  process's ADC, not the metadata server). This is the credential the node cache accepts
+  from a requester, so the daemon reads with exactly the requester's token;
 * ``GOOGLE_APPLICATION_CREDENTIALS``: a service-account (or other ADC) JSON file;
-* otherwise obstore's default chain: the metadata server (GKE Workload Identity, GCE);
-* ``STORAGE_EMULATOR_HOST`` (the variable Google's own client libraries honour): talk to
-  an emulator or a private endpoint at that URL, unsigned. The tests point it at a
-  loopback server speaking the GCS XML API (the S3-compatible one obstore uses for
-  listing and reads).
+* otherwise obstore's default chain: the metadata server (GKE Workload Identity, GCE).
+
+``STORAGE_EMULATOR_HOST`` (the variable Google's own client libraries honour) points the
+store at an emulator or a private endpoint at that URL: unsigned without a token, signed
+with the token when there is one. The tests point it at a loopback server speaking the
+GCS XML API (the S3-compatible one obstore uses for listing and reads), one of them
+checking the bearer token.
 
 Listing, HEAD, ranged GETs pinned with ``If-Match`` and error translation are shared with
 the Azure backend (:class:`streamer.backends.azure.ObstoreBackend`).
@@ -33,7 +39,9 @@ class GCSBackend(ObstoreBackend):
         self.bucket = bucket
         self.settings = settings
         env = settings.env
-        if env.get("STORAGE_EMULATOR_HOST"):
+        if env.get("GOOGLE_OAUTH_ACCESS_TOKEN"):
+            auth = "GOOGLE_OAUTH_ACCESS_TOKEN"
+        elif env.get("STORAGE_EMULATOR_HOST"):
             auth = f"unsigned, emulator at {env['STORAGE_EMULATOR_HOST']}"
         elif env.get("GOOGLE_APPLICATION_CREDENTIALS"):
             auth = "GOOGLE_APPLICATION_CREDENTIALS"
@@ -48,11 +56,15 @@ class GCSBackend(ObstoreBackend):
     def _build_store(self) -> Any:
         env = self.settings.env
         config: dict[str, Any] = {}
+        token = env.get("GOOGLE_OAUTH_ACCESS_TOKEN")
         emulator = env.get("STORAGE_EMULATOR_HOST")
         if emulator:
             if "://" not in emulator:
                 emulator = f"http://{emulator}"
             config["base_url"] = emulator.rstrip("/")
+        if token:
+            config["credential_provider"] = _StaticToken(token)
+        elif emulator:
             config["skip_signature"] = True
         elif env.get("GOOGLE_APPLICATION_CREDENTIALS"):
             config["application_credentials"] = env["GOOGLE_APPLICATION_CREDENTIALS"]
@@ -64,3 +76,17 @@ class GCSBackend(ObstoreBackend):
             retry_config=NO_RETRIES,
             **config,
         )
+
+
+class _StaticToken:
+    """obstore ``GCSCredentialProvider`` handing out one OAuth access token (the caller's
+    own; it is not refreshed: a token expires with the requester's)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self) -> dict[str, Any]:
+        return {"token": self._token, "expires_at": None}
+
+    def __repr__(self) -> str:  # never print the token
+        return "_StaticToken(<redacted>)"

@@ -9,15 +9,15 @@ ETags differ from the blob ids). KServe writes the revision after a colon
 
 Environment (from the settings' snapshot): ``HF_ENDPOINT`` (default
 ``https://huggingface.co``; a mirror or a test server), ``HF_TOKEN`` (or
-``HUGGING_FACE_HUB_TOKEN``) sent as a bearer token to the endpoint only (aiohttp drops it
-on redirects to other hosts).
+``HUGGING_FACE_HUB_TOKEN``) sent as a bearer token only over https and only to the
+endpoint's exact host (:func:`hub_token`; aiohttp drops it on redirects to other hosts).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -57,7 +57,7 @@ class HFBackend(Backend):
         self.settings = settings
         env = settings.env
         self.endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-        self._token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+        self._token = hub_token(self.endpoint, settings)
         self._session: aiohttp.ClientSession | None = None
         self._commit: str | None = None
         self._files: dict[str, ObjectInfo] | None = None
@@ -142,6 +142,29 @@ class HFBackend(Backend):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def hub_token(url: str, settings: StorageSettings) -> str | None:
+    """``HF_TOKEN`` (or ``HUGGING_FACE_HUB_TOKEN``) if ``url`` may receive it, else None.
+
+    Only over https, and only to the Hub's exact host: the host of ``HF_ENDPOINT`` when it
+    is set, ``huggingface.co`` otherwise. ``https://huggingface.co.example.com``,
+    ``https://evilhuggingface.co`` and any ``http://`` URL never see the token.
+    """
+    env = settings.env
+    token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        return None
+    hub = urlsplit((env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip())
+    try:
+        target = urlsplit(url.strip())
+        same_port = (target.port or 443) == (hub.port or 443)
+    except ValueError:
+        return None
+    if (target.scheme == hub.scheme == "https" and same_port and target.hostname
+            and target.hostname.lower().rstrip(".") == (hub.hostname or "").lower()):
+        return token
+    return None
 
 
 def _raise_for_status(uri: str, status: int, headers: Any) -> None:

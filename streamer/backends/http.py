@@ -75,9 +75,11 @@ class HTTPBackend(Backend):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            from .hf import hub_token  # hf builds on this module
+
             headers = {}
-            token = self.settings.env.get("HF_TOKEN")
-            if token and "huggingface.co" in self.origin:
+            token = hub_token(self.origin, self.settings)  # https to the Hub's host only
+            if token:
                 headers["Authorization"] = f"Bearer {token}"
             self._session = client_session(self.settings, headers=headers)
         return self._session

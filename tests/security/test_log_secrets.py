@@ -65,7 +65,7 @@ def start_daemon(tmp: Path, *flags: str, env: dict[str, str]) -> Iterator[Daemon
     d = Daemon(short / "d.sock", tmp / "daemon.log")
     argv = [sys.executable, "-m", "sidecar", "--cache-root", str(tmp / "cache"), "--socket",
             str(d.socket), "--listen", f"{LOOPBACK}:{free_port()}", "--min-free", "0",
-            "--proof-ttl", "0", *flags]  # fmt: skip
+            "--proof-ttl", "0", "--allow-endpoint", f"http://{LOOPBACK}", *flags]  # fmt: skip
     with open(d.log, "wb") as log:
         proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log)  # fmt: skip

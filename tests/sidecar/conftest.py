@@ -45,6 +45,14 @@ def operator_token_file(directory: Path) -> Path:
     return path
 
 
+def access_doc(uri: str, storage: StorageSettings) -> dict[str, Any]:
+    """The ``credentials`` and ``endpoint`` members of an ensure for ``storage``."""
+    from sidecar.credentials import RequesterAccess
+    from streamer import parse_uri
+
+    return RequesterAccess.from_settings(parse_uri(uri), storage).to_doc()
+
+
 def storage_for(endpoint: str) -> StorageSettings:
     """The requester's settings for a test store (explicit test keys)."""
     return StorageSettings(endpoint_url=endpoint, region=TEST_REGION,
@@ -106,7 +114,9 @@ def cache_config(short_dir: Path) -> Callable[..., DaemonConfig]:
                                       listen=None, chunk_size=64 << 10, max_memory=4 << 20,
                                       concurrency=4, housekeeping_interval=3600.0,
                                       progress_interval=0.05, proof_ttl=0.0,
-                                      operator_token_file=operator_token_file(short_dir))
+                                      operator_token_file=operator_token_file(short_dir),
+                                      # the test stores listen on loopback
+                                      allow_endpoints=(f"http://{LOOPBACK}",))
         values.update(overrides)
         return DaemonConfig(**values)
 
@@ -202,7 +212,8 @@ def daemon(short_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
         argv = [sys.executable, "-m", "sidecar", "--cache-root", str(root), "--socket",
                 str(sock), "--listen", f"{LOOPBACK}:{port}", "--min-free", "0",
                 "--chunk-size", "64Ki", "--max-memory", "4Mi", "--concurrency", "4",
-                "--proof-ttl", "0", "--operator-token-file",
+                "--proof-ttl", "0", "--allow-endpoint", f"http://{LOOPBACK}",
+                "--operator-token-file",
                 str(operator_token_file(short_dir)), *flags]
         d = DaemonProcess(root=root, socket=sock, port=port, argv=argv,
                           env=clean_env(env or {}), log_path=short_dir / f"d{counter[0]}.log")
@@ -223,6 +234,6 @@ def fetched_bytes(origin: Any, name: str) -> int:
     return sum(r.bytes_sent for r in origin_data_gets(origin, name))
 
 
-__all__ = ["OPERATOR_TOKEN", "DaemonProcess", "OriginModel", "fetched_bytes",
+__all__ = ["OPERATOR_TOKEN", "DaemonProcess", "OriginModel", "access_doc", "fetched_bytes",
            "origin_data_gets", "storage_for"]
 

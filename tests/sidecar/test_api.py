@@ -19,7 +19,7 @@ from sidecar.models import DiskUsage
 from sidecar.service import CacheService
 from tests.support.origin import Fault
 
-from .conftest import OPERATOR_TOKEN, fetched_bytes
+from .conftest import OPERATOR_TOKEN, access_doc, fetched_bytes
 
 OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}  # the operator token (conftest)
 
@@ -32,7 +32,7 @@ async def _client(aiohttp_client, config, **service_kw):
 
 
 def _body(model, **extra):
-    doc = {"uri": model.uri, "credentials": model.storage.to_dict()}
+    doc = {"uri": model.uri, **access_doc(model.uri, model.storage)}
     doc.update(extra)
     return doc
 
@@ -67,10 +67,10 @@ async def test_bad_requests_get_json_4xx(aiohttp_client, cache_config, origin, o
         (json.dumps({"include": ["*"]}).encode(), 400, "bad_request"),
         (json.dumps({"uri": 42}).encode(), 400, "bad_request"),
         (json.dumps({"uri": model.uri, "include": "*.json"}).encode(), 400, "bad_request"),
-        (json.dumps(_body(model) | {"credentials": model.storage.to_dict() | {"x": 1}}).encode(),
-         400, "bad_request"),
-        (json.dumps(_body(model) | {"credentials": model.storage.to_dict()
-                                    | {"max_attempts": "many"}}).encode(), 400, "bad_request"),
+        (json.dumps(_body(model) | {"credentials": _body(model)["credentials"] | {"x": 1}}
+                    ).encode(), 400, "bad_request"),
+        (json.dumps(_body(model) | {"credentials": _body(model)["credentials"]
+                                    | {"access_key_id": 5}}).encode(), 400, "bad_request"),
         (json.dumps({"uri": "ftp://host/x"}).encode(), 400, "bad_request"),
         (json.dumps({"uri": "s3://models/../etc"}).encode(), 400, "bad_request"),
         (b"[" * 100000 + b"]" * 100000, 413, "request_too_large"),
@@ -106,8 +106,8 @@ async def test_allow_list_and_credentials_rules(aiohttp_client, cache_config, or
     r = await client.post("/v1/ensure", json={"uri": f"{srv.url}/models/m/config.json"})
     assert r.status == 403  # http(s) too: the allow-list is not a way to fetch any URL
     client = await _client(aiohttp_client, cache_config())
-    no_keys = model.storage.to_dict() | {"access_key_id": None, "secret_access_key": None}
-    r = await client.post("/v1/ensure", json={"uri": model.uri, "credentials": no_keys})
+    no_keys = {"uri": model.uri, "endpoint": _body(model)["endpoint"]}
+    r = await client.post("/v1/ensure", json=no_keys)
     assert r.status == 401 and (await r.json())["code"] == "credentials_required"
     r = await client.post("/v1/ensure", json={"uri": model.uri})
     assert r.status == 401
@@ -204,7 +204,7 @@ async def test_recent_proof_with_the_same_credentials_is_reused(
     r = await client.post("/v1/ensure", json=_body(model))
     assert (await r.json())["outcome"] == "hit"
     assert srv.requests() == []  # proved 0 s ago with the same credentials: no listing
-    other = model.storage.to_dict() | {"access_key_id": "someone-else"}
+    other = _body(model)["credentials"] | {"access_key_id": "someone-else"}
     r = await client.post("/v1/ensure", json=_body(model, credentials=other))
     assert r.status == 200 and [q.path for q in srv.requests()] == ["models"]
     srv.set_faults([Fault(kind="403", target="list")])

@@ -17,7 +17,7 @@ from sidecar.app import create_app, create_public_app
 from sidecar.keys import SERVICE
 from tests.support.origin import Fault
 
-from .conftest import OPERATOR_TOKEN
+from .conftest import OPERATOR_TOKEN, access_doc
 
 OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
@@ -30,7 +30,7 @@ def _body(model, *, key_id=None, **extra):
     storage = model.storage
     if key_id is not None:
         storage = dataclasses.replace(storage, access_key_id=key_id)
-    return {"uri": model.uri, "credentials": storage.to_dict()} | extra
+    return {"uri": model.uri, **access_doc(model.uri, storage)} | extra
 
 
 async def _ready(client, model, **extra):

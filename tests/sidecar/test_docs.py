@@ -64,7 +64,8 @@ def test_every_error_code_is_documented():
 @pytest.mark.parametrize("flag", ["--cache-root", "--capacity", "--min-free", "--socket",
                                   "--listen", "--allow", "--log-format", "--proof-ttl",
                                   "--peer-files", "--max-pulls", "--housekeeping",
-                                  "--node-name", "--kube-api"])
+                                  "--node-name", "--kube-api", "--allow-endpoint",
+                                  "--operator-token-file"])
 def test_serve_flags_are_documented(flag):
     assert f"`{flag}" in (DOCS / "sidecar.md").read_text()
 

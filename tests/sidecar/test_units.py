@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -11,16 +13,18 @@ import pytest
 from sidecar.access import AccessPolicy
 from sidecar.capacity import Candidate, Room, choose_victims
 from sidecar.config import DaemonConfig, client_socket, parse_listen
+from sidecar.credentials import Credentials, Endpoint, RequesterAccess
 from sidecar.errors import (
+    BadRequestError,
     CredentialsRequiredError,
     InsufficientCapacityError,
     NotAllowedError,
     PathEscapeError,
     classify,
 )
-from sidecar.identity import model_key
+from sidecar.identity import model_key, source_name
 from sidecar.layout import safe_join
-from streamer import StorageSettings, parse_uri
+from streamer import parse_uri
 from streamer.errors import UsageError
 
 # ---------------------------------------------------------------- config
@@ -134,34 +138,63 @@ def test_safe_join_refuses_symlinks_out(tmp_path):
 
 def test_model_key_depends_on_endpoint_and_filters_not_their_order():
     uri = parse_uri("s3://models/llama")
-    a = StorageSettings(endpoint_url="http://a:1", access_key_id="x", secret_access_key="y")
-    b = StorageSettings(endpoint_url="http://b:1", access_key_id="x", secret_access_key="y")
-    c = StorageSettings(endpoint_url="http://a:1", access_key_id="other", secret_access_key="z")
+    a, b = Endpoint(url="http://a:1"), Endpoint(url="http://b:1")
     k = model_key(uri, a, include=("*.json", "*.safetensors"), exclude=())
-    assert k == model_key(uri, c, include=("*.safetensors", "*.json", "*.json"), exclude=())
+    assert k == model_key(uri, Endpoint(url="http://a:1", region="eu-west-1"),
+                          include=("*.safetensors", "*.json", "*.json"), exclude=())
     assert k != model_key(uri, b, include=("*.json", "*.safetensors"), exclude=())
     assert k != model_key(uri, a, include=("*.json",), exclude=())
+    assert k != model_key(uri, Endpoint(url="http://a:1", virtual_addressing=True),
+                          include=("*.json", "*.safetensors"), exclude=())
+    # Identities without the new settings are what they were (caches keep their models).
+    old = {"source": "s3://models/llama", "endpoint": "http://a:1",
+           "include": ["*.json", "*.safetensors"], "exclude": []}
+    assert k == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("uri", "one", "other"), [
+    ("hf://org/m", Endpoint(), Endpoint(url="http://evil-hub:1")),  # HF_ENDPOINT
+    ("gs://bucket/m", Endpoint(), Endpoint(url="http://emulator:1")),  # STORAGE_EMULATOR_HOST
+    ("az://c/m", Endpoint(account="alice"), Endpoint(account="mallory")),
+    ("az://c/m", Endpoint(account="a1c"), Endpoint(url="http://az:1", account="a1c")),
+])
+def test_every_setting_that_picks_the_server_is_in_the_identity(uri, one, other):
+    parsed = parse_uri(uri)
+    assert model_key(parsed, one, include=(), exclude=()) != model_key(
+        parsed, other, include=(), exclude=())
+
+
+def test_http_identity_keeps_the_query_but_the_source_does_not():
+    a, b = parse_uri("https://h.example/dl?name=alpha"), parse_uri("https://h.example/dl?name=beta")
+    assert model_key(a, Endpoint(), include=(), exclude=()) != model_key(
+        b, Endpoint(), include=(), exclude=())
+    assert "alpha" not in source_name(a)
 
 
 # ---------------------------------------------------------------- access rules and errors
 
 
 def test_access_policy():
-    keys = StorageSettings(access_key_id="x", secret_access_key="y")
+    keys = RequesterAccess(Credentials("s3", access_key_id="x", secret_access_key="y"))
+    none = RequesterAccess(Credentials("none"))
     policy = AccessPolicy(("s3://models/llama", "https://hub.example/m/"))
     policy.check(parse_uri("s3://models/llama/x"), keys)
     policy.check(parse_uri("s3://models/llama"), keys)
-    policy.check(parse_uri("https://hub.example/m/a.bin?sig=1"), StorageSettings())
+    assert policy.check(parse_uri("https://hub.example/m/a.bin?sig=1"), none) is True
+    assert AccessPolicy().check(parse_uri("https://hub.example/m/a.bin"), none) is False
     for uri in ("s3://models/llama-old", "s3://other/llama", "https://hub.example/other"):
         with pytest.raises(NotAllowedError):
             policy.check(parse_uri(uri), keys)
-    with pytest.raises(CredentialsRequiredError):
-        AccessPolicy().check(parse_uri("s3://models/llama"), StorageSettings())
-    AccessPolicy().check(parse_uri("s3://models/llama"), StorageSettings(anonymous=True))
+    for uri in ("s3://models/llama", "gs://bucket/m", "az://c/m"):
+        with pytest.raises(CredentialsRequiredError):
+            AccessPolicy().check(parse_uri(uri), none)
+    AccessPolicy().check(parse_uri("s3://models/llama"), RequesterAccess(Credentials("anonymous")))
+    AccessPolicy().check(parse_uri("hf://org/m"), none)
+    with pytest.raises(BadRequestError):
+        AccessPolicy().check(parse_uri("gs://bucket/m"), keys)
     with pytest.raises(NotAllowedError):
-        AccessPolicy().check(parse_uri("file:///etc"), StorageSettings())
-    AccessPolicy(("file:///srv/models/",)).check(parse_uri("file:///srv/models/m"),
-                                                StorageSettings())
+        AccessPolicy().check(parse_uri("file:///etc"), none)
+    AccessPolicy(("file:///srv/models/",)).check(parse_uri("file:///srv/models/m"), none)
 
 
 def test_classify_scrubs_and_maps_errno():
