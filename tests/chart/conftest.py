@@ -110,17 +110,22 @@ def crds() -> CrdValidators:
 class _CrdsByVersion(dict):
     """version -> CrdValidators, loaded on first use (each release's CRDs are ~4 MB)."""
 
+    def __init__(self, cache: Path) -> None:
+        super().__init__()
+        self.cache = cache
+
     def __missing__(self, version: str) -> CrdValidators:
         if version not in KSERVE_VERSIONS:
             raise KeyError(version)
-        self[version] = load_crd_validators(KSERVE_FIXTURES / version)
+        self[version] = load_crd_validators(KSERVE_FIXTURES / version, cache=self.cache)
         return self[version]
 
 
 @pytest.fixture(scope="session")
-def crds_by_version() -> dict[str, CrdValidators]:
-    """CRD validators of each vendored KServe release (tests/fixtures/kserve/<version>)."""
-    return _CrdsByVersion()
+def crds_by_version(request: pytest.FixtureRequest) -> dict[str, CrdValidators]:
+    """CRD validators of each vendored KServe release (tests/fixtures/kserve/<version>);
+    parsed CRDs are kept as JSON in pytest's cache directory between runs."""
+    return _CrdsByVersion(request.config.cache.mkdir("kserve-crds"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,9 @@ in a template (which the API server would silently drop) fails a test.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -126,11 +129,25 @@ class CrdValidators:
         return (obj.get("apiVersion"), obj.get("kind")) in self.validators
 
 
-def load_crd_validators(fixtures: Path) -> CrdValidators:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+def _load_crd(path: Path, cache: Path | None) -> dict[str, Any]:
+    """Parse a CRD file; with ``cache``, keep its JSON there keyed by the file's digest
+    (a 2 MB CRD takes seconds to parse as YAML, milliseconds as JSON)."""
+    text = path.read_bytes()
+    cached = cache / f"{hashlib.sha256(text).hexdigest()}.json" if cache else None
+    if cached is not None and cached.is_file():
+        return json.loads(cached.read_text())
+    crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if cached is not None:
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(crd))
+        os.replace(tmp, cached)
+    return crd
+
+
+def load_crd_validators(fixtures: Path, *, cache: Path | None = None) -> CrdValidators:
     validators: dict[tuple[str, str], jsonschema.Draft7Validator] = {}
     for path in sorted(fixtures.glob("serving.kserve.io_*.yaml")):
-        crd = yaml.load(path.read_text(), Loader=loader)
+        crd = _load_crd(path, cache)
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
             if not version.get("served", True):

@@ -62,6 +62,12 @@ TOPOLOGIES: dict[str, tuple[list[str], dict[str, Any], set[str]]] = {
     "multi-node": (["weightstream", "weightstream-worker"],
                    {"parallelism": {"data": 2, "dataLocal": 1, "tensor": 2}},
                    {"decode", "worker"}),
+    "prefill-decode-multi-node": (
+        ["weightstream", "weightstream-worker", "weightstream-prefill",
+         "weightstream-prefill-worker"],
+        {"parallelism": {"data": 2, "dataLocal": 1, "tensor": 2},
+         "prefill": {"replicas": 1, "parallelism": {"data": 2, "dataLocal": 1, "tensor": 2}}},
+        {"decode", "worker", "prefill", "prefill-worker"}),
 }
 
 
@@ -173,7 +179,7 @@ def test_pods_on_each_release(render, sim, crds_by_version, version, topology, t
     for role, pod in built.items():
         check_pod(role, pod, uri=URI, own_volume=own)
         main = container(pod["containers"], "main")
-        section = spec.get("prefill", {}) if role == "prefill" else spec
+        section = spec.get("prefill", {}) if role.startswith("prefill") else spec
         parallel = bool(section.get("parallelism", {}).get("tensor"))
         argv = vllm_argv(main, tmp_path / role)
         check_vllm(role, argv, parallel=parallel, version=version)
