@@ -334,3 +334,50 @@ def test_weightstream_load_format_selects_the_vllm_image(render, sim, tmp_path):
         assert "image" not in container(pod["containers"], "main")
 
 
+
+
+# --- the presets' KServe actions in Go's own text/template -------------------------------
+
+
+def _go_struct_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A service spec as Go sees it: every field the presets read present (nil if unset)."""
+    def parallelism(p: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if p is None else {"Tensor": p.get("tensor"), "Pipeline": p.get("pipeline")}
+
+    prefill = spec.get("prefill")
+    return {
+        "Model": {"URI": spec["model"]["uri"]},
+        "Parallelism": parallelism(spec.get("parallelism")),
+        "Prefill": None if prefill is None else {
+            "Parallelism": parallelism(prefill.get("parallelism"))},
+    }
+
+
+def test_preset_actions_agree_with_go_text_template(render, helm, tmp_path):
+    """KServe executes the merged config with Go's text/template; helm's `tpl` is the same
+    engine (Go 1.24): the presets' actions give the same text there as in gotemplate.py."""
+    from .gotemplate import go_names
+    from .gotemplate import render as go_render
+
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (chart / "templates" / "out.yaml").write_text(
+        'out: {{ tpl .Values.text (dict "Spec" .Values.spec "Template" $.Template) | toJson }}\n')
+    services = [
+        {"model": {"uri": URI}},
+        {"model": {"uri": "gs://models/qwen"}, "parallelism": {"tensor": 4}},
+        {"model": {"uri": URI}, "parallelism": {"pipeline": 2}},
+        {"model": {"uri": URI}, "prefill": {"parallelism": {"tensor": 2}}},
+        {"model": {"uri": URI}, "prefill": {}},
+    ]
+    for version in ("v0.17", "v0.20"):
+        for preset in _presets(render, version, "kserve.llmPreset.initContainer=own").values():
+            text = json.dumps(preset)
+            for spec in services:
+                values = tmp_path / "values.json"
+                values.write_text(json.dumps({"text": text, "spec": _go_struct_spec(spec)}))
+                result = run_helm(helm, "template", "probe", str(chart), "-f", str(values))
+                assert result.returncode == 0, result.stderr
+                go_out = json.loads(result.stdout.split("out: ", 1)[1])
+                assert go_out == go_render(text, {"Spec": go_names(spec)}), (version, spec)
