@@ -8,7 +8,9 @@
   are served). The settings: the endpoint URL of every scheme (S3 ``endpoint_url``,
   ``HF_ENDPOINT``, ``STORAGE_EMULATOR_HOST``, ``AZURE_STORAGE_ENDPOINT``), virtual-host
   addressing on a custom S3 endpoint (``bucket.host`` is another host), and the Azure
-  account. The S3 region is not: a bucket name is global, the region only routes.
+  account, and the S3 partition of the region on AWS's own endpoints (``cn-north-1`` is
+  another bucket namespace than ``eu-west-1``). Within a partition the region is not part
+  of it: a bucket name is unique there, the region only routes.
   ``http(s)://`` identities are the whole URL, query string included (``/dl?name=beta`` is
   not ``/dl?name=alpha``); only the printable :func:`source_name` drops the query.
 * :func:`require_validators`: an ``http(s)://`` file without a strong ETag has no version
@@ -75,9 +77,21 @@ def model_key(
     # what they were (a cache keeps its models across the upgrade).
     if uri.scheme == "s3" and endpoint.url and endpoint.virtual_addressing:
         doc["virtual_addressing"] = True
+    if uri.scheme == "s3" and not endpoint.url and _partition(endpoint.region) != "aws":
+        doc["partition"] = _partition(endpoint.region)
     if uri.scheme == "az":
         doc["account"] = uri.account or endpoint.account or ""
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _partition(region: str | None) -> str:
+    """The AWS partition of a region: its own bucket namespace."""
+    for prefix, partition in (("cn-", "aws-cn"), ("us-gov-", "aws-us-gov"),
+                              ("us-isob-", "aws-iso-b"), ("us-iso-", "aws-iso"),
+                              ("eu-isoe-", "aws-iso-e"), ("us-isof-", "aws-iso-f")):
+        if (region or "").startswith(prefix):
+            return partition
+    return "aws"
 
 
 def require_validators(uri: ObjectURI, plan: Plan) -> None:

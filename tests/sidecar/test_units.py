@@ -157,11 +157,19 @@ def test_model_key_depends_on_endpoint_and_filters_not_their_order():
     ("gs://bucket/m", Endpoint(), Endpoint(url="http://emulator:1")),  # STORAGE_EMULATOR_HOST
     ("az://c/m", Endpoint(account="alice"), Endpoint(account="mallory")),
     ("az://c/m", Endpoint(account="a1c"), Endpoint(url="http://az:1", account="a1c")),
+    ("s3://models/m", Endpoint(region="eu-west-1"), Endpoint(region="cn-north-1")),
+    ("s3://models/m", Endpoint(), Endpoint(region="us-gov-west-1")),
 ])
 def test_every_setting_that_picks_the_server_is_in_the_identity(uri, one, other):
     parsed = parse_uri(uri)
     assert model_key(parsed, one, include=(), exclude=()) != model_key(
         parsed, other, include=(), exclude=())
+
+
+def test_region_within_a_partition_is_not_part_of_the_identity():
+    uri = parse_uri("s3://models/m")
+    assert model_key(uri, Endpoint(region="eu-west-1"), include=(), exclude=()) == model_key(
+        uri, Endpoint(region="us-east-2"), include=(), exclude=())
 
 
 def test_http_identity_keeps_the_query_but_the_source_does_not():
