@@ -18,9 +18,12 @@ HDFS does: files are written once) changes its status. Every OPEN served is reco
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +138,31 @@ def replace_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+@contextmanager
+def webhdfs_in_thread(root: Path, **opts: object) -> Iterator[WebHDFSStandIn]:
+    """:func:`serve_webhdfs` on an event loop of its own thread, for tests that block on a
+    subprocess (the init container, the CLI) while the stand-in answers."""
+    loop = asyncio.new_event_loop()
+    started: concurrent.futures.Future[WebHDFSStandIn] = concurrent.futures.Future()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        try:
+            async with serve_webhdfs(root, **opts) as srv:  # type: ignore[arg-type]
+                started.set_result(srv)
+                await stop.wait()
+        except BaseException as e:
+            if not started.done():
+                started.set_exception(e)
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        yield started.result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+        loop.close()
