@@ -115,8 +115,8 @@ class DaemonClient:
         that goes away while a pull runs is probably restarting (a rolling update): keep
         re-ensuring for ``reconnect_timeout`` seconds (the pull resumes from its journals).
         """
-        from sidecar.cli import describe
         from sidecar.errors import DaemonUnavailableError
+        from sidecar.text import describe
 
         deadline = time.monotonic() + self.wait_timeout
         connected = False

@@ -1,21 +1,22 @@
 """The node cache hook: ask the node's cache daemon for a model before downloading it.
 
-The daemon (``sidecar/``, its own issue) listens on a unix socket inside the cache
-hostPath. Its client lives in :mod:`initcontainer.cacheclient` and implements
-:class:`NodeCacheClient`; this module only decides whether there is one to use. A missing
-socket, a missing client module or a client that cannot be built means a direct download,
-and the caller says so in its logs.
+The daemon (``sidecar/``) listens on a unix socket inside the cache hostPath. Its client
+lives in :mod:`initcontainer.cacheclient` and implements :class:`NodeCacheClient`; this
+module only decides whether there is one to use. A missing socket, a socket nothing
+answers on, or a client that cannot be built means a direct download, and the caller says
+so in its logs.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 from pathlib import Path
 from typing import Protocol
 
 from streamer.settings import StorageSettings
+
+from .cacheclient import DaemonClient
 
 
 class NodeCacheClient(Protocol):
@@ -67,11 +68,7 @@ def open_node_cache(
                     socket_path, refused)  # fmt: skip
         return None
     try:
-        # Deferred: the client ships with the daemon and may be absent from an image.
-        module = importlib.import_module("initcontainer.cacheclient")
-        return module.DaemonClient(
-            socket_path=socket_path, mode=mode, pod_uid=pod_uid, log=log
-        )
+        return DaemonClient(socket_path=socket_path, mode=mode, pod_uid=pod_uid, log=log)
     except Exception as e:  # any failure here only costs the cache, never the download
         log.warning("node cache unavailable: %s; downloading directly", _reason(e))
         return None

@@ -13,7 +13,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from streamer.cli.render import describe
 from streamer.progress import ProgressSnapshot
 from streamer.sizes import format_size
 
@@ -56,7 +55,7 @@ class ProgressBoard:
             return
         eta = s.eta
         log.info(
-            "progress: %s", describe(s),
+            "progress: %s", s.describe(),
             extra={"event": "progress", "done_bytes": s.done_bytes,
                    "total_bytes": s.total_bytes, "rate_bytes_per_s": round(s.rate),
                    "eta_s": None if eta is None else round(eta, 1)},

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamer import DownloadOptions, DownloadReport, download
-from streamer.cli.render import summary_line
 from streamer.engine import STREAM_RESERVE
 from streamer.errors import UsageError
 from streamer.manifest import STATE_DIR
@@ -131,7 +130,7 @@ async def _run_pair(
         uri, pair.dst, options=options, storage=config.storage,
         progress=board.callback(index, label),
     )  # fmt: skip
-    log.info("%s %s", label, summary_line(report))
+    log.info("%s %s", label, report.summary())
     how = "download"
     if len(report.files) == 1 and is_archive(report.files[0]):
         archive = pair.dst / report.files[0]

@@ -12,5 +12,7 @@ cd "$repo"
 bash scripts/setup.sh --full
 echo "test: ruff"
 .venv/bin/ruff check .
+echo "test: lint-imports"
+.venv/bin/lint-imports
 echo "test: pytest"
 exec .venv/bin/python -m pytest "$@"

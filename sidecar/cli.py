@@ -3,7 +3,8 @@
 ``serve`` takes the flags of :func:`sidecar.config.add_serve_arguments`; the operator
 commands find the daemon through ``--socket``, ``WEIGHTSTREAM_CACHE_SOCKET`` or
 ``<WEIGHTSTREAM_CACHE_ROOT>/daemon.sock`` and print a table, or JSON with ``--json``.
-Errors reach ``streamer.cli.main``, which prints one line and maps the exit code.
+Registered through the ``weightstream.commands`` entry point (see ``pyproject.toml``);
+errors reach ``streamer.cli.main``, which prints one line and maps the exit code.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from streamer.sizes import format_size
 from . import views
 from .config import DaemonConfig, add_serve_arguments, client_socket, client_token
 from .errors import ApiError
+from .text import describe
 
 if TYPE_CHECKING:
     from .client import CacheAPIClient
@@ -146,25 +148,6 @@ def run_evict(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 # ---------------------------------------------------------------- output
-
-
-def describe(state: views.Model) -> str:
-    """One line about a model's state (also used by the init container's logs)."""
-    head = f"{state['id']} {state['source']}: {state['state']}"
-    if state["state"] == "ready":
-        return f"{head} at {state.get('path', '?')} ({format_size(state['size'])})"
-    if state["state"] == "failed":
-        err = state.get("error") or {}
-        return f"{head}: {err.get('code', '?')}: {err.get('message', '')}"
-    p = state.get("progress") or {}
-    done, total = p.get("bytes_done", 0), p.get("bytes_total", 0) or state["size"]
-    if state["state"] == "pending":
-        return f"{head} ({format_size(total)}, {state['files']} files; waiting to start)"
-    frac = done / total if total else 0.0
-    eta = p.get("eta_s")
-    return (f"{head} {format_size(done)} / {format_size(total)} ({frac:.0%}), "
-            f"{p.get('rate_bytes_per_s', 0) / 1e6:.0f} MB/s, ETA "
-            f"{'--' if eta is None else f'{eta:.0f}s'}")
 
 
 def render_table(models: list[views.Model], *, now: float) -> str:

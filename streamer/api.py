@@ -43,6 +43,7 @@ from .progress import ProgressCallback, ProgressTracker
 from .retry import RetryPolicy, Sleep
 from .safetensors import INDEX_NAME, check_index, check_index_tensors, read_header
 from .settings import StorageSettings
+from .sizes import format_size
 from .uri import ObjectURI, parse_uri
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,22 @@ class DownloadReport:
     def throughput(self) -> float:
         """Fetched bytes per second."""
         return self.bytes_fetched / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line for people (the CLI's last line, the init container's log)."""
+        gbps = self.throughput / 1e9
+        parts = [
+            f"downloaded {len(self.files) - len(self.skipped)} files "
+            f"({format_size(self.bytes_fetched)}) to {self.dest} in {self.seconds:.1f}s, "
+            f"{gbps:.2f} GB/s"
+        ]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} already present")
+        if self.resumed_files:
+            parts.append(f"{self.resumed_files} resumed")
+        if self.retries:
+            parts.append(f"{self.retries} ranges retried")
+        return "; ".join(parts)
 
 
 @dataclass

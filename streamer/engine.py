@@ -38,18 +38,13 @@ from .journal import Journal
 from .plan import PlannedFile
 from .progress import ProgressTracker
 from .retry import Retrier, RetryPolicy, Sleep
+from .settings import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_MEMORY
 
 log = logging.getLogger(__name__)
 
 MIN_CHUNK = 64 << 10
 # What one range in flight may hold in memory (measured: about 3 MiB of RSS per stream).
 STREAM_RESERVE = 4 << 20
-# Defaults shared by every entry point. 32 MiB ranges: from an nginx origin here 2 GiB
-# took 3.0-3.5 s with 32-64 MiB ranges against 4.4-5.2 s with 8 MiB ones (fewer requests,
-# less fragmented files); a failed range costs at most 32 MiB again.
-DEFAULT_CONCURRENCY = 16
-DEFAULT_CHUNK_SIZE = 32 << 20
-DEFAULT_MAX_MEMORY = 128 << 20
 _JOURNAL_FLUSH_SECONDS = 0.5
 
 

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .sizes import format_size
+
 
 @dataclass(frozen=True)
 class ProgressSnapshot:
@@ -27,6 +29,25 @@ class ProgressSnapshot:
     @property
     def fraction(self) -> float:
         return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+
+    def describe(self) -> str:
+        """One line for people: ``1.2 GiB / 4.0 GiB (30%), 3/9 files, 800 MB/s, ETA 4s``."""
+        eta = self.eta
+        eta_text = "--" if eta is None else _duration(eta)
+        return (
+            f"{format_size(self.done_bytes)} / {format_size(self.total_bytes)} "
+            f"({self.fraction:.0%}), {self.done_files}/{self.total_files} files, "
+            f"{self.rate / 1e6:.0f} MB/s, ETA {eta_text}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 ProgressCallback = Callable[[ProgressSnapshot], None]

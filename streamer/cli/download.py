@@ -13,7 +13,7 @@ from ..api import DownloadOptions, download
 from ..logs import SECRET_ENV_VARS, add_secrets, configure
 from ..settings import StorageSettings, TransferDefaults
 from ..sizes import parse_size
-from .render import ProgressPrinter, report_json, summary_line
+from .render import ProgressPrinter, report_json
 
 log = logging.getLogger("weightstream")
 
@@ -83,5 +83,5 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         json.dump(report_json(report), sys.stdout)
         sys.stdout.write("\n")
     elif not args.quiet:
-        print(summary_line(report), file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
     return 0

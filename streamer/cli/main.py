@@ -1,24 +1,29 @@
-"""``weightstream``: assembles the commands and turns known errors into exit codes."""
+"""``weightstream``: assembles the commands and turns known errors into exit codes.
+
+The library's own command (``download``) is registered here; other packages add theirs
+through the ``weightstream.commands`` entry-point group (the node cache registers
+``cache`` from ``sidecar.cli``), so this package never imports the apps built on it.
+An entry point names a ``register(subparsers, environ)`` function.
+"""
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
 
 from .. import __version__
 from ..errors import WeightstreamError, exit_code
 from ..logs import exit_process, scrub
+from . import download
 
 log = logging.getLogger("weightstream")
 
-# Each command is a module with ``register(subparsers, environ)``; a command whose module
-# is missing (an optional part) is simply not offered.
-COMMANDS = ("streamer.cli.download", "sidecar.cli")
+COMMAND_GROUP = "weightstream.commands"
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -31,14 +36,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show tracebacks and debug logs on failure"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is None or not name.startswith(e.name):
-                raise
-            continue
-        module.register(sub, environ)
+    download.register(sub, environ)
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(sub, environ)
     return parser
 
 

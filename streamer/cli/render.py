@@ -1,4 +1,4 @@
-"""Progress and summary output shared by the CLI and the init container."""
+"""``weightstream download``'s output: a progress bar (or log lines) and the JSON report."""
 
 from __future__ import annotations
 
@@ -10,28 +10,8 @@ from typing import TextIO
 
 from ..api import DownloadReport
 from ..progress import ProgressSnapshot
-from ..sizes import format_size
 
 log = logging.getLogger("weightstream")
-
-
-def describe(s: ProgressSnapshot) -> str:
-    eta = s.eta
-    eta_text = "--" if eta is None else _duration(eta)
-    return (
-        f"{format_size(s.done_bytes)} / {format_size(s.total_bytes)} "
-        f"({s.fraction:.0%}), {s.done_files}/{s.total_files} files, "
-        f"{s.rate / 1e6:.0f} MB/s, ETA {eta_text}"
-    )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class ProgressPrinter:
@@ -61,32 +41,17 @@ class ProgressPrinter:
             width = 30
             filled = int(width * s.fraction)
             bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r[{bar}] {describe(s)}\x1b[K")
+            self.stream.write(f"\r[{bar}] {s.describe()}\x1b[K")
             self.stream.flush()
             self._drawn = True
         else:
-            log.info("progress: %s", describe(s))
+            log.info("progress: %s", s.describe())
 
     def close(self) -> None:
         if self._drawn:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
-
-
-def summary_line(r: DownloadReport) -> str:
-    gbps = r.throughput / 1e9
-    parts = [
-        f"downloaded {len(r.files) - len(r.skipped)} files "
-        f"({format_size(r.bytes_fetched)}) to {r.dest} in {r.seconds:.1f}s, {gbps:.2f} GB/s"
-    ]
-    if r.skipped:
-        parts.append(f"{len(r.skipped)} already present")
-    if r.resumed_files:
-        parts.append(f"{r.resumed_files} resumed")
-    if r.retries:
-        parts.append(f"{r.retries} ranges retried")
-    return "; ".join(parts)
 
 
 def report_json(r: DownloadReport) -> dict[str, object]:
