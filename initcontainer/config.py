@@ -1,7 +1,8 @@
 """The init container's configuration: KServe's argv and environment, read once.
 
 Sources, in order: the argument pairs (``SRC DST [SRC DST ...]``), then the environment
-(``WEIGHTSTREAM_*`` for our own settings, KServe's names for storage). The result is one
+(``WEIGHTSTREAM_*`` for our own settings, KServe's names for storage; the transfer options
+through :func:`streamer.settings.resolve_transfer`, with no flags here). The result is one
 frozen :class:`InitConfig` passed down to everything else; nothing else reads the
 environment.
 """
@@ -13,16 +14,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.engine import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_MEMORY
 from streamer.errors import UsageError
-from streamer.settings import StorageSettings, TransferDefaults, env_number
+from streamer.settings import (
+    StorageSettings,
+    TransferOptions,
+    env_number,
+    log_format,
+    resolve_transfer,
+)
+from streamer.stream_mode import WEIGHT_PATTERNS
 from streamer.uri import parse_uri
 
 MODES = ("download", "stream")
 CACHE_MODES = ("link", "copy")
-# What vLLM's runai_streamer loader streams itself; stream mode fetches everything else
-# (vLLM pulls the rest with ignore patterns ["*.pt", "*.safetensors", "*.bin"]).
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,9 @@ class Pair:
 
 
 @dataclass(frozen=True, kw_only=True)
-class InitConfig:
-    """Everything one run of the init container needs.
+class InitConfig(TransferOptions):
+    """Everything one run of the init container needs (with the transfer options,
+    ``concurrency`` over all pairs and ``max_memory`` shared by them).
 
     Attributes:
         pairs: the argument pairs, in order.
@@ -46,9 +51,6 @@ class InitConfig:
         include: fnmatch patterns from ``STORAGE_ALLOW_PATTERNS``.
         exclude: fnmatch patterns from ``STORAGE_IGNORE_PATTERNS`` (plus the weights in
             stream mode).
-        concurrency: ranged GETs in flight, over all pairs.
-        chunk_size: bytes per ranged GET.
-        max_memory: byte budget for buffered ranges, shared by all pairs.
         log_format: ``text`` or ``json``.
         progress_interval: seconds between progress lines.
         storage: endpoints and credentials (KServe's variables).
@@ -61,9 +63,6 @@ class InitConfig:
     pod_uid: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    concurrency: int = DEFAULT_CONCURRENCY
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_memory: int = DEFAULT_MAX_MEMORY
     log_format: str = "text"
     progress_interval: float = 5.0
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -77,7 +76,6 @@ class InitConfig:
                 environment variable that cannot be parsed.
         """
         pairs = parse_pairs(argv)
-        transfer = TransferDefaults.from_env(environ)
         mode = _choice(environ, "WEIGHTSTREAM_MODE", MODES)
         include = parse_patterns(environ.get("STORAGE_ALLOW_PATTERNS"), "STORAGE_ALLOW_PATTERNS")
         exclude = parse_patterns(environ.get("STORAGE_IGNORE_PATTERNS"), "STORAGE_IGNORE_PATTERNS")
@@ -92,12 +90,10 @@ class InitConfig:
             pod_uid=environ.get("WEIGHTSTREAM_POD_UID") or None,
             include=include,
             exclude=exclude,
-            concurrency=transfer.concurrency,
-            chunk_size=transfer.chunk_size,
-            max_memory=transfer.max_memory,
-            log_format=transfer.log_format,
+            log_format=log_format(environ),
             progress_interval=env_number(environ, "WEIGHTSTREAM_PROGRESS_INTERVAL", 5.0),
             storage=StorageSettings.from_env(environ),
+            **resolve_transfer(environ).transfer_fields(),
         )
 
 

@@ -100,7 +100,7 @@ def download_options(config: InitConfig) -> DownloadOptions:
         concurrency=max(1, math.ceil(config.concurrency / n)),
         chunk_size=config.chunk_size,
         max_memory=budget,
-        max_attempts=config.storage.max_attempts,
+        retry=config.retry,
     )
 
 

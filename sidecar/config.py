@@ -15,9 +15,10 @@ flag                       environment                     default
 ``--allow-endpoint`` (rep.) ``WEIGHTSTREAM_CACHE_ALLOW_ENDPOINTS`` none (comma separated)
 ``--operator-token-file``  ``WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE`` unset (grants only)
 ``--log-format``           ``WEIGHTSTREAM_LOG_FORMAT``     ``text``
-``--concurrency``          ``WEIGHTSTREAM_CONCURRENCY``    ``16``
-``--chunk-size``           ``WEIGHTSTREAM_CHUNK_SIZE``     ``32Mi``
-``--max-memory``           ``WEIGHTSTREAM_MAX_MEMORY``     ``192Mi``
+``--concurrency``          ``WEIGHTSTREAM_CONCURRENCY``    see docs/interfaces.md
+``--chunk-size``           ``WEIGHTSTREAM_CHUNK_SIZE``     ("Transfer options")
+``--max-memory``           ``WEIGHTSTREAM_MAX_MEMORY``
+--                         ``S3_MAX_ATTEMPTS``
 ``--max-pulls``            --                              ``2``
 ``--peer-files``           --                              off
 ``--proof-ttl``            --                              ``30`` seconds
@@ -38,9 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamer.engine import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY
 from streamer.errors import UsageError
-from streamer.settings import TransferDefaults
+from streamer.settings import TransferOptions, log_format, resolve_transfer
 from streamer.sizes import parse_size
 
 from .layout import SOCKET_NAME
@@ -55,8 +55,9 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 @dataclass(frozen=True, kw_only=True)
-class DaemonConfig:
-    """Everything the daemon needs, resolved and validated.
+class DaemonConfig(TransferOptions):
+    """Everything the daemon needs, resolved and validated (with the transfer options of
+    each pull: ``concurrency``, ``chunk_size``, ``max_memory``, ``retry``).
 
     Attributes:
         cache_root: the cache directory (hostPath).
@@ -74,7 +75,6 @@ class DaemonConfig:
         grants_per_requester: live grants one requester keeps (its oldest go first).
         max_grants: live grants in all; past it new ensures answer ``too_many_grants``.
         log_format: ``text`` or ``json``.
-        concurrency, chunk_size, max_memory: transfer engine knobs for each pull.
         max_pulls: pulls running at once (more wait in ``pending``).
         peer_files: serve model files on the TCP listener (read-only, for peers).
         housekeeping_interval: seconds between lease expiry / capacity passes.
@@ -101,9 +101,6 @@ class DaemonConfig:
     grants_per_requester: int = 64
     max_grants: int = 20000
     log_format: str = "text"
-    concurrency: int = DEFAULT_CONCURRENCY
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_memory: int = 192 << 20
     max_pulls: int = 2
     peer_files: bool = False
     housekeeping_interval: float = 30.0
@@ -121,6 +118,7 @@ class DaemonConfig:
     kube_ca_file: Path = SA_DIR / "ca.crt"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         root = Path(self.cache_root).absolute()
         object.__setattr__(self, "cache_root", root)
         sock = Path(self.socket_path).absolute() if self.socket_path else root / SOCKET_NAME
@@ -170,7 +168,6 @@ class DaemonConfig:
                 return environ[env]
             return default
 
-        transfer = TransferDefaults.from_env(environ)
         allow_flag = args.get("allow")
         if allow_flag:
             allow = tuple(allow_flag)
@@ -195,12 +192,7 @@ class DaemonConfig:
             allow=allow,
             allow_endpoints=endpoints,
             operator_token_file=Path(token_file) if token_file else None,
-            log_format=pick("log_format", "WEIGHTSTREAM_LOG_FORMAT", transfer.log_format),
-            concurrency=int(pick("concurrency", None, transfer.concurrency)),
-            chunk_size=parse_size(pick("chunk_size", None, transfer.chunk_size),
-                                  name="chunk size"),
-            max_memory=parse_size(pick("max_memory", None, transfer.max_memory),
-                                  name="max memory"),
+            log_format=log_format(environ, args.get("log_format")),
             max_pulls=int(pick("max_pulls", None, 2)),
             peer_files=bool(args.get("peer_files") or False),
             housekeeping_interval=float(pick("housekeeping", None, 30.0)),
@@ -208,6 +200,7 @@ class DaemonConfig:
             node_name=pick("node_name", "WEIGHTSTREAM_NODE_NAME", None),
             kube_api=pick("kube_api", None, _in_cluster_api(environ)),
             kube_token_file=Path(pick("kube_token_file", None, SA_DIR / "token")),
+            **resolve_transfer(environ, args).transfer_fields(),
         )
         values.update(overrides)
         return cls(**values)

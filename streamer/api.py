@@ -28,21 +28,14 @@ from pathlib import Path
 
 from .backends.base import Backend
 from .backends.registry import open_backend
-from .engine import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_MEMORY,
-    Engine,
-    EngineOptions,
-    FileSink,
-)
+from .engine import Engine, FileSink, check_limits
 from .errors import InsufficientSpaceError, IntegrityError, SafetensorsError, UsageError
 from .manifest import STATE_DIR, ManifestEntry, fsync_dir, load_manifest, write_manifest
 from .plan import Plan, PlannedFile, plan
 from .progress import ProgressCallback, ProgressTracker
-from .retry import RetryPolicy, Sleep
+from .retry import Sleep
 from .safetensors import INDEX_NAME, check_index, check_index_tensors, read_header
-from .settings import StorageSettings
+from .settings import StorageSettings, TransferOptions
 from .sizes import format_size
 from .uri import ObjectURI, parse_uri
 
@@ -50,19 +43,17 @@ log = logging.getLogger(__name__)
 PARTIAL_DIR = "partial"
 
 
-@dataclass(frozen=True)
-class DownloadOptions:
-    """What to fetch and how hard to push.
+@dataclass(frozen=True, kw_only=True)
+class DownloadOptions(TransferOptions):
+    """What to fetch, and how hard to push (the :class:`~streamer.settings.TransferOptions`
+    knobs: ``concurrency``, ``chunk_size``, ``max_memory`` held by ranges requested but
+    not yet on disk, ``retry`` for each range).
 
     Attributes:
         include: fnmatch patterns a file's relative path (or basename) must match.
         exclude: fnmatch patterns that drop a file.
-        concurrency: ranged GETs in flight.
-        chunk_size: bytes per ranged GET.
-        max_memory: byte budget for ranges requested but not yet on disk.
         verify: validate safetensors headers and the index after download.
         checksum: also compare each file's MD5 with a single-part S3 ETag (costs CPU).
-        max_attempts: attempts per range (the first included).
         fsync: make every range durable before journaling it and fsync each file before
             publishing (survives power loss; bounded by the disk's sync speed). Without
             it a killed process still resumes correctly: written pages outlive it.
@@ -70,21 +61,9 @@ class DownloadOptions:
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    concurrency: int = DEFAULT_CONCURRENCY
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_memory: int = DEFAULT_MAX_MEMORY
     verify: bool = True
     checksum: bool = False
-    max_attempts: int = 5
     fsync: bool = False
-
-    def engine_options(self) -> EngineOptions:
-        return EngineOptions(
-            concurrency=self.concurrency,
-            chunk_size=self.chunk_size,
-            max_memory=self.max_memory,
-            retry=RetryPolicy(max_attempts=self.max_attempts),
-        )
 
 
 @dataclass(frozen=True)
@@ -173,15 +152,14 @@ async def download(
     dest_path = Path(dest).absolute()
     if dest_path.exists() and not dest_path.is_dir():
         raise UsageError(f"destination {dest_path} exists and is not a directory")
-    engine_options = options.engine_options()  # validate before any network I/O
+    check_limits(options)  # before any network I/O
     own_backend = backend is None
     backend = backend or open_backend(uri, storage)
     started = time.monotonic()
     try:
         the_plan = await plan(backend, uri, include=options.include, exclude=options.exclude)
         return await _fetch_plan(
-            the_plan, backend, dest_path, options, engine_options, progress, sleep, started,
-            free_space,
+            the_plan, backend, dest_path, options, progress, sleep, started, free_space,
         )  # fmt: skip
     finally:
         if own_backend:
@@ -200,7 +178,6 @@ async def _fetch_plan(
     backend: Backend,
     dest: Path,
     options: DownloadOptions,
-    engine_options: EngineOptions,
     progress: ProgressCallback | None,
     sleep: Sleep,
     started: float,
@@ -240,7 +217,7 @@ async def _fetch_plan(
             log.info("resuming %d partial files (%d bytes already on disk)",
                      len(resumed), tracker.done_bytes)
         fetched_before = tracker.done_bytes
-        engine = Engine(backend, engine_options, executor=run.executor, progress=tracker,
+        engine = Engine(backend, options, executor=run.executor, progress=tracker,
                         sleep=sleep)  # fmt: skip
         await engine.run(sinks, lambda sink: _finish_file(run, the_plan, sink))
         await loop.run_in_executor(run.executor, _check_model, run, the_plan)
@@ -349,7 +326,6 @@ def _publish(run: _Run, the_plan: Plan, fetched: Sequence[PlannedFile]) -> None:
         os.replace(run.staging / (f.rel + ".part"), final)
     if run.options.fsync:
         fsync_dir(run.dest)
-    shutil.rmtree(run.dest / STATE_DIR / "view", ignore_errors=True)
     shutil.rmtree(run.staging, ignore_errors=True)
     write_manifest(run.dest, str(the_plan.source), run.verified)
 

@@ -29,7 +29,6 @@ import random
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.base import Backend, Buffer, exact_pieces, pwrite_all
@@ -37,8 +36,8 @@ from .errors import RangeNotSupportedError, UsageError
 from .journal import Journal
 from .plan import PlannedFile
 from .progress import ProgressTracker
-from .retry import Retrier, RetryPolicy, Sleep
-from .settings import DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_MEMORY
+from .retry import Retrier, Sleep
+from .settings import TransferOptions
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +47,20 @@ STREAM_RESERVE = 4 << 20
 _JOURNAL_FLUSH_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """Knobs of the transfer engine (see README, "Configuration")."""
+def check_limits(options: TransferOptions) -> None:
+    """Refuse options this engine cannot run with (called before any network I/O).
 
-    concurrency: int = DEFAULT_CONCURRENCY
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_memory: int = DEFAULT_MAX_MEMORY
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.chunk_size < MIN_CHUNK:
-            raise UsageError(f"chunk size must be at least {MIN_CHUNK} bytes")
-        if self.max_memory < STREAM_RESERVE:
-            raise UsageError(
-                f"max memory ({self.max_memory} B) must hold at least one stream "
-                f"({STREAM_RESERVE} B)"
-            )
+    Raises:
+        UsageError: a chunk smaller than :data:`MIN_CHUNK`, or a memory budget that cannot
+            hold one stream (:data:`STREAM_RESERVE`).
+    """
+    if options.chunk_size < MIN_CHUNK:
+        raise UsageError(f"chunk size must be at least {MIN_CHUNK} bytes")
+    if options.max_memory < STREAM_RESERVE:
+        raise UsageError(
+            f"max memory ({options.max_memory} B) must hold at least one stream "
+            f"({STREAM_RESERVE} B)"
+        )
 
 
 class ByteBudget:
@@ -186,13 +180,14 @@ class Engine:
     def __init__(
         self,
         backend: Backend,
-        options: EngineOptions,
+        options: TransferOptions,
         *,
         executor: Executor,
         progress: ProgressTracker | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
+        check_limits(options)
         self.backend = backend
         self.options = options
         self.budget = ByteBudget(options.max_memory)

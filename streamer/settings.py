@@ -1,7 +1,9 @@
-"""Storage settings: where the bytes live and how to authenticate, read once per entry point.
+"""Settings read once per entry point: where the bytes live and how to authenticate
+(:class:`StorageSettings`), and how hard a transfer pushes (:class:`TransferOptions`).
 
-This is the only module that reads the environment. It honours the names KServe's storage
-initializer uses (so our init container is a drop-in) on top of botocore's own chain::
+This is the only module of :mod:`streamer` that reads the environment. Storage honours the
+names KServe's storage initializer uses (so our init container is a drop-in) on top of
+botocore's own chain::
 
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN   explicit credentials
     AWS_ENDPOINT_URL, or S3_ENDPOINT (+ S3_USE_HTTPS=0 for http)    custom endpoint
@@ -27,6 +29,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import UsageError
+from .retry import RetryPolicy
+from .sizes import parse_size
 
 # Environment variables that non-S3 backends may need; copied into settings.env so that
 # backends never read os.environ themselves.
@@ -226,34 +230,108 @@ def _storage_spec(environ: Mapping[str, str]) -> dict[str, Any]:
     return spec
 
 
-@dataclass(frozen=True)
-class TransferDefaults:
-    """``WEIGHTSTREAM_*`` defaults shared by the CLI, the init container and the daemon.
+@dataclass(frozen=True, kw_only=True)
+class TransferOptions:
+    """How hard one transfer pushes: the knobs every entry point shares.
 
-    ``WEIGHTSTREAM_CONCURRENCY`` (16), ``WEIGHTSTREAM_CHUNK_SIZE`` (32Mi),
-    ``WEIGHTSTREAM_MAX_MEMORY`` (128Mi), ``WEIGHTSTREAM_LOG_FORMAT`` (text).
+    Each entry point's frozen config extends this class (:class:`~streamer.api.
+    DownloadOptions`, :class:`~initcontainer.config.InitConfig`, :class:`~sidecar.config.
+    DaemonConfig`, :class:`~streamer.tensors.TensorStreamOptions`) and fills it once with
+    :func:`resolve_transfer`: flags, then the environment, then the defaults. The table
+    in docs/interfaces.md ("Transfer options") lists them; a test holds it to this code.
+
+    Attributes:
+        concurrency: ranged reads in flight.
+        chunk_size: bytes per ranged read.
+        max_memory: byte budget for what the transfer holds in memory at once.
+        retry: the retry policy of each ranged read.
     """
 
     concurrency: int = DEFAULT_CONCURRENCY
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_memory: int = DEFAULT_MAX_MEMORY
-    log_format: str = "text"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> TransferDefaults:
-        from .sizes import parse_size
+    def __post_init__(self) -> None:
+        for name in TRANSFER_SIZES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if self.retry.max_attempts < 1:
+            raise UsageError(f"max attempts must be at least 1, got {self.retry.max_attempts}")
 
-        d = cls()
-        fmt = environ.get("WEIGHTSTREAM_LOG_FORMAT", d.log_format)
-        if fmt not in ("text", "json"):
-            raise UsageError(f"WEIGHTSTREAM_LOG_FORMAT must be text or json, got {fmt!r}")
-        return cls(
-            concurrency=int(env_number(environ, "WEIGHTSTREAM_CONCURRENCY", d.concurrency)),
-            chunk_size=parse_size(
-                environ.get("WEIGHTSTREAM_CHUNK_SIZE") or d.chunk_size, name="chunk size"
-            ),
-            max_memory=parse_size(
-                environ.get("WEIGHTSTREAM_MAX_MEMORY") or d.max_memory, name="max memory"
-            ),
-            log_format=fmt,
-        )
+    @property
+    def max_attempts(self) -> int:
+        """Attempts per ranged read, the first included."""
+        return self.retry.max_attempts
+
+    def transfer_fields(self) -> dict[str, Any]:
+        """The four knobs as keyword arguments (to build another config that extends this)."""
+        return {name: getattr(self, name) for name in (*TRANSFER_SIZES, "retry")}
+
+
+TRANSFER_SIZES = ("concurrency", "chunk_size", "max_memory")
+# Where each knob comes from: flag key (``None``: not given) and environment variable.
+TRANSFER_ENV = {
+    "concurrency": "WEIGHTSTREAM_CONCURRENCY",
+    "chunk_size": "WEIGHTSTREAM_CHUNK_SIZE",
+    "max_memory": "WEIGHTSTREAM_MAX_MEMORY",
+    "max_attempts": "S3_MAX_ATTEMPTS",
+}
+
+
+def resolve_transfer(
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+    *,
+    defaults: TransferOptions | None = None,
+) -> TransferOptions:
+    """The one precedence rule: a flag given wins, then the environment, then the default.
+
+    Args:
+        environ: the environment (``WEIGHTSTREAM_CONCURRENCY``, ``WEIGHTSTREAM_CHUNK_SIZE``,
+            ``WEIGHTSTREAM_MAX_MEMORY``, ``S3_MAX_ATTEMPTS``); pass ``{}`` for none.
+        flags: ``concurrency``, ``chunk_size``, ``max_memory``, ``max_attempts`` as the
+            entry point's flags gave them (``None`` or absent: not given; sizes may be
+            text like ``32Mi``).
+        defaults: the entry point's defaults (the tensor stream has its own).
+
+    Raises:
+        UsageError: a value that cannot be parsed (names the flag or variable).
+    """
+    flags = flags or {}
+    base = defaults or TransferOptions()
+
+    def pick(name: str, default: int, *, size: bool) -> int:
+        var = TRANSFER_ENV[name]
+        value = flags.get(name)
+        if value is None:
+            if not environ.get(var):
+                return default
+            if not size:
+                return int(env_number(environ, var, default))
+            value = environ[var]
+        return parse_size(value, name=name.replace("_", " ")) if size else int(value)
+
+    return TransferOptions(
+        concurrency=pick("concurrency", base.concurrency, size=False),
+        chunk_size=pick("chunk_size", base.chunk_size, size=True),
+        max_memory=pick("max_memory", base.max_memory, size=True),
+        retry=replace(base.retry, max_attempts=pick("max_attempts", base.max_attempts,
+                                                    size=False)),
+    )
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_format(environ: Mapping[str, str], flag: str | None = None) -> str:
+    """``--log-format``, else ``WEIGHTSTREAM_LOG_FORMAT``, else ``text``.
+
+    Raises:
+        UsageError: neither ``text`` nor ``json``.
+    """
+    fmt = flag or environ.get("WEIGHTSTREAM_LOG_FORMAT") or LOG_FORMATS[0]
+    if fmt not in LOG_FORMATS:
+        raise UsageError(f"WEIGHTSTREAM_LOG_FORMAT must be text or json, got {fmt!r}")
+    return fmt

@@ -1,4 +1,4 @@
-"""Find the backend for a URI scheme; imports are deferred so optional SDKs stay optional."""
+"""Find the backend for a URI scheme; imports are deferred so a run loads only the SDK it uses."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ BackendFactory = Callable[[ObjectURI, StorageSettings], Backend]
 class _Entry:
     module: str
     factory: str
-    install_hint: str = ""
 
 
 _REGISTRY: dict[str, _Entry] = {
@@ -55,8 +54,9 @@ def open_backend(uri: ObjectURI, storage: StorageSettings) -> Backend:
     try:
         module = importlib.import_module(entry.module)
     except ImportError as e:
-        hint = entry.install_hint or f"backend module {entry.module} is not available"
-        raise UnsupportedSchemeError(uri.scheme, hint=f"{hint} ({e})") from e
+        # Every built-in backend's SDK is a core dependency: this is a broken install.
+        hint = f"backend module {entry.module} cannot be imported ({e})"
+        raise UnsupportedSchemeError(uri.scheme, hint=hint) from e
     target: object = module
     for attr in entry.factory.split("."):
         target = getattr(target, attr)

@@ -11,15 +11,23 @@ from collections.abc import Mapping
 
 from ..api import DownloadOptions, download
 from ..logs import SECRET_ENV_VARS, add_secrets, configure
-from ..settings import StorageSettings, TransferDefaults
-from ..sizes import parse_size
+from ..settings import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_MEMORY,
+    StorageSettings,
+    TransferOptions,
+    log_format,
+    resolve_transfer,
+)
+from ..sizes import format_size
 from .render import ProgressPrinter, report_json
 
 log = logging.getLogger("weightstream")
 
 
 def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> None:
-    d = TransferDefaults.from_env(environ)
+    d = TransferOptions()
     p = sub.add_parser(
         "download",
         help="download a model (or any prefix) into a directory",
@@ -35,38 +43,44 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
                    help="only files matching GLOB (relative path or basename); repeatable")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip files matching GLOB; repeatable")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, metavar="N",
-                   help=f"ranged GETs in flight (default {d.concurrency})")
-    p.add_argument("--chunk-size", default=d.chunk_size, metavar="SIZE",
-                   help="bytes per ranged GET, e.g. 32Mi (default %(default)s)")
-    p.add_argument("--max-memory", default=d.max_memory, metavar="SIZE",
-                   help="memory budget for ranges in flight (4 MiB each; default %(default)s)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help=f"ranged GETs in flight (env WEIGHTSTREAM_CONCURRENCY, default "
+                        f"{DEFAULT_CONCURRENCY})")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"bytes per ranged GET, e.g. 32Mi (env WEIGHTSTREAM_CHUNK_SIZE, default "
+                        f"{format_size(DEFAULT_CHUNK_SIZE)})")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help=f"memory budget for ranges in flight, 4 MiB each (env "
+                        f"WEIGHTSTREAM_MAX_MEMORY, default {format_size(DEFAULT_MAX_MEMORY)})")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="validate safetensors headers and the shard index (default on)")
     p.add_argument("--checksum", action="store_true",
                    help="also compare MD5 with single-part S3 ETags (costs CPU)")
     p.add_argument("--fsync", action="store_true",
                    help="make data durable before journaling/publishing (survives power loss)")
-    p.add_argument("--retries", type=int, default=5, metavar="N",
-                   help="attempts per range (default %(default)s)")
+    p.add_argument("--retries", type=int, metavar="N",
+                   help=f"attempts per range (env S3_MAX_ATTEMPTS, default {d.max_attempts})")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="log format (env WEIGHTSTREAM_LOG_FORMAT, default text)")
     p.set_defaults(func=run)  # fmt: skip
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    configure(args.log_format, level=logging.DEBUG if args.debug else logging.INFO)
+    configure(log_format(environ, args.log_format),
+              level=logging.DEBUG if args.debug else logging.INFO)
+    transfer = resolve_transfer(environ, {
+        "concurrency": args.concurrency, "chunk_size": args.chunk_size,
+        "max_memory": args.max_memory, "max_attempts": args.retries,
+    })  # fmt: skip
     options = DownloadOptions(
         include=tuple(args.include),
         exclude=tuple(args.exclude),
-        concurrency=args.concurrency,
-        chunk_size=parse_size(args.chunk_size, name="chunk size"),
-        max_memory=parse_size(args.max_memory, name="max memory"),
         verify=args.verify,
         checksum=args.checksum,
-        max_attempts=args.retries,
         fsync=args.fsync,
+        **transfer.transfer_fields(),
     )
     storage = StorageSettings.from_env(environ)
     add_secrets([storage.secret_access_key, storage.session_token,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import UsageError
-from ..retry import RetryPolicy
+from ..settings import TransferOptions
 
 Engine = Literal["auto", "weightstream", "runai"]
 ENGINES: tuple[str, ...] = ("auto", "weightstream", "runai")
@@ -15,8 +15,9 @@ MiB = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
-class TensorStreamOptions:
-    """How to stream a model's tensors.
+class TensorStreamOptions(TransferOptions):
+    """How to stream a model's tensors (the transfer options, with defaults of their own:
+    8 MiB ranged reads, 512 MiB of host memory).
 
     Attributes:
         engine: ``weightstream`` (our engine: retries, version pinning, bounded buffers),
@@ -35,17 +36,15 @@ class TensorStreamOptions:
     max_memory: int = 512 * MiB
     buffer_size: int = 32 * MiB
     chunk_size: int = 8 * MiB
-    concurrency: int = 16
     pin_memory: bool | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        for name in ("max_memory", "buffer_size", "chunk_size", "concurrency"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        super().__post_init__()
+        value = self.buffer_size
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UsageError(f"buffer_size must be a positive integer, got {value!r}")
         if self.max_memory < 2 * 4096:
             raise UsageError(f"max_memory must be at least 8 KiB, got {self.max_memory}")
 

@@ -24,10 +24,12 @@ from streamer.errors import (
     TransferError,
     VersionChangedError,
 )
+from streamer.retry import RetryPolicy
 from tests.support.origin import Fault
 
 CHUNK = 64 << 10
-OPTS = DownloadOptions(chunk_size=CHUNK, max_memory=16 << 20, concurrency=4, max_attempts=4)
+OPTS = DownloadOptions(chunk_size=CHUNK, max_memory=16 << 20, concurrency=4,
+                       retry=RetryPolicy(max_attempts=4))
 
 
 async def _no_sleep(_: float) -> None:

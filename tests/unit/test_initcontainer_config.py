@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from initcontainer.config import InitConfig, Pair, parse_pairs, parse_patterns
-from streamer.engine import DEFAULT_MAX_MEMORY
 from streamer.errors import InvalidURIError, UnsupportedSchemeError, UsageError
+from streamer.settings import DEFAULT_MAX_MEMORY
 
 
 def test_pairs():

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from streamer.errors import UsageError
-from streamer.settings import StorageSettings, TransferDefaults
+from streamer.settings import StorageSettings, resolve_transfer
 
 
 def test_kserve_endpoint_names():
@@ -60,12 +60,12 @@ def test_credentials_are_not_in_repr_and_round_trip():
 
 
 def test_transfer_defaults_from_env():
-    d = TransferDefaults.from_env(
+    d = resolve_transfer(
         {"WEIGHTSTREAM_CHUNK_SIZE": "4Mi", "WEIGHTSTREAM_CONCURRENCY": "32"}
     )
     assert (d.chunk_size, d.concurrency) == (4 << 20, 32)
     with pytest.raises(UsageError):
-        TransferDefaults.from_env({"WEIGHTSTREAM_MAX_MEMORY": "lots"})
+        resolve_transfer({"WEIGHTSTREAM_MAX_MEMORY": "lots"})
 
 
 def test_transport_choice():

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from streamer import DownloadOptions, StorageSettings, download_sync, synth
-from streamer.tensors.stream_mode import STREAM_MODE_EXCLUDE
+from streamer.stream_mode import WEIGHT_PATTERNS
 from tests.support.origin import Fault, start_origin_process
 from tests.support.process import REPO_ROOT, clean_env
 
@@ -71,7 +71,7 @@ def results(moto, tmp_path_factory: pytest.TempPathFactory) -> dict:
     download_sync(
         s3,
         configs,
-        options=DownloadOptions(exclude=STREAM_MODE_EXCLUDE),
+        options=DownloadOptions(exclude=WEIGHT_PATTERNS),
         storage=_storage(moto_env),
     )
     assert not list(configs.glob("*.safetensors"))
