@@ -1,9 +1,11 @@
-"""Every error the node cache raises, each with a stable API ``code`` and HTTP ``status``.
+"""The node cache's errors: part of the one taxonomy of :mod:`streamer.errors`.
 
-The daemon answers every failure as JSON ``{"code": ..., "message": ...}``; the code is the
-contract (clients branch on it), the message is for people. :func:`classify` is the one
-place that maps engine errors (:mod:`streamer.errors`) and OS errors to codes, by type and
-errno, never by matching message text.
+Each type carries its stable API ``code``, the ``http_status`` the daemon answers it with
+and its process ``exit_code``, like every :class:`~streamer.errors.WeightstreamError`. The
+daemon answers every failure as JSON ``{"code": ..., "message": ...}``; the code is the
+contract (clients branch on it), the message is for people. :func:`classify` reads those
+attributes off any weightstream error, and sorts the rest (OS errors by errno) without
+ever matching message text.
 """
 
 from __future__ import annotations
@@ -23,10 +25,7 @@ def scrub(message: str) -> str:
 
 
 class CacheError(se.WeightstreamError):
-    """Root of the node cache's errors."""
-
-    code = "internal"
-    status = 500
+    """Root of the node cache's errors (``internal``, 500, exit 1 unless a type says more)."""
 
     def __init__(self, message: str, *, model_id: str | None = None) -> None:
         self.message = message
@@ -38,7 +37,7 @@ class BadRequestError(CacheError, ValueError):
     """The request is malformed (bad JSON, wrong types, unknown fields, bad URI)."""
 
     code = "bad_request"
-    status = 400
+    http_status = 400
     exit_code = 2
 
 
@@ -46,7 +45,7 @@ class NotAllowedError(CacheError, PermissionError):
     """The URI is outside the daemon's allow-list (or a scheme the daemon never fetches)."""
 
     code = "not_allowed"
-    status = 403
+    http_status = 403
     exit_code = 4
 
 
@@ -54,7 +53,7 @@ class CredentialsRequiredError(CacheError, PermissionError):
     """The requester sent no credentials of its own (the daemon never lends its own)."""
 
     code = "credentials_required"
-    status = 401
+    http_status = 401
     exit_code = 4
 
 
@@ -62,7 +61,7 @@ class GrantRequiredError(CacheError, PermissionError):
     """A file or lease call without a valid grant from a successful ``ensure``."""
 
     code = "grant_required"
-    status = 401
+    http_status = 401
     exit_code = 4
 
 
@@ -86,7 +85,7 @@ class ModelNotFoundError(CacheError, LookupError):
     """No model with this id is known to the daemon."""
 
     code = "model_not_found"
-    status = 404
+    http_status = 404
     exit_code = 3
 
 
@@ -94,7 +93,7 @@ class FileNotInModelError(CacheError, LookupError):
     """The model has no such file."""
 
     code = "file_not_found"
-    status = 404
+    http_status = 404
     exit_code = 3
 
 
@@ -102,7 +101,7 @@ class PathEscapeError(CacheError, ValueError):
     """A path would leave the directory it must stay in (``..``, absolute, symlink)."""
 
     code = "path_escape"
-    status = 400
+    http_status = 400
     exit_code = 2
 
 
@@ -110,21 +109,21 @@ class NotReadyError(CacheError):
     """The model is not (yet) ready: its files cannot be served or leased."""
 
     code = "not_ready"
-    status = 409
+    http_status = 409
 
 
 class LeasedError(CacheError):
     """Eviction refused: the model holds live leases."""
 
     code = "leased"
-    status = 409
+    http_status = 409
 
 
 class BusyError(CacheError):
     """Eviction refused: the model is being pulled."""
 
     code = "busy"
-    status = 409
+    http_status = 409
 
 
 class InsufficientCapacityError(CacheError, OSError):
@@ -132,7 +131,7 @@ class InsufficientCapacityError(CacheError, OSError):
     leased models (or the disk filled up during the pull)."""
 
     code = "insufficient_space"
-    status = 507
+    http_status = 507
 
     def __init__(self, message: str, *, needed: int = 0, model_id: str | None = None) -> None:
         self.needed = needed
@@ -147,34 +146,21 @@ class DaemonUnavailableError(CacheError, ConnectionError):
     """Client side: no daemon answers on the socket."""
 
     code = "daemon_unavailable"
-    status = 503
+    http_status = 503
 
 
 class ApiError(CacheError):
-    """Client side: the daemon answered with an error document."""
+    """Client side: the daemon answered with an error document.
+
+    ``status`` is the answer's HTTP status, ``code`` its API code; the exit code is that of
+    the error type standing for the code (:func:`streamer.errors.error_type`).
+    """
 
     def __init__(self, status: int, code: str, message: str) -> None:
         self.status = status
-        self.code = code
+        self.code = code  # type: ignore[misc]  # the daemon's code, not this type's
+        self.exit_code = se.error_type(code).exit_code  # type: ignore[misc]
         super().__init__(message)
-        self.exit_code = {400: 2, 401: 4, 403: 4, 404: 3}.get(status, 1)
-
-
-# Engine errors -> (code, HTTP status). Order matters: subclasses first.
-_ENGINE_CODES: tuple[tuple[type[BaseException], str, int], ...] = (
-    (se.InvalidURIError, "bad_request", 400),
-    (se.UnsupportedSchemeError, "bad_request", 400),
-    (se.UsageError, "bad_request", 400),
-    (se.ObjectNotFoundError, "source_not_found", 404),
-    (se.AccessDeniedError, "access_denied", 403),
-    (se.VersionChangedError, "version_changed", 409),
-    (se.IntegrityError, "integrity", 502),
-    (se.InsufficientSpaceError, "insufficient_space", 507),
-    (se.TransferError, "upstream_failed", 502),
-    (se.TransientError, "upstream_failed", 502),
-    (se.StoreError, "upstream_failed", 502),
-    (se.RangeNotSupportedError, "upstream_failed", 502),
-)
 
 
 def classify(exc: BaseException) -> tuple[str, int, str]:
@@ -184,12 +170,14 @@ def classify(exc: BaseException) -> tuple[str, int, str]:
     paths or details that do not belong in an API answer (the daemon logs them).
     """
     if isinstance(exc, CacheError):
-        return exc.code, exc.status, scrub(exc.message)
-    for kind, code, status in _ENGINE_CODES:
-        if isinstance(exc, kind):
-            return code, status, scrub(str(exc))
+        return exc.code, exc.http_status, scrub(exc.message)
+    if isinstance(exc, se.WeightstreamError) and type(exc).code != se.WeightstreamError.code:
+        return exc.code, exc.http_status, scrub(str(exc))
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "insufficient_space", 507, f"the cache disk is full ({exc.strerror})"
+        full = InsufficientCapacityError
+        return full.code, full.http_status, f"the cache disk is full ({exc.strerror})"
     if isinstance(exc, (ConnectionError, TimeoutError)):
-        return "upstream_failed", 502, f"upstream connection failed: {type(exc).__name__}"
-    return "internal", 500, "internal error (see the daemon's log)"
+        up = se.UpstreamError
+        return up.code, up.http_status, f"upstream connection failed: {type(exc).__name__}"
+    root = se.WeightstreamError
+    return root.code, root.http_status, "internal error (see the daemon's log)"

@@ -3,24 +3,50 @@
 Each error derives from :class:`WeightstreamError` and, where one fits, from a built-in
 (``ObjectNotFoundError`` is a ``FileNotFoundError``), so callers can catch either. Backends
 translate SDK errors into these at their edge; :func:`is_retryable` is the one place that
-decides whether an error is worth another attempt, and :func:`exit_code` the one place
-that maps errors to process exit codes.
+decides whether an error is worth another attempt.
+
+One taxonomy: every error type carries its stable API ``code`` (what clients of the node
+cache branch on), the ``http_status`` the daemon answers it with, and the process
+``exit_code`` of the CLI and the init container. The packages built on this one add
+their errors as subclasses (``sidecar.errors``, ``initcontainer.errors``); there is no
+table beside the classes. (``status`` fields, where an error has one, are the HTTP status
+seen on the wire, e.g. the store's 503.)
 """
 
 from __future__ import annotations
 
 import errno
+from typing import ClassVar
 
 
 class WeightstreamError(Exception):
     """Root of every weightstream error."""
 
-    exit_code = 1
+    code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+    _by_code: ClassVar[dict[str, type[WeightstreamError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # The first (most general) type declaring a code stands for it: see error_type.
+        WeightstreamError._by_code.setdefault(cls.code, cls)
+
+
+WeightstreamError._by_code["internal"] = WeightstreamError
+
+
+def error_type(code: str) -> type[WeightstreamError]:
+    """The error type that stands for an API ``code`` (the root for unknown codes), so a
+    client that receives a code knows its exit code without a table."""
+    return WeightstreamError._by_code.get(code, WeightstreamError)
 
 
 class UsageError(WeightstreamError, ValueError):
     """The caller asked for something that cannot work (bad option, bad argument count)."""
 
+    code = "bad_request"
+    http_status = 400
     exit_code = 2
 
 
@@ -57,6 +83,8 @@ class UnsupportedSchemeError(UsageError):
 class ObjectNotFoundError(WeightstreamError, FileNotFoundError):
     """The bucket, prefix or object does not exist (or the prefix matched nothing)."""
 
+    code = "source_not_found"
+    http_status = 404
     exit_code = 3
 
     def __init__(self, uri: str, reason: str = "not found") -> None:
@@ -71,6 +99,8 @@ class ObjectNotFoundError(WeightstreamError, FileNotFoundError):
 class AccessDeniedError(WeightstreamError, PermissionError):
     """The store refused the credentials in use (403, or 401 with bad credentials)."""
 
+    code = "access_denied"
+    http_status = 403
     exit_code = 4
 
     def __init__(self, uri: str, reason: str = "access denied") -> None:
@@ -85,6 +115,8 @@ class AccessDeniedError(WeightstreamError, PermissionError):
 class IntegrityError(WeightstreamError):
     """Downloaded bytes do not match what the store or the file format promises."""
 
+    code = "integrity"
+    http_status = 502
     exit_code = 5
 
     def __init__(self, path: str, reason: str) -> None:
@@ -95,6 +127,9 @@ class IntegrityError(WeightstreamError):
 
 class VersionChangedError(IntegrityError):
     """The object changed while it was being read (If-Match failed, ETag differs)."""
+
+    code = "version_changed"
+    http_status = 409
 
     def __init__(self, path: str, *, expected: str | None, actual: str | None = None) -> None:
         self.expected = expected
@@ -130,7 +165,14 @@ class SafetensorsError(IntegrityError):
     """A ``.safetensors`` file or its index is malformed."""
 
 
-class TransientError(WeightstreamError):
+class UpstreamError(WeightstreamError):
+    """The store failed us (base of the transport failures)."""
+
+    code = "upstream_failed"
+    http_status = 502
+
+
+class TransientError(UpstreamError):
     """A failure worth retrying: 5xx, SlowDown, reset, timeout, short body."""
 
     def __init__(self, uri: str, reason: str, *, status: int | None = None) -> None:
@@ -140,7 +182,7 @@ class TransientError(WeightstreamError):
         super().__init__(f"{uri}: {reason}")
 
 
-class StoreError(WeightstreamError):
+class StoreError(UpstreamError):
     """The store rejected a request for a reason retrying will not fix (e.g. 400)."""
 
     def __init__(self, uri: str, reason: str, *, status: int | None = None) -> None:
@@ -150,7 +192,7 @@ class StoreError(WeightstreamError):
         super().__init__(f"{uri}: {reason}")
 
 
-class RangeNotSupportedError(WeightstreamError):
+class RangeNotSupportedError(UpstreamError):
     """The server answered a ranged GET with the whole object."""
 
     def __init__(self, uri: str) -> None:
@@ -158,7 +200,7 @@ class RangeNotSupportedError(WeightstreamError):
         super().__init__(f"{uri}: server ignored the Range header")
 
 
-class TransferError(WeightstreamError):
+class TransferError(UpstreamError):
     """A range could not be fetched within the retry budget."""
 
     def __init__(self, uri: str, *, attempts: int, last: BaseException) -> None:
@@ -170,6 +212,9 @@ class TransferError(WeightstreamError):
 
 class InsufficientSpaceError(WeightstreamError, OSError):
     """The destination filesystem cannot hold the download."""
+
+    code = "insufficient_space"
+    http_status = 507
 
     def __init__(self, path: str, *, needed: int, available: int) -> None:
         self.path = path
@@ -196,5 +241,5 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def exit_code(exc: BaseException) -> int:
-    """Map an exception to the CLI's exit code (2 usage, 3 not found, 4 denied, 5 integrity)."""
+    """The process exit code for an exception: its type's, or 1 for anything else."""
     return exc.exit_code if isinstance(exc, WeightstreamError) else 1

@@ -13,6 +13,7 @@ from sidecar import errors
 from sidecar.app import _HTTP_CODES, create_app, create_public_app
 from sidecar.config import DaemonConfig
 from sidecar.views import DOCUMENTED
+from streamer import errors as engine_errors
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -52,7 +53,9 @@ def test_openapi_is_valid_and_matches_the_routes(tmp_path):
 def test_every_error_code_is_documented():
     codes = {cls.code for cls in vars(errors).values()
              if isinstance(cls, type) and issubclass(cls, errors.CacheError)}
-    codes |= {code for _, code, _ in errors._ENGINE_CODES} | set(_HTTP_CODES.values())
+    codes |= {cls.code for cls in vars(engine_errors).values() if isinstance(cls, type)
+              and issubclass(cls, engine_errors.WeightstreamError)}
+    codes |= set(_HTTP_CODES.values())
     codes -= {"daemon_unavailable"}  # client side only
     documented = set(_spec()["components"]["schemas"]["Error"]["properties"]["code"]["enum"])
     assert codes - {"range_not_satisfiable"} <= documented
