@@ -296,15 +296,14 @@ class Engine:
 
     async def _sequential(self, sink: FileSink) -> None:
         """Fallback for servers that ignore Range: stream the object in order, once."""
-        iter_object = getattr(self.backend, "iter_object", None)
         info = sink.planned.info
-        if iter_object is None:
+        if not self.backend.capabilities.whole_object:
             raise RangeNotSupportedError(info.key)
 
         async def stream() -> None:
             offset = 0
-            pieces = exact_pieces(iter_object(info.key, etag=info.etag), uri=info.key,
-                                  length=info.size)  # fmt: skip
+            pieces = exact_pieces(self.backend.iter_object(info.key, etag=info.etag),
+                                  uri=info.key, length=info.size)  # fmt: skip
             async for piece in pieces:
                 sink.write(offset, piece)
                 offset += len(piece)

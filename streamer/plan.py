@@ -72,10 +72,10 @@ async def plan(
     key = source.key
     objects = await backend.list(key)
     dir_prefix = key if key.endswith("/") or key == "" else key + "/"
-    if source.scheme in ("http", "https"):
-        children: list[ObjectInfo] = []
-    else:
+    if backend.capabilities.list_prefix:
         children = [o for o in objects if o.key.startswith(dir_prefix) and o.key != dir_prefix]
+    else:
+        children = []  # the location names one object
     exact = [o for o in objects if o.key == key and key and not key.endswith("/")]
     exact_object = not children and bool(exact)
     if exact_object:

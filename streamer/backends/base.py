@@ -2,7 +2,8 @@
 
 Everything else (planning, windows, retries, verification) is built on these primitives
 by the engine, so a new scheme only has to translate its SDK's errors into
-:mod:`streamer.errors` and move bytes.
+:mod:`streamer.errors` and move bytes. What a backend can do beyond them it declares in
+:attr:`Backend.capabilities`; callers branch on that, never on the scheme.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from ..errors import TransientError
 
@@ -37,10 +38,33 @@ class ObjectInfo:
     last_modified: float | None = None
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do (``tests/functional/test_backend_contract.py`` holds every
+    backend to what it declares).
+
+    Attributes:
+        list_prefix: :meth:`Backend.list` enumerates the objects under a prefix. Without
+            it a location names one object (an ``http(s)://`` URL) and ``list`` describes
+            just that object: the plan never looks for children.
+        ranged_read: :meth:`Backend.iter_range` reads any byte range of an object.
+        whole_object: :meth:`Backend.iter_object` streams an object from its first byte;
+            the engine's fallback for a server that ignores ``Range``.
+        scatter_read: :meth:`Backend.read_into` fills a list of views from one ranged read
+            (derived from ``iter_range`` unless the backend brings its own).
+    """
+
+    list_prefix: bool = True
+    ranged_read: bool = True
+    whole_object: bool = False
+    scatter_read: bool = True
+
+
 class Backend(ABC):
     """Access to one bucket / container / origin."""
 
     scheme: str = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     @abstractmethod
     async def stat(self, key: str) -> ObjectInfo:
@@ -75,6 +99,15 @@ class Backend(ABC):
             TransientError: a retryable fault (5xx, SlowDown, reset, timeout, short body).
             ObjectNotFoundError, AccessDeniedError.
         """
+
+    def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[Buffer]:
+        """Yield the whole object from its first byte, in order (``capabilities.
+        whole_object``; same errors as :meth:`iter_range`).
+
+        Raises:
+            NotImplementedError: the backend does not declare ``whole_object``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot stream whole objects")
 
     async def read_range(self, key: str, start: int, end: int, *, etag: str | None) -> Buffer:
         """Return exactly the bytes ``[start, end)`` (same errors as :meth:`iter_range`)."""

@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, Buffer, Capabilities, ObjectInfo
 from .httpstatus import CONTENT_RANGE, check_content_range, check_etag, raise_for_status
 from .wire import WireRequest, WireRoute
 
@@ -56,6 +56,9 @@ class HTTPBackend(Backend):
     """One HTTP origin (``scheme://host:port``); keys are URL paths."""
 
     scheme = "http"
+    # A URL names one object: nothing to list under it; servers that ignore Range still
+    # send the whole body.
+    capabilities = Capabilities(list_prefix=False, whole_object=True)
 
     def __init__(self, origin: str, settings: StorageSettings) -> None:
         self.origin = origin.rstrip("/")

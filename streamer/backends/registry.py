@@ -40,6 +40,20 @@ def register_backend(scheme: str, factory: BackendFactory) -> None:
     _OVERRIDES[scheme] = factory
 
 
+def has_backend(scheme: str) -> bool:
+    """Whether :func:`open_backend` has a backend for ``scheme`` (its module imports)."""
+    if scheme in _OVERRIDES:
+        return True
+    entry = _REGISTRY.get(scheme)
+    if entry is None:
+        return False
+    try:
+        importlib.import_module(entry.module)
+    except ImportError:
+        return False
+    return True
+
+
 def open_backend(uri: ObjectURI, storage: StorageSettings) -> Backend:
     """Return a backend for ``uri``'s bucket.
 

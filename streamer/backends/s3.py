@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, Buffer, Capabilities, ObjectInfo
 from .objectstore import NO_RETRIES, client_options, iter_range, read_into, translate
 from .wire import WireRequest, WireRoute
 
@@ -101,6 +101,7 @@ class S3Backend(Backend):
     """One bucket of an S3-compatible store."""
 
     scheme = "s3"
+    capabilities = Capabilities(whole_object=True)  # S3-compatible stores may ignore Range
 
     def __init__(self, bucket: str, settings: StorageSettings) -> None:
         self.bucket = bucket

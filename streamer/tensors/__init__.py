@@ -32,7 +32,7 @@ from os import PathLike
 
 import torch
 
-from ..backends.registry import open_backend
+from ..backends.registry import has_backend, open_backend
 from ..errors import UnsupportedSchemeError
 from ..settings import StorageSettings
 from ..sizes import format_size
@@ -127,15 +127,11 @@ def list_shards(
 def _choose_engine(engine: Engine, uri: ObjectURI) -> Engine:
     if engine != "auto":
         return engine
-    if uri.scheme in ("file", "s3", "http", "https"):
+    if has_backend(uri.scheme):
         return "weightstream"
-    try:
-        open_backend(uri, StorageSettings())
-    except UnsupportedSchemeError:
-        if uri.scheme in RUNAI_SCHEMES:
-            return "runai"
-        raise
-    return "weightstream"
+    if uri.scheme in RUNAI_SCHEMES:
+        return "runai"
+    raise UnsupportedSchemeError(uri.scheme)
 
 
 def _reader(uri: ObjectURI, storage: StorageSettings, options: TensorStreamOptions) -> ShardReader:

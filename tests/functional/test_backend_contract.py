@@ -1,5 +1,5 @@
 """One contract, every backend: stat, list, ranged reads (into memory, scattered, into a
-file) with the ETag pin, typed errors.
+file) with the ETag pin, typed errors, and each capability it declares (and only those).
 
 Each backend is reached through a real server on loopback (moto, our origin) or the local
 filesystem, plain-HTTP ones through both data planes (``auto``: our sockets; ``sdk``:
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from streamer import StorageSettings, open_backend, parse_uri
-from streamer.backends.base import Backend
+from streamer.backends.base import Backend, Capabilities
 from streamer.errors import ObjectNotFoundError, VersionChangedError
 from tests.support.webhdfs import replace_file, serve_webhdfs
 
@@ -158,6 +158,43 @@ async def test_missing_object_is_not_found(case: Case):
         await case.backend.stat(case.missing)
     with pytest.raises(FileNotFoundError):  # the built-in mixin works too
         await case.backend.read_range(case.missing, 0, 10, etag=None)
+
+
+# What each backend must declare: every one reads ranges and scatters them (the tests
+# above); the http origin names one object and streams whole bodies; S3 lists and
+# streams whole bodies; local files list.
+DECLARED = {
+    "s3": Capabilities(whole_object=True),
+    "http": Capabilities(list_prefix=False, whole_object=True),
+    "file": Capabilities(),
+}
+
+
+async def test_declares_its_capabilities(case: Case):
+    assert case.backend.capabilities == DECLARED[case.backend.scheme]
+
+
+async def test_listing_follows_the_declared_capability(case: Case):
+    listed = await case.backend.list(case.prefix)
+    if case.backend.capabilities.list_prefix:
+        # A raw prefix match, recursive: the sibling is there too.
+        assert {o.key for o in listed} >= {case.key, case.prefix + "obj-other"}
+    else:
+        assert [o.key for o in listed] == [case.prefix] == [case.key]
+
+
+async def test_whole_object_stream_follows_the_declared_capability(case: Case):
+    info = await case.backend.stat(case.key)
+    if not case.backend.capabilities.whole_object:
+        with pytest.raises(NotImplementedError):
+            case.backend.iter_object(case.key, etag=info.etag)
+        return
+    got = b"".join([bytes(p) async for p in case.backend.iter_object(case.key, etag=info.etag)])
+    assert got == PAYLOAD
+    case.rewrite()
+    with pytest.raises(VersionChangedError):
+        async for _ in case.backend.iter_object(case.key, etag=info.etag):
+            pass
 
 
 async def test_changed_object_fails_the_etag_pin(case: Case):
