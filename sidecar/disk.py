@@ -15,12 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.errors import VersionChangedError
 from streamer.manifest import fsync_dir, load_manifest
 
 from .layout import ENTRY_ID, MANIFEST, CacheLayout, StagingDir, dir_size
 from .layout import write_json_atomic as write_json_atomic
-from .models import Entry, PinnedFile, State
+from .models import Entry, State
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +123,11 @@ def adopt_staging(layout: CacheLayout, entry_id: str, orphans: list[Orphan]) -> 
 
 
 def publish(layout: CacheLayout, entry: Entry, staging: StagingDir) -> Path:
-    """Check the download against the pinned listing, then make it visible atomically.
+    """Make a finished pull visible atomically.
 
-    Raises:
-        VersionChangedError: the files fetched are not the version that was proved.
+    The pull fetched exactly the proved plan, every range pinned to its file's listed
+    version (``streamer.download(plan=...)``), so what is staged is the version proved.
     """
-    manifest = load_manifest(staging.path)
-    got: tuple[PinnedFile, ...] = tuple(
-        sorted((e.path, e.size, e.etag) for e in manifest.values()))
-    if got != entry.files:
-        raise VersionChangedError(entry.source, expected=f"version {entry.version}",
-                                  actual="a different listing")
     for dirpath, dirs, files in os.walk(staging.path):
         for name in dirs:
             os.chmod(os.path.join(dirpath, name), 0o755)

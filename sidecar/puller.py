@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from streamer import DownloadOptions, ObjectURI, StorageSettings, download
+from streamer.plan import Plan
 from streamer.progress import ProgressSnapshot
 from streamer.sizes import format_size
 
@@ -56,9 +57,10 @@ class Puller:
         self._on_failed = on_failed
         self._slots = asyncio.Semaphore(config.max_pulls)
 
-    async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings, *,
-                   check: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Run one pull to its end (``ready`` or ``failed``); never raises but on cancel.
+    async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings,
+                   proved: Plan, *, check: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run one pull of the plan that proved access to its end (``ready`` or
+        ``failed``); never raises but on cancel.
 
         ``check``: awaited once the pull has its slot, before any byte moves (the
         service re-checks the server a requester named: DNS may have changed).
@@ -73,15 +75,14 @@ class Puller:
                 entry.state = State.PULLING
                 entry.bump()
                 staging = await self._space.adopt_staging(entry.id)
-                options = DownloadOptions(
-                    include=entry.include, exclude=entry.exclude,
-                    concurrency=self._config.concurrency, chunk_size=self._config.chunk_size,
-                    # The cache outlives pods and reboots: nothing is journaled or
-                    # published before it is on disk.
-                    max_memory=self._config.max_memory, fsync=True)
+                # The cache outlives pods and reboots: nothing is journaled or published
+                # before it is on disk.
+                options = DownloadOptions(fsync=True, **self._config.transfer_fields())
+                # Exactly the files that proved access, each pinned to its version.
                 async with self._backends.use(uri, storage) as backend:
                     report = await download(uri, staging.path, options=options, storage=storage,
-                                           progress=self._progress_to(entry), backend=backend)
+                                           plan=proved, progress=self._progress_to(entry),
+                                           backend=backend)
                 self._metrics.upstream_bytes.inc(report.bytes_fetched)
                 await self._blocking.state(disk.publish, self._layout, entry, staging)
                 staging = None

@@ -192,7 +192,7 @@ class CacheService:
             entry.dirty = True
         elif outcome == "miss":
             access = request.access
-            self._spawn(self.puller.pull(entry, uri, access.settings(uri),
+            self._spawn(self.puller.pull(entry, uri, access.settings(uri), proof.plan,
                                          check=lambda: self._check_access(uri, access)),
                         name=f"pull {entry_id}")
             log.info("pull %s: %s (%d files, %s) queued", entry_id, entry.source,

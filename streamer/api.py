@@ -2,7 +2,8 @@
 
 The entry point only routes; the steps read top to bottom:
 
-1. plan: list the source (whole path segments), filter, map keys to relative paths;
+1. plan: list the source (whole path segments), filter, map keys to relative paths (or
+   take a plan made earlier);
 2. skip what the manifest says is already there (same size and ETag, file present);
 3. check free space, open one sink per file (resuming from its journal);
 4. fetch every missing range through the :class:`~streamer.engine.Engine`;
@@ -31,7 +32,8 @@ from .backends.registry import open_backend
 from .engine import Engine, FileSink, check_limits
 from .errors import InsufficientSpaceError, IntegrityError, SafetensorsError, UsageError
 from .manifest import STATE_DIR, ManifestEntry, fsync_dir, load_manifest, write_manifest
-from .plan import Plan, PlannedFile, plan
+from .plan import Plan, PlannedFile
+from .plan import plan as plan_source
 from .progress import ProgressCallback, ProgressTracker
 from .retry import Sleep
 from .safetensors import INDEX_NAME, check_index, check_index_tensors, read_header
@@ -122,6 +124,7 @@ async def download(
     *,
     options: DownloadOptions | None = None,
     storage: StorageSettings | None = None,
+    plan: Plan | None = None,
     progress: ProgressCallback | None = None,
     backend: Backend | None = None,
     sleep: Sleep = asyncio.sleep,
@@ -134,6 +137,10 @@ async def download(
         dest: the destination directory (created if missing).
         options: what to fetch and how (defaults: :class:`DownloadOptions`).
         storage: endpoint and credentials (defaults: empty settings, botocore's chain).
+        plan: a plan of ``source`` made earlier (:func:`streamer.plan.plan`): exactly
+            its files are fetched, each pinned to its listed version, and nothing is listed
+            again (the node cache passes the listing that proved the requester's access).
+            ``options.include``/``exclude`` were applied when it was made.
         progress: called with a :class:`~streamer.progress.ProgressSnapshot` as bytes land.
         backend: use this backend instead of opening one for ``source`` (tests, daemon).
         sleep: injected for retry back-off (tests run the schedule without waiting).
@@ -149,6 +156,8 @@ async def download(
     options = options or DownloadOptions()
     storage = storage or StorageSettings()
     uri = source if isinstance(source, ObjectURI) else parse_uri(source)
+    if plan is not None and plan.source != uri:
+        raise UsageError(f"the plan is of {plan.source}, not of {uri}")
     dest_path = Path(dest).absolute()
     if dest_path.exists() and not dest_path.is_dir():
         raise UsageError(f"destination {dest_path} exists and is not a directory")
@@ -157,7 +166,9 @@ async def download(
     backend = backend or open_backend(uri, storage)
     started = time.monotonic()
     try:
-        the_plan = await plan(backend, uri, include=options.include, exclude=options.exclude)
+        the_plan = plan or await plan_source(
+            backend, uri, include=options.include, exclude=options.exclude
+        )
         return await _fetch_plan(
             the_plan, backend, dest_path, options, progress, sleep, started, free_space,
         )  # fmt: skip
