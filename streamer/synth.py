@@ -23,7 +23,14 @@ Two kinds of model, both written as a Hugging Face style model directory::
 
 The safetensors format is written directly: an 8-byte little-endian header length, a JSON
 header (``dtype``, ``shape``, ``data_offsets`` per tensor and ``__metadata__``) padded with
-spaces to a multiple of 8 bytes, then the tensor data.
+spaces to a multiple of 8 bytes, then the tensor data. Reading a header back goes through
+the library's own reader (:mod:`streamer.safetensors`), sizes through
+:func:`streamer.sizes.parse_size`.
+
+The generator is a test and benchmark kit, not part of the library: it needs numpy, which
+the core install does not bring (``pip install 'weightstream[synth]'``; the ``test`` and
+``bench`` extras include it), and no core module imports it
+(``tests/unit/test_core_imports.py``).
 
 Command line::
 
@@ -35,7 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import struct
 import sys
 import zlib
@@ -43,7 +50,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from . import safetensors
+from .sizes import parse_size
+
+try:
+    import numpy as np
+except ImportError as e:  # not a core dependency
+    raise ImportError(
+        "streamer.synth needs numpy: pip install 'weightstream[synth]'"
+    ) from e
 
 __all__ = [
     "LlamaSpec",
@@ -337,10 +352,18 @@ def _write_shard(path: Path, tensors: list[TensorPlan], data: Iterator[bytes | m
 
 
 def read_safetensors_header(path: Path | str) -> tuple[int, dict]:
-    """Return ``(data_start, header_dict)`` of a safetensors file (for tests and tools)."""
+    """Return ``(data_start, header_dict)`` of a safetensors file (for tests and tools),
+    after the library's reader has checked it.
+
+    Raises:
+        SafetensorsError: the header is malformed or does not fit the file.
+    """
+    name, size = str(path), os.path.getsize(path)
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return 8 + n, json.loads(f.read(n))
+        n = safetensors.header_length(f.read(8), file_size=size, name=name)
+        raw = f.read(n)
+    safetensors.parse_header(raw, file_size=size, name=name)
+    return 8 + n, json.loads(raw)
 
 
 def _llama_data(spec: LlamaSpec, tensors: list[TensorPlan]) -> Iterator[bytes]:
@@ -524,19 +547,6 @@ def generate(spec: LlamaSpec | SizedSpec, dest: Path | str) -> SynthModel:
 
 
 # --------------------------------------------------------------------------- CLI
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Parse ``"2GiB"``, ``"512Mi"``, ``"1.5G"``, ``"4096"`` into bytes (K/M/G/T = 1000^n)."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    number, unit, binary = m.groups()
-    power = "kmgt".index(unit.lower()) + 1 if unit else 0
-    return int(float(number) * (1024 if binary or not unit else 1000) ** power)
-
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m streamer.synth``."""
