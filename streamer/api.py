@@ -24,14 +24,14 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .backends.base import Backend
 from .backends.registry import open_backend
 from .engine import Engine, FileSink, check_limits
 from .errors import InsufficientSpaceError, IntegrityError, SafetensorsError, UsageError
-from .manifest import STATE_DIR, ManifestEntry, fsync_dir, load_manifest, write_manifest
+from .manifest import STATE_DIR, fsync_dir, load_manifest, write_manifest
 from .plan import Plan, PlannedFile
 from .plan import plan as plan_source
 from .progress import ProgressCallback, ProgressTracker
@@ -115,7 +115,7 @@ class _Run:
     staging: Path
     options: DownloadOptions
     executor: ThreadPoolExecutor
-    verified: dict[str, ManifestEntry] = field(default_factory=dict)
+    verified: dict[str, PlannedFile] = field(default_factory=dict)
 
 
 async def download(
@@ -204,7 +204,7 @@ async def _fetch_plan(
         entry = previous.get(f.rel)
         if entry and _unchanged(dest / f.rel, entry, f):
             skipped.append(f.rel)
-            run.verified[f.rel] = entry
+            run.verified[f.rel] = replace(f, md5=entry.md5)
         else:
             todo.append(f)
     _check_space(dest, staging, todo, free_space)
@@ -256,7 +256,7 @@ async def _fetch_plan(
     )
 
 
-def _unchanged(path: Path, entry: ManifestEntry, f: PlannedFile) -> bool:
+def _unchanged(path: Path, entry: PlannedFile, f: PlannedFile) -> bool:
     try:
         return path.stat().st_size == f.info.size == entry.size and entry.etag == f.info.etag
     except OSError:
@@ -301,9 +301,7 @@ def _verify_file(run: _Run, the_plan: Plan, sink: FileSink) -> None:
         except SafetensorsError as e:
             sink.part.unlink(missing_ok=True)
             raise SafetensorsError(f.rel, e.reason) from e
-    run.verified[f.rel] = ManifestEntry(
-        f.rel, the_plan.source.child(f.info.key), f.info.size, f.info.etag, md5
-    )
+    run.verified[f.rel] = replace(f, md5=md5)
 
 
 def _check_model(run: _Run, the_plan: Plan) -> None:

@@ -1,24 +1,24 @@
-"""The manifest written beside a downloaded model, used to skip and verify later."""
+"""The manifest written beside a downloaded model, used to skip and verify later.
+
+It records the model's :class:`~streamer.plan.PlannedFile` records as verified::
+
+    {"version": 1, "source": "s3://b/m", "written_at": 1.7e9,
+     "files": [{"path": "config.json", "uri": "s3://b/m/config.json", "key": "m/config.json",
+                "size": 712, "etag": "\"9a0364b9\"", "md5": null}, ...]}
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .backends.base import ObjectInfo
+from .plan import PlannedFile
 
 STATE_DIR = ".weightstream"
 MANIFEST_NAME = "manifest.json"
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    path: str  # relative to the model directory
-    uri: str
-    size: int
-    etag: str | None
-    md5: str | None = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -34,16 +34,29 @@ def manifest_path(dest: Path) -> Path:
     return dest / STATE_DIR / MANIFEST_NAME
 
 
-def load_manifest(dest: Path) -> dict[str, ManifestEntry]:
-    """Read the manifest; a missing or unreadable one is empty (everything is re-checked)."""
+def load_manifest(dest: Path) -> dict[str, PlannedFile]:
+    """Read the manifest; a missing or unreadable one is empty (everything is re-checked).
+
+    Manifests written before keys were recorded load with an empty ``key``.
+    """
     try:
         doc = json.loads(manifest_path(dest).read_text())
-        return {e["path"]: ManifestEntry(**e) for e in doc["files"]}
+        files = [
+            PlannedFile(ObjectInfo(str(e.get("key", "")), int(e["size"]), e["etag"]),
+                        e["path"], e["uri"], e.get("md5"))
+            for e in doc["files"]
+        ]
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+    return {f.rel: f for f in files}
 
 
-def write_manifest(dest: Path, source: str, entries: dict[str, ManifestEntry]) -> Path:
+def _record(f: PlannedFile) -> dict[str, object]:
+    return {"path": f.rel, "uri": f.uri, "key": f.key, "size": f.size, "etag": f.etag,
+            "md5": f.md5}
+
+
+def write_manifest(dest: Path, source: str, entries: dict[str, PlannedFile]) -> Path:
     """Atomically write the manifest (temp file, fsync, rename)."""
     path = manifest_path(dest)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +64,7 @@ def write_manifest(dest: Path, source: str, entries: dict[str, ManifestEntry]) -
         "version": 1,
         "source": source,
         "written_at": time.time(),
-        "files": [asdict(e) for e in sorted(entries.values(), key=lambda e: e.path)],
+        "files": [_record(f) for f in sorted(entries.values(), key=lambda f: f.rel)],
     }
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:

@@ -1,4 +1,10 @@
-"""Turn a source URI into the list of files to fetch: listing, boundaries, filters, paths."""
+"""Turn a source URI into the list of files to fetch: listing, boundaries, filters, paths.
+
+The :class:`Plan` is the currency between modules: a component that already listed (the
+node cache's proof of access) passes its plan on (``streamer.download(plan=...)``)
+instead of listing again, and :class:`PlannedFile` is the one record of a file that flows
+from the plan through the engine, the manifest, the cache and the tensor stream.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,31 @@ from .uri import ObjectURI
 
 @dataclass(frozen=True)
 class PlannedFile:
-    """One object to fetch and where it goes, relative to the destination."""
+    """One file: the object as the store listed it (its version pinned) and where it lands.
+
+    Attributes:
+        info: key, size and ETag (the version pin sent as ``If-Match``) from the listing.
+        rel: the path relative to the destination (a tensor shard: its basename).
+        uri: the object's printable URI (no credentials), for errors, logs and manifests.
+        md5: the hex MD5 of the content, once a download checked it (else None).
+    """
 
     info: ObjectInfo
     rel: str
+    uri: str
+    md5: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def etag(self) -> str | None:
+        return self.info.etag
 
 
 @dataclass(frozen=True)
@@ -88,7 +115,7 @@ async def plan(
     if not candidates:
         raise ObjectNotFoundError(str(source), "no objects at this location")
     files = tuple(
-        PlannedFile(info, safe_relpath(str(source), rel))
+        PlannedFile(info, safe_relpath(str(source), rel), source.child(info.key))
         for info, rel in candidates
         if exact_object or matches(rel, include, exclude)
     )

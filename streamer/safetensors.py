@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from .errors import SafetensorsError
 
@@ -32,12 +33,19 @@ MAX_HEADER = 16 << 20
 INDEX_NAME = "model.safetensors.index.json"
 
 
+DType = TypeVar("DType")
+
+
 @dataclass(frozen=True)
-class TensorInfo:
-    """One tensor's place in a shard. Offsets are absolute within the file."""
+class TensorInfo(Generic[DType]):
+    """One tensor's place in a shard. Offsets are absolute within the file.
+
+    ``dtype`` is the header's name (``"BF16"``) here; the tensor stream's
+    ``TensorInfo[torch.dtype]`` holds the torch type it maps to.
+    """
 
     name: str
-    dtype: str
+    dtype: DType
     shape: tuple[int, ...]
     start: int
     end: int
@@ -52,7 +60,7 @@ class Header:
     """A parsed and validated safetensors header."""
 
     header_len: int
-    tensors: tuple[TensorInfo, ...]
+    tensors: tuple[TensorInfo[str], ...]
     metadata: Mapping[str, str]
 
     @property
@@ -130,7 +138,9 @@ def parse_header(raw: bytes, *, file_size: int, name: str) -> Header:
     return Header(header_len, tuple(tensors), metadata)
 
 
-def _tensor(name: str, key: str, value: object, data_start: int, data_len: int) -> TensorInfo:
+def _tensor(
+    name: str, key: str, value: object, data_start: int, data_len: int
+) -> TensorInfo[str]:
     if not isinstance(value, dict):
         raise SafetensorsError(name, f"entry {key!r} is not an object")
     dtype = value.get("dtype")

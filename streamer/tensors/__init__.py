@@ -34,13 +34,14 @@ import torch
 
 from ..backends.registry import has_backend, open_backend
 from ..errors import UnsupportedSchemeError
+from ..plan import PlannedFile
 from ..settings import StorageSettings
 from ..sizes import format_size
 from ..uri import ObjectURI, parse_uri
 from .engine import StreamStats, stream_plan_tensors
 from .options import Budget, Engine, TensorStreamOptions
 from .runai import RUNAI_SCHEMES, stream_runai
-from .sources import BackendReader, LocalReader, ShardReader, ShardRef, find_shards
+from .sources import BackendReader, LocalReader, ShardReader, find_shards
 
 __all__ = [
     "Budget",
@@ -109,14 +110,14 @@ def stream_tensors(
 
 def list_shards(
     source: str | ObjectURI, *, storage: StorageSettings | None = None
-) -> list[ShardRef]:
+) -> list[PlannedFile]:
     """Return the ``.safetensors`` shards of the model at ``source``, sorted by name.
 
     Runs its own event loop in a worker thread, so it may be called from async code too.
     """
     uri = source if isinstance(source, ObjectURI) else parse_uri(source)
 
-    async def run() -> list[ShardRef]:
+    async def run() -> list[PlannedFile]:
         async with open_backend(uri, storage or StorageSettings()) as backend:
             return await find_shards(backend, uri)
 

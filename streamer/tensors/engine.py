@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import WeightstreamError
+from ..plan import PlannedFile
 from ..uri import ObjectURI
 from .layout import HEADER_PROBE_BYTES, ShardLayout, header_size, parse_shard
 from .options import Budget
 from .plan import Segment, StreamPlan, plan_stream
 from .pool import BufferPool
-from .sources import ShardReader, ShardRef, find_shards
+from .sources import ShardReader, find_shards
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,10 @@ class _FetchLoop:
         self.loop.close()
 
 
-async def read_layouts(reader: ShardReader, shards: list[ShardRef]) -> list[ShardLayout]:
+async def read_layouts(reader: ShardReader, shards: list[PlannedFile]) -> list[ShardLayout]:
     """Read and check every shard's header, concurrently; one ranged read each (usually)."""
 
-    async def one(shard: ShardRef) -> ShardLayout:
+    async def one(shard: PlannedFile) -> ShardLayout:
         probe = min(shard.size, HEADER_PROBE_BYTES)
         head = await reader.read(shard, 0, probe) if probe else b""
         total = header_size(shard.uri, head, shard.size)
@@ -222,9 +223,9 @@ async def _fetch(
     across segment boundaries, never waves); a segment waits only for its own ranges.
     """
     window = asyncio.Semaphore(concurrency)
-    shards = [ShardRef(s.uri, s.key, s.size, s.etag) for s in plan.shards]
+    shards = [s.file() for s in plan.shards]
 
-    async def read(shard: ShardRef, start: int, views: list[memoryview]) -> None:
+    async def read(shard: PlannedFile, start: int, views: list[memoryview]) -> None:
         async with window:
             await reader.read_into(shard, start, views)
 

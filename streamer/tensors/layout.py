@@ -8,12 +8,15 @@ whose dtype torch cannot represent fails before any data is read.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 
 import torch
 
 from .. import safetensors as st
+from ..backends.base import ObjectInfo
 from ..errors import SafetensorsError
+from ..plan import PlannedFile
 
 # One ranged read is meant to cover the length prefix and the whole JSON header (headers of
 # real checkpoints are tens of KiB); a longer header costs one more read.
@@ -32,19 +35,8 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor of a shard; ``start``/``end`` are absolute offsets in the file."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
+# One tensor of a shard, its dtype mapped onto torch (``start``/``end``: absolute offsets).
+TensorEntry = st.TensorInfo[torch.dtype]
 
 
 @dataclass(frozen=True)
@@ -71,6 +63,11 @@ class ShardLayout:
     def data_end(self) -> int:
         """One past the last tensor byte."""
         return max((t.end for t in self.tensors), default=self.data_start)
+
+    def file(self) -> PlannedFile:
+        """The shard as the planned file its reader fetches."""
+        return PlannedFile(ObjectInfo(self.key, self.size, self.etag),
+                           posixpath.basename(self.key), self.uri)
 
 
 def header_size(uri: str, prefix: bytes, size: int) -> int:

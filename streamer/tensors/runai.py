@@ -15,15 +15,15 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import UnsupportedSchemeError
+from ..plan import PlannedFile
 from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .engine import StreamStats
-from .sources import ShardRef
 
 RUNAI_SCHEMES = ("file", "s3", "gs", "az")
 
 
-def runai_path(source: ObjectURI, shard: ShardRef) -> str:
+def runai_path(source: ObjectURI, shard: PlannedFile) -> str:
     """The path runai expects for a shard: a local path or ``scheme://bucket/key``."""
     if source.scheme == "file":
         return shard.key
@@ -32,7 +32,7 @@ def runai_path(source: ObjectURI, shard: ShardRef) -> str:
 
 def stream_runai(
     source: ObjectURI,
-    shards: list[ShardRef],
+    shards: list[PlannedFile],
     *,
     device: torch.device,
     storage: StorageSettings,

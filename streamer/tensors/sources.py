@@ -20,26 +20,16 @@ import posixpath
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from ..backends.base import Backend, ObjectInfo
 from ..backends.local import LocalBackend
 from ..errors import ObjectNotFoundError, SafetensorsError
+from ..plan import PlannedFile
 from ..retry import Retrier, RetryPolicy
 from ..safetensors import INDEX_NAME
 from ..uri import ObjectURI
 
 SUFFIX = ".safetensors"
-
-
-@dataclass(frozen=True)
-class ShardRef:
-    """One shard to stream: printable URI, key for the reader, size and version pin."""
-
-    uri: str
-    key: str
-    size: int
-    etag: str | None
 
 
 class ShardReader(ABC):
@@ -52,10 +42,10 @@ class ShardReader(ABC):
     backend: Backend
 
     @abstractmethod
-    async def read_into(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
+    async def read_into(self, shard: PlannedFile, start: int, views: list[memoryview]) -> None:
         """Fill ``views``, in order, with the shard's bytes from ``start`` on (scatter read)."""
 
-    async def read(self, shard: ShardRef, start: int, end: int) -> bytes:
+    async def read(self, shard: PlannedFile, start: int, end: int) -> bytes:
         """Return the shard's bytes ``[start, end)`` (for headers)."""
         buf = bytearray(end - start)
         await self.read_into(shard, start, [memoryview(buf)])
@@ -72,7 +62,7 @@ class BackendReader(ShardReader):
         self.backend = backend
         self.retrier = Retrier(policy)
 
-    async def read_into(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
+    async def read_into(self, shard: PlannedFile, start: int, views: list[memoryview]) -> None:
         end = start + sum(len(v) for v in views)
 
         async def attempt() -> None:
@@ -109,11 +99,11 @@ class LocalReader(ShardReader):
                 fd = self._fds[path] = os.open(path, os.O_RDONLY)
             return fd
 
-    async def read_into(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
+    async def read_into(self, shard: PlannedFile, start: int, views: list[memoryview]) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._threads, self._read, shard, start, list(views))
 
-    def _read(self, shard: ShardRef, start: int, views: list[memoryview]) -> None:
+    def _read(self, shard: PlannedFile, start: int, views: list[memoryview]) -> None:
         fd = self._fd(shard.key)
         pos = start
         while views:
@@ -138,7 +128,7 @@ class LocalReader(ShardReader):
             os.close(fd)
 
 
-async def find_shards(backend: Backend, source: ObjectURI) -> list[ShardRef]:
+async def find_shards(backend: Backend, source: ObjectURI) -> list[PlannedFile]:
     """Return the shards of the model at ``source``, sorted by name.
 
     Raises:
@@ -184,8 +174,8 @@ async def _shards_without_listing(
     return list(await asyncio.gather(*(backend.stat(prefix + n) for n in names)))
 
 
-def _ref(source: ObjectURI, info: ObjectInfo) -> ShardRef:
-    return ShardRef(source.child(info.key), info.key, info.size, info.etag)
+def _ref(source: ObjectURI, info: ObjectInfo) -> PlannedFile:
+    return PlannedFile(info, _basename(info.key), source.child(info.key))
 
 
 def _basename(key: str) -> str:

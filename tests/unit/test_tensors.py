@@ -15,12 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from streamer.backends.base import ObjectInfo
 from streamer.errors import ObjectNotFoundError, SafetensorsError, UsageError
+from streamer.plan import PlannedFile
 from streamer.tensors import StreamStats, TensorStreamOptions, stream_tensors
 from streamer.tensors.engine import stream_plan_tensors
 from streamer.tensors.layout import TensorEntry, parse_shard
 from streamer.tensors.plan import plan_stream
-from streamer.tensors.sources import LocalReader, ShardRef
+from streamer.tensors.sources import LocalReader
 from streamer.uri import parse_uri
 
 KiB = 1 << 10
@@ -243,7 +245,7 @@ async def test_local_reader_reports_a_file_shorter_than_listed(tmp_path) -> None
     path = tmp_path / "model.safetensors"
     path.write_bytes(bytes(100))
     reader = LocalReader()
-    shard = ShardRef(str(path), str(path), 200, None)
+    shard = PlannedFile(ObjectInfo(str(path), 200, None), path.name, str(path))
     out = bytearray(150)
     with pytest.raises(SafetensorsError, match="truncated"):
         await reader.read_into(shard, 0, [memoryview(out)])
