@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from streamer.errors import UsageError
-from streamer.settings import TransferOptions, log_format, resolve_transfer
+from streamer.settings import (
+    TransferOptions,
+    add_transfer_arguments,
+    log_format,
+    resolve_transfer,
+)
 from streamer.sizes import parse_size
 
 from .layout import SOCKET_NAME
@@ -257,12 +262,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "env WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE")
     p.add_argument("--log-format", choices=("text", "json"),
                    help="log format (env WEIGHTSTREAM_LOG_FORMAT, default text)")
-    p.add_argument("--concurrency", type=int, metavar="N",
-                   help="ranged GETs in flight per pull (env WEIGHTSTREAM_CONCURRENCY)")
-    p.add_argument("--chunk-size", metavar="SIZE",
-                   help="bytes per ranged GET (env WEIGHTSTREAM_CHUNK_SIZE)")
-    p.add_argument("--max-memory", metavar="SIZE",
-                   help="buffered bytes per pull (env WEIGHTSTREAM_MAX_MEMORY)")
+    add_transfer_arguments(p, scope=" per pull", retries=False)
     p.add_argument("--max-pulls", type=int, metavar="N",
                    help="pulls running at once; more wait as pending (default 2)")
     p.add_argument("--peer-files", action="store_true", default=None,

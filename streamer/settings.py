@@ -22,6 +22,7 @@ When none of the explicit credentials are given, botocore's chain resolves them
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -30,7 +31,7 @@ from typing import Any
 
 from .errors import UsageError
 from .retry import RetryPolicy
-from .sizes import parse_size
+from .sizes import format_size, parse_size
 
 # Environment variables that non-S3 backends may need; copied into settings.env so that
 # backends never read os.environ themselves.
@@ -320,6 +321,33 @@ def resolve_transfer(
         retry=replace(base.retry, max_attempts=pick("max_attempts", base.max_attempts,
                                                     size=False)),
     )
+
+
+def add_transfer_arguments(
+    p: argparse.ArgumentParser, *, scope: str = "", retries: bool = True
+) -> None:
+    """Add the flags of the transfer options; :func:`resolve_transfer` reads them back
+    from ``vars(args)`` (``None``: not given, so the environment or the default holds).
+
+    Args:
+        p: the command's parser.
+        scope: what one budget covers, for the help text (``" per pull"``).
+        retries: also offer ``--retries``.
+    """
+    d = TransferOptions()
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help=f"ranged GETs in flight{scope} (env {TRANSFER_ENV['concurrency']}, "
+                        f"default {d.concurrency})")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"bytes per ranged GET, e.g. 32Mi (env {TRANSFER_ENV['chunk_size']}, "
+                        f"default {format_size(d.chunk_size)})")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help=f"memory budget for ranges in flight{scope}, 4 MiB each (env "
+                        f"{TRANSFER_ENV['max_memory']}, default {format_size(d.max_memory)})")
+    if retries:
+        p.add_argument("--retries", type=int, metavar="N", dest="max_attempts",
+                       help=f"attempts per range (env {TRANSFER_ENV['max_attempts']}, "
+                            f"default {d.max_attempts})")
 
 
 LOG_FORMATS = ("text", "json")

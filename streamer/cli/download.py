@@ -11,23 +11,13 @@ from collections.abc import Mapping
 
 from ..api import DownloadOptions, download
 from ..logs import SECRET_ENV_VARS, add_secrets, configure
-from ..settings import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_MEMORY,
-    StorageSettings,
-    TransferOptions,
-    log_format,
-    resolve_transfer,
-)
-from ..sizes import format_size
+from ..settings import StorageSettings, add_transfer_arguments, log_format, resolve_transfer
 from .render import ProgressPrinter, report_json
 
 log = logging.getLogger("weightstream")
 
 
 def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> None:
-    d = TransferOptions()
     p = sub.add_parser(
         "download",
         help="download a model (or any prefix) into a directory",
@@ -43,23 +33,13 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
                    help="only files matching GLOB (relative path or basename); repeatable")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip files matching GLOB; repeatable")
-    p.add_argument("--concurrency", type=int, metavar="N",
-                   help=f"ranged GETs in flight (env WEIGHTSTREAM_CONCURRENCY, default "
-                        f"{DEFAULT_CONCURRENCY})")
-    p.add_argument("--chunk-size", metavar="SIZE",
-                   help=f"bytes per ranged GET, e.g. 32Mi (env WEIGHTSTREAM_CHUNK_SIZE, default "
-                        f"{format_size(DEFAULT_CHUNK_SIZE)})")
-    p.add_argument("--max-memory", metavar="SIZE",
-                   help=f"memory budget for ranges in flight, 4 MiB each (env "
-                        f"WEIGHTSTREAM_MAX_MEMORY, default {format_size(DEFAULT_MAX_MEMORY)})")
+    add_transfer_arguments(p)
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="validate safetensors headers and the shard index (default on)")
     p.add_argument("--checksum", action="store_true",
                    help="also compare MD5 with single-part S3 ETags (costs CPU)")
     p.add_argument("--fsync", action="store_true",
                    help="make data durable before journaling/publishing (survives power loss)")
-    p.add_argument("--retries", type=int, metavar="N",
-                   help=f"attempts per range (env S3_MAX_ATTEMPTS, default {d.max_attempts})")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--log-format", choices=("text", "json"),
@@ -70,10 +50,7 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     configure(log_format(environ, args.log_format),
               level=logging.DEBUG if args.debug else logging.INFO)
-    transfer = resolve_transfer(environ, {
-        "concurrency": args.concurrency, "chunk_size": args.chunk_size,
-        "max_memory": args.max_memory, "max_attempts": args.retries,
-    })  # fmt: skip
+    transfer = resolve_transfer(environ, vars(args))
     options = DownloadOptions(
         include=tuple(args.include),
         exclude=tuple(args.exclude),
