@@ -30,7 +30,9 @@ the library's own reader (:mod:`streamer.safetensors`), sizes through
 The generator is a test and benchmark kit, not part of the library: it needs numpy, which
 the core install does not bring (``pip install 'weightstream[synth]'``; the ``test`` and
 ``bench`` extras include it), and no core module imports it
-(``tests/unit/test_core_imports.py``).
+(``tests/unit/test_core_imports.py``). It is one module of about 600 lines on purpose:
+one optional kit, read top to bottom in commented sections (specs, tensor plans, the
+Llama and sized data, writing, the command line).
 
 Command line::
 
