@@ -33,15 +33,15 @@ from os import PathLike
 import torch
 
 from ..backends.registry import has_backend, open_backend
-from ..errors import UnsupportedSchemeError
-from ..plan import PlannedFile
+from ..errors import UnsupportedSchemeError, UsageError
+from ..plan import Plan, PlannedFile
 from ..settings import StorageSettings
 from ..sizes import format_size
 from ..uri import ObjectURI, parse_uri
 from .engine import StreamStats, stream_plan_tensors
 from .options import Budget, Engine, TensorStreamOptions
 from .runai import RUNAI_SCHEMES, stream_runai
-from .sources import BackendReader, LocalReader, ShardReader, find_shards
+from .sources import BackendReader, LocalReader, ShardReader, find_shards, plan_shards
 
 __all__ = [
     "Budget",
@@ -62,6 +62,7 @@ def stream_tensors(
     options: TensorStreamOptions | None = None,
     storage: StorageSettings | None = None,
     stats: StreamStats | None = None,
+    plan: Plan | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of the model at ``source``.
 
@@ -73,6 +74,8 @@ def stream_tensors(
         storage: endpoint and credentials (default: botocore's chain, no custom endpoint;
             entry points pass ``StorageSettings.from_env(os.environ)``).
         stats: filled in with what the stream did (shards, bytes, seconds, retries).
+        plan: a plan of ``source`` made earlier (:func:`streamer.plan.plan`): its shards are
+            streamed, pinned to their listed versions, without listing again.
 
     Raises:
         ObjectNotFoundError: no shards at ``source``.
@@ -85,10 +88,13 @@ def stream_tensors(
     storage = storage or StorageSettings()
     stats = stats if stats is not None else StreamStats()
     uri = parse_uri(str(source))
+    if plan is not None and plan.source != uri:
+        raise UsageError(f"the plan is of {plan.source}, not of {uri}")
+    planned = plan_shards(plan) if plan is not None else None
     target = torch.device(device)
     engine = _choose_engine(options.engine, uri)
     if engine == "runai":
-        shards = list_shards(uri, storage=storage)
+        shards = planned if planned is not None else list_shards(uri, storage=storage)
         yield from stream_runai(uri, shards, device=target, storage=storage, stats=stats)
     else:
         budget = options.budget(remote=not uri.is_local)
@@ -100,6 +106,7 @@ def stream_tensors(
             device=target,
             pin_memory=pin,
             stats=stats,
+            shards=planned,
         )
     log.info(
         "streamed %d tensors (%s) from %s with %s in %.2fs (%s/s, %d retries)",

@@ -108,8 +108,12 @@ async def _shutdown(reader: ShardReader) -> None:
     await reader.close()  # waits for reads still running in worker threads
 
 
-async def _prepare(source: ObjectURI, reader: ShardReader) -> list[ShardLayout]:
-    return await read_layouts(reader, await find_shards(reader.backend, source))
+async def _prepare(
+    source: ObjectURI, reader: ShardReader, shards: list[PlannedFile] | None
+) -> list[ShardLayout]:
+    if shards is None:
+        shards = await find_shards(reader.backend, source)
+    return await read_layouts(reader, shards)
 
 
 class _StagedSink:
@@ -274,6 +278,7 @@ def stream_plan_tensors(
     pin_memory: bool,
     stats: StreamStats | None = None,
     staging: bool | None = None,
+    shards: list[PlannedFile] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of the model at ``source``, on ``device``.
 
@@ -282,6 +287,7 @@ def stream_plan_tensors(
     Args:
         staging: copy through reusable host buffers (default: unless the device is the CPU,
             where ranges land in the tensors directly).
+        shards: the shards to stream (from a plan made earlier); None: find them.
 
     Raises:
         SafetensorsError: a header is malformed or a shard is truncated.
@@ -291,7 +297,7 @@ def stream_plan_tensors(
     started = time.perf_counter()
     fetch_loop = _FetchLoop()
     try:
-        layouts = fetch_loop.submit(_prepare(source, reader)).result()
+        layouts = fetch_loop.submit(_prepare(source, reader, shards)).result()
         plan = plan_stream(layouts, buffer_size=budget.buffer_size, chunk_size=budget.chunk_size)
         # A model smaller than the budget needs fewer buffers than the budget allows.
         count = max(1, min(budget.buffers, len(plan.segments)))

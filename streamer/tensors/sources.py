@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..backends.base import Backend, ObjectInfo
 from ..backends.local import LocalBackend
 from ..errors import ObjectNotFoundError, SafetensorsError
-from ..plan import PlannedFile
+from ..plan import Plan, PlannedFile
 from ..retry import Retrier, RetryPolicy
 from ..safetensors import INDEX_NAME
 from ..uri import ObjectURI
@@ -172,6 +172,19 @@ async def _shards_without_listing(
     if not names or any(not isinstance(n, str) or posixpath.normpath(n) != n for n in names):
         raise SafetensorsError(uri, "index names no shards, or a shard outside the model")
     return list(await asyncio.gather(*(backend.stat(prefix + n) for n in names)))
+
+
+def plan_shards(plan: Plan) -> list[PlannedFile]:
+    """The shards of a plan made earlier, as :func:`find_shards` would pick them (the
+    ``.safetensors`` files directly under the source), sorted by key; nothing is listed.
+
+    Raises:
+        ObjectNotFoundError: the plan holds no such file.
+    """
+    shards = [f for f in plan.files if "/" not in f.rel and f.rel.endswith(SUFFIX)]
+    if not shards:
+        raise ObjectNotFoundError(str(plan.source), "no .safetensors files in the plan")
+    return sorted(shards, key=lambda f: f.key)
 
 
 def _ref(source: ObjectURI, info: ObjectInfo) -> PlannedFile:

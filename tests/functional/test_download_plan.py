@@ -67,3 +67,30 @@ async def test_a_plan_of_another_source_is_a_usage_error(origin, model_root, tmp
     with pytest.raises(UsageError):
         await download("s3://models/other", tmp_path / "out", options=OPTS, storage=storage,
                        plan=the_plan)
+
+
+async def test_the_tensor_stream_takes_a_plan_without_listing(origin, model_root):
+    import asyncio
+
+    from safetensors.numpy import load_file
+
+    from streamer.tensors import TensorStreamOptions, stream_tensors
+
+    srv = await origin(model_root)
+    storage = _storage(srv.url)
+    uri = "s3://models/llama"
+    the_plan = await _plan(uri, storage)
+    srv.clear_log()
+
+    def stream() -> dict:
+        opts = TensorStreamOptions(chunk_size=64 << 10, buffer_size=256 << 10,
+                                   max_memory=4 << 20)
+        return {name: t.numpy().tobytes() for name, t in
+                stream_tensors(uri, options=opts, storage=storage, plan=the_plan)}
+
+    got = await asyncio.to_thread(stream)
+    assert [r for r in srv.requests() if r.path == "models"] == []  # no listing
+    want = {}
+    for shard in (model_root / "models" / "llama").glob("*.safetensors"):
+        want.update({n: a.tobytes() for n, a in load_file(shard).items()})
+    assert got == want
