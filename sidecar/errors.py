@@ -78,7 +78,7 @@ class TooManyGrantsError(CacheError):
     (no requester's live grant is ever pushed out by another's)."""
 
     code = "too_many_grants"
-    status = 429
+    http_status = 429
 
 
 class ModelNotFoundError(CacheError, LookupError):

@@ -32,6 +32,8 @@ def test_every_type_carries_the_three_numbers():
         assert isinstance(cls.code, str) and cls.code, cls
         assert 400 <= cls.http_status < 600, cls
         assert cls.exit_code in (1, 2, 3, 4, 5), cls
+        # ``status`` is the name of a status seen on the wire, never of the type's own.
+        assert "status" not in vars(cls), cls
 
 
 def test_types_sharing_a_code_share_their_numbers():
