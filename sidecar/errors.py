@@ -70,7 +70,7 @@ class NotCacheableError(CacheError):
     object without a strong ETag): it is not cached rather than served stale."""
 
     code = "not_cacheable"
-    status = 422
+    http_status = 422
 
 
 class TooManyGrantsError(CacheError):
