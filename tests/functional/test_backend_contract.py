@@ -162,11 +162,12 @@ async def test_missing_object_is_not_found(case: Case):
 
 # What each backend must declare: every one reads ranges and scatters them (the tests
 # above); the http origin names one object and streams whole bodies; S3 lists and
-# streams whole bodies; local files list.
+# streams whole bodies; local files and the fsspec fallback (webhdfs here) list.
 DECLARED = {
     "s3": Capabilities(whole_object=True),
     "http": Capabilities(list_prefix=False, whole_object=True),
     "file": Capabilities(),
+    "webhdfs": Capabilities(),
 }
 
 
