@@ -52,7 +52,7 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .base import Backend, Buffer, ObjectInfo
+from .base import Backend, Buffer, Capabilities, ObjectInfo
 
 _PIECE = 8 << 20
 _THREADS = 16
@@ -102,6 +102,10 @@ def _pread(f: Any, offset: int, n: int) -> bytes:
 
 class FsspecBackend(Backend):
     """One fsspec filesystem (for WebHDFS: one NameNode), keys relative to its root."""
+
+    # Lists prefixes and reads any range (scatter reads derived from it); no whole-object
+    # stream: every read names its offset and length, so there is no Range to ignore.
+    capabilities = Capabilities(list_prefix=True, ranged_read=True, whole_object=False)
 
     def __init__(self, scheme: str, bucket: str, fs: Any) -> None:
         self.scheme = scheme
