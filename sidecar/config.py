@@ -205,6 +205,7 @@ class DaemonConfig(TransferOptions):
             node_name=pick("node_name", "WEIGHTSTREAM_NODE_NAME", None),
             kube_api=pick("kube_api", None, _in_cluster_api(environ)),
             kube_token_file=Path(pick("kube_token_file", None, SA_DIR / "token")),
+            kube_ca_file=Path(pick("kube_ca_file", None, SA_DIR / "ca.crt")),
             **resolve_transfer(environ, args).transfer_fields(),
         )
         values.update(overrides)
@@ -282,6 +283,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "KUBERNETES_SERVICE_HOST/PORT)")
     p.add_argument("--kube-token-file", metavar="PATH",
                    help=f"service account token (default {SA_DIR / 'token'})")
+    p.add_argument("--kube-ca-file", metavar="PATH",
+                   help=f"CA bundle of the API server (default {SA_DIR / 'ca.crt'})")
 
 
 def client_token(args_token_file: str | None, environ: Mapping[str, str]) -> str | None:
