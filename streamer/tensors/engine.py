@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -37,7 +37,7 @@ import torch
 from ..errors import WeightstreamError
 from ..plan import PlannedFile
 from ..uri import ObjectURI
-from .layout import HEADER_PROBE_BYTES, ShardLayout, header_size, parse_shard
+from .layout import HEADER_PROBE_BYTES, ShardLayout, TensorEntry, header_size, parse_shard
 from .options import Budget
 from .plan import Segment, StreamPlan, plan_stream
 from .pool import BufferPool
@@ -50,11 +50,17 @@ _DONE = object()
 
 @dataclass
 class StreamStats:
-    """What one stream did (filled in as it runs)."""
+    """What one stream did (filled in as it runs).
+
+    ``bytes`` counts the tensor bytes handed to the caller; ``fetched`` the tensor bytes
+    this process read from the source (less than ``bytes`` when the ranks of a group share
+    the reads, see :mod:`.distributed`; headers not included).
+    """
 
     shards: int = 0
     tensors: int = 0
     bytes: int = 0
+    fetched: int = 0
     seconds: float = 0.0
     buffers: int = 0
     buffer_size: int = 0
@@ -84,12 +90,19 @@ class _FetchLoop:
         self.loop.close()
 
 
-async def read_layouts(reader: ShardReader, shards: list[PlannedFile]) -> list[ShardLayout]:
-    """Read and check every shard's header, concurrently; one ranged read each (usually)."""
+async def read_layouts(
+    reader: ShardReader, shards: list[PlannedFile], *, probe: int = HEADER_PROBE_BYTES
+) -> list[ShardLayout]:
+    """Read and check every shard's header, concurrently; one ranged read each (usually).
+
+    Args:
+        probe: bytes of the first read; a header longer than that costs a second read. A
+            probe of 8 reads exactly the header (two reads), so no data byte is read twice.
+    """
 
     async def one(shard: PlannedFile) -> ShardLayout:
-        probe = min(shard.size, HEADER_PROBE_BYTES)
-        head = await reader.read(shard, 0, probe) if probe else b""
+        first = min(shard.size, probe)
+        head = await reader.read(shard, 0, first) if first else b""
         total = header_size(shard.uri, head, shard.size)
         if total > len(head):
             head += await reader.read(shard, len(head), total)
@@ -279,6 +292,9 @@ def stream_plan_tensors(
     stats: StreamStats | None = None,
     staging: bool | None = None,
     shards: list[PlannedFile] | None = None,
+    layouts: Sequence[ShardLayout] | None = None,
+    keep: Callable[[int, TensorEntry], bool] | None = None,
+    in_order: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of the model at ``source``, on ``device``.
 
@@ -288,6 +304,13 @@ def stream_plan_tensors(
         staging: copy through reusable host buffers (default: unless the device is the CPU,
             where ranges land in the tensors directly).
         shards: the shards to stream (from a plan made earlier); None: find them.
+        layouts: the shards' checked headers, when the caller has them already (they are
+            then not read again); default: list the source and read every header.
+        keep: which tensors to stream (``keep(shard_index, entry)``; default all): the
+            bytes of the others are not read.
+        in_order: hand segments over in file order (segments that complete early wait, in
+            the budget, for the ones before them), so non-empty tensors come in file order
+            (empty ones first); default: as they complete.
 
     Raises:
         SafetensorsError: a header is malformed or a shard is truncated.
@@ -297,8 +320,11 @@ def stream_plan_tensors(
     started = time.perf_counter()
     fetch_loop = _FetchLoop()
     try:
-        layouts = fetch_loop.submit(_prepare(source, reader, shards)).result()
-        plan = plan_stream(layouts, buffer_size=budget.buffer_size, chunk_size=budget.chunk_size)
+        if layouts is None:
+            layouts = fetch_loop.submit(_prepare(source, reader, shards)).result()
+        plan = plan_stream(
+            layouts, buffer_size=budget.buffer_size, chunk_size=budget.chunk_size, keep=keep
+        )
         # A model smaller than the budget needs fewer buffers than the budget allows.
         count = max(1, min(budget.buffers, len(plan.segments)))
         size = min(budget.buffer_size, max((s.nbytes for s in plan.segments), default=1))
@@ -308,9 +334,10 @@ def stream_plan_tensors(
         else:
             sink = _StagedSink(BufferPool(count, size, pin=pin_memory), device)
         stats.shards, stats.buffers, stats.buffer_size = len(layouts), count, size
+        stats.fetched = plan.nbytes
         out: queue.Queue = queue.Queue()
         fetch = fetch_loop.submit(_fetch(plan, reader, sink, budget.concurrency, out))
-        yield from _hand_over(plan, sink, out, device, stats)
+        yield from _hand_over(plan, sink, out, device, stats, in_order)
         fetch.result()
     finally:
         try:
@@ -327,6 +354,7 @@ def _hand_over(
     out: queue.Queue,
     device: torch.device,
     stats: StreamStats,
+    in_order: bool,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     left = [t.pieces for t in plan.tensors]
     partial: dict[int, torch.Tensor] = {}
@@ -340,6 +368,8 @@ def _hand_over(
     for i, t in enumerate(plan.tensors):
         if t.pieces == 0:  # no bytes to wait for
             yield finish(i, torch.empty(0, dtype=torch.uint8, device=device))
+    arrived: dict[int, tuple[Segment, object]] = {}
+    following = 0  # with in_order: the next segment to hand over
     for _ in plan.segments:
         item = out.get()
         if item is _DONE:
@@ -347,14 +377,20 @@ def _hand_over(
         if isinstance(item, BaseException):
             raise item
         seg, token = item
-        sink.consume(plan, seg, token, partial)
-        ready = []
-        for p in seg.pieces:
-            left[p.tensor] -= 1
-            if not left[p.tensor]:
-                ready.append(p.tensor)
-        for i in ready:
-            yield finish(i, partial.pop(i))
+        arrived[seg.index] = (seg, token)
+        if not in_order:
+            following = seg.index
+        while following in arrived:
+            seg, token = arrived.pop(following)
+            following += 1
+            sink.consume(plan, seg, token, partial)
+            ready = []
+            for p in seg.pieces:
+                left[p.tensor] -= 1
+                if not left[p.tensor]:
+                    ready.append(p.tensor)
+            for i in ready:
+                yield finish(i, partial.pop(i))
     if partial:
         missing = ", ".join(sorted(plan.tensors[i].entry.name for i in partial)[:5])
         raise RuntimeError(f"stream ended with incomplete tensors: {missing}")

@@ -6,11 +6,15 @@ segment is fetched as a few ranged reads (``chunk_size`` each) into one reusable
 its *pieces* say which bytes of the buffer belong to which tensor, at which offset inside
 the tensor. A tensor that crosses a segment boundary (or is larger than a buffer) is
 simply made of several pieces from several segments, copied into one allocation of its own.
+
+A plan may keep only some tensors (``keep``: checkpoint weights the model does not load, or
+the tensors another rank fetches): the segments then cover the runs of consecutive kept
+tensors of each shard, so the bytes of a skipped tensor are never read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .layout import ShardLayout, TensorEntry
@@ -81,40 +85,44 @@ class StreamPlan:
         return sum(s.nbytes for s in self.segments)
 
 
-def plan_stream(shards: Sequence[ShardLayout], *, buffer_size: int, chunk_size: int) -> StreamPlan:
+def plan_stream(
+    shards: Sequence[ShardLayout],
+    *,
+    buffer_size: int,
+    chunk_size: int,
+    keep: Callable[[int, TensorEntry], bool] | None = None,
+) -> StreamPlan:
     """Plan the segments and ranges covering the data area of every shard.
 
     Args:
         shards: checked shard layouts, in the order their tensors should arrive.
         buffer_size: the size of one host buffer (the largest segment).
         chunk_size: the size of one ranged read (at most ``buffer_size``).
+        keep: ``keep(shard_index, entry)`` says whether a tensor is planned (default: all);
+            the bytes of the others are not read.
     """
     if buffer_size <= 0 or chunk_size <= 0:
         raise ValueError("buffer_size and chunk_size must be positive")
     chunk_size = min(chunk_size, buffer_size)
     tensors: list[tuple[int, TensorEntry]] = [
-        (s, t) for s, shard in enumerate(shards) for t in shard.tensors
+        (s, t)
+        for s, shard in enumerate(shards)
+        for t in shard.tensors
+        if keep is None or keep(s, t)
     ]
     piece_count = [0] * len(tensors)
     segments: list[Segment] = []
-    first = 0  # index of the first tensor of the current shard in `tensors`
-    for s, shard in enumerate(shards):
-        count = len(shard.tensors)
-        shard_tensors = range(first, first + count)
-        first += count
-        nonempty = [i for i in shard_tensors if tensors[i][1].nbytes]
-        if not nonempty:
-            continue
-        start, end = tensors[nonempty[0]][1].start, shard.data_end
-        cursor = 0  # first tensor (in `nonempty`) that may still overlap the next segment
+    for s, run in _runs(shards, tensors):
+        start, end = tensors[run[0]][1].start, tensors[run[-1]][1].end
+        cursor = 0  # first tensor (in `run`) that may still overlap the next segment
         for seg_start in range(start, end, buffer_size):
             seg_end = min(seg_start + buffer_size, end)
             pieces: list[Piece] = []
-            while cursor < len(nonempty) and tensors[nonempty[cursor]][1].end <= seg_start:
+            while cursor < len(run) and tensors[run[cursor]][1].end <= seg_start:
                 cursor += 1
             j = cursor
-            while j < len(nonempty) and tensors[nonempty[j]][1].start < seg_end:
-                idx = nonempty[j]
+            while j < len(run) and tensors[run[j]][1].start < seg_end:
+                idx = run[j]
                 t = tensors[idx][1]
                 a, b = max(t.start, seg_start), min(t.end, seg_end)
                 pieces.append(Piece(idx, a - seg_start, a - t.start, b - a))
@@ -126,3 +134,31 @@ def plan_stream(shards: Sequence[ShardLayout], *, buffer_size: int, chunk_size: 
             segments.append(Segment(len(segments), s, seg_start, seg_end, ranges, tuple(pieces)))
     planned = tuple(PlannedTensor(s, t, piece_count[i]) for i, (s, t) in enumerate(tensors))
     return StreamPlan(tuple(shards), planned, tuple(segments))
+
+
+def _runs(
+    shards: Sequence[ShardLayout], tensors: list[tuple[int, TensorEntry]]
+) -> list[tuple[int, list[int]]]:
+    """Group the planned non-empty tensors into runs that are contiguous in their shard.
+
+    Returns ``(shard index, [indices into tensors])`` per run, in order. Two planned tensors
+    are in one run when no skipped non-empty tensor of the shard lies between them (the
+    bytes of a run are read end to end, gaps between tensors included, as before).
+    """
+    runs: list[tuple[int, list[int]]] = []
+    planned = {(s, t.start): i for i, (s, t) in enumerate(tensors) if t.nbytes}
+    for s, shard in enumerate(shards):
+        current: list[int] = []
+        for t in shard.tensors:
+            if not t.nbytes:
+                continue
+            i = planned.get((s, t.start))
+            if i is None:  # skipped: it ends the run
+                if current:
+                    runs.append((s, current))
+                current = []
+            else:
+                current.append(i)
+        if current:
+            runs.append((s, current))
+    return runs
