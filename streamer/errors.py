@@ -210,6 +210,24 @@ class TransferError(UpstreamError):
         super().__init__(f"{uri}: giving up after {attempts} attempts: {last}")
 
 
+class DistributedLoadError(WeightstreamError):
+    """A load shared by the ranks of a process group failed; raised on every rank.
+
+    Attributes:
+        rank: this process's rank in the group.
+        failed: rank -> what went wrong there (its error, or that it did not answer).
+    """
+
+    def __init__(self, *, rank: int, failed: dict[int, str], reason: str) -> None:
+        self.rank = rank
+        self.failed = dict(failed)
+        self.reason = reason
+        detail = "; ".join(f"rank {r}: {msg}" for r, msg in sorted(self.failed.items()))
+        super().__init__(f"distributed load failed on rank {rank}: {reason}" + (
+            f" ({detail})" if detail else ""
+        ))  # fmt: skip
+
+
 class InsufficientSpaceError(WeightstreamError, OSError):
     """The destination filesystem cannot hold the download."""
 

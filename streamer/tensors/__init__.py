@@ -18,6 +18,12 @@ Two engines behind one function:
   ``safetensors.torch.load_file``; a corrupt or truncated shard is a ``SafetensorsError``.
 * ``runai``: runai-model-streamer, for parity with vLLM's ``runai_streamer`` loader.
 
+Under tensor parallelism, ``peers`` (a :class:`Peers` over an initialised
+``torch.distributed`` group of N ranks) shares one load between the ranks: each fetches
+about 1/N of the bytes and the tensors are broadcast from their owners, so the group reads
+the model from its source once (:mod:`.distributed`). ``keep`` skips checkpoint tensors
+the caller does not load; their bytes are not read.
+
 Every yielded tensor belongs to the caller (it never aliases a reusable buffer). On CUDA the
 copy is queued on the current stream, so work on that stream sees the data.
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 
@@ -38,6 +44,7 @@ from ..plan import Plan, PlannedFile
 from ..settings import StorageSettings
 from ..sizes import format_size
 from ..uri import ObjectURI, parse_uri
+from .distributed import Peers, stream_shared
 from .engine import StreamStats, stream_plan_tensors
 from .options import Budget, Engine, TensorStreamOptions
 from .runai import RUNAI_SCHEMES, stream_runai
@@ -46,6 +53,7 @@ from .sources import BackendReader, LocalReader, ShardReader, find_shards, plan_
 __all__ = [
     "Budget",
     "Engine",
+    "Peers",
     "StreamStats",
     "TensorStreamOptions",
     "list_shards",
@@ -63,6 +71,8 @@ def stream_tensors(
     storage: StorageSettings | None = None,
     stats: StreamStats | None = None,
     plan: Plan | None = None,
+    peers: Peers | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of the model at ``source``.
 
@@ -76,6 +86,11 @@ def stream_tensors(
         stats: filled in with what the stream did (shards, bytes, seconds, retries).
         plan: a plan of ``source`` made earlier (:func:`streamer.plan.plan`): its shards are
             streamed, pinned to their listed versions, without listing again.
+        peers: the ranks that share this load (every one of them calls this at the same
+            time); ``None``, a single rank or an uninitialised group: this process reads
+            every byte itself. The ``runai`` engine ignores it (each rank reads everything).
+        keep: ``keep(name)`` says whether a tensor is wanted (default: all); the others
+            are neither read nor yielded (with ``runai``, read but not yielded).
 
     Raises:
         ObjectNotFoundError: no shards at ``source``.
@@ -83,6 +98,8 @@ def stream_tensors(
         TransferError: a range failed on every attempt.
         VersionChangedError: a shard changed while it was read.
         UnsupportedSchemeError: no engine can read ``source``.
+        DistributedLoadError: with ``peers``: a rank failed or stopped answering (raised
+            on every rank, naming the rank and its error).
     """
     options = options or TensorStreamOptions()
     storage = storage or StorageSettings()
@@ -93,20 +110,33 @@ def stream_tensors(
     planned = plan_shards(plan) if plan is not None else None
     target = torch.device(device)
     engine = _choose_engine(options.engine, uri)
+    pin = options.pin_memory if options.pin_memory is not None else target.type == "cuda"
     if engine == "runai":
         shards = planned if planned is not None else list_shards(uri, storage=storage)
-        yield from stream_runai(uri, shards, device=target, storage=storage, stats=stats)
+        runai = stream_runai(uri, shards, device=target, storage=storage, stats=stats)
+        yield from (item for item in runai if keep is None or keep(item[0]))
+    elif peers is not None and peers.shares():
+        yield from stream_shared(
+            source=uri,
+            open_reader=lambda: _reader(uri, storage, options),
+            options=options,
+            device=target,
+            pin_memory=pin,
+            peers=peers,
+            keep=keep,
+            stats=stats,
+            shards=planned,
+        )
     else:
-        budget = options.budget(remote=not uri.is_local)
-        pin = options.pin_memory if options.pin_memory is not None else target.type == "cuda"
         yield from stream_plan_tensors(
             source=uri,
             reader=_reader(uri, storage, options),
-            budget=budget,
+            budget=options.budget(remote=not uri.is_local),
             device=target,
             pin_memory=pin,
             stats=stats,
             shards=planned,
+            keep=None if keep is None else lambda _, t: keep(t.name),
         )
     log.info(
         "streamed %d tensors (%s) from %s with %s in %.2fs (%s/s, %d retries)",
