@@ -20,6 +20,9 @@ Keys (all optional):
 ``max_attempts`` attempts per ranged read (default 5)
 ``retry_base_delay`` seconds before the first retry, doubled each time (default 0.25)
 ``retry_max_delay`` cap on one retry delay in seconds (default 8)
+``distributed`` share the reads between the tensor-parallel ranks (default true; see
+                :mod:`streamer.tensors.distributed`); false: every rank reads everything
+``distributed_timeout`` seconds one exchange between the ranks may wait (default 600)
 =============== ========================================================================
 
 This module does not import vLLM, so it is tested without it.
@@ -39,8 +42,9 @@ from ..tensors import TensorStreamOptions
 _SIZES = ("max_memory", "buffer_size", "chunk_size")
 _COUNTS = ("concurrency", "max_attempts")
 _STRINGS = ("source", "cache_dir", "engine", "device")
-_SECONDS = ("retry_base_delay", "retry_max_delay")
-KEYS = frozenset(_SIZES + _COUNTS + _STRINGS + _SECONDS)
+_SECONDS = ("retry_base_delay", "retry_max_delay", "distributed_timeout")
+_FLAGS = ("distributed",)
+KEYS = frozenset(_SIZES + _COUNTS + _STRINGS + _SECONDS + _FLAGS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +54,8 @@ class LoaderSettings:
     source: str | None = None
     cache_dir: str | None = None
     device: str = "auto"
+    distributed: bool = True
+    distributed_timeout: float = 600.0
     options: TensorStreamOptions = field(default_factory=TensorStreamOptions)
 
     @classmethod
@@ -73,6 +79,11 @@ class LoaderSettings:
             value = extra.get(key)
             if key in extra and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UsageError(f"{key} must be a positive integer, got {value!r}")
+        for key in _FLAGS:
+            if key in extra and not isinstance(extra[key], bool):
+                raise UsageError(f"{key} must be true or false, got {extra[key]!r}")
+        if extra.get("distributed_timeout", 1) == 0:
+            raise UsageError("distributed_timeout must be more than 0 seconds")
         for key in _SECONDS:
             value = extra.get(key)
             if key in extra and (
@@ -107,5 +118,7 @@ class LoaderSettings:
             source=extra.get("source") or None,
             cache_dir=extra.get("cache_dir") or None,
             device=extra.get("device", "auto"),
+            distributed=extra.get("distributed", True),
+            distributed_timeout=float(extra.get("distributed_timeout", 600.0)),
             options=TensorStreamOptions(**opts),
         )

@@ -30,6 +30,12 @@ def test_all_keys() -> None:
     assert (o.retry.max_attempts, o.retry.base_delay, o.retry.max_delay) == (9, 0.5, 4)
 
 
+def test_distributed_keys() -> None:
+    assert LoaderSettings.from_extra_config(None).distributed is True
+    s = LoaderSettings.from_extra_config({"distributed": False, "distributed_timeout": 30})
+    assert (s.distributed, s.distributed_timeout) == (False, 30.0)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -42,6 +48,10 @@ def test_all_keys() -> None:
         {"source": 3},
         {"max_attempts": 0},
         {"retry_base_delay": -1},
+        {"distributed": "yes"},
+        {"distributed": 1},
+        {"distributed_timeout": 0},
+        {"distributed_timeout": "10"},
     ],
 )
 def test_bad_values_are_usage_errors(extra) -> None:
