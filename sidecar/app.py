@@ -25,9 +25,12 @@ from prometheus_client import CollectorRegistry
 from . import handlers as h
 from .config import DaemonConfig
 from .errors import classify
-from .keys import CONFIG, LISTENER, METRICS, REGISTRY, SERVICE
+from .keys import CONFIG, LISTENER, METRICS, REGISTRY, S3, SERVICE
 from .kube import PodDirectory
 from .metrics import CacheMetrics
+from .s3.credentials import ScopedKeys
+from .s3.handlers import create_s3_app, issue_credentials
+from .s3.service import S3Objects
 from .service import CacheService
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ def create_app(
         app[SERVICE] = svc
         try:
             await svc.start()
+            keys = await asyncio.to_thread(ScopedKeys.load_or_create, svc.layout.s3_key_file)
+            app[S3] = S3Objects(svc, keys, clock=clock, max_readers=config.s3_max_readers)
             yield
             await svc.close()
         finally:
@@ -82,6 +87,7 @@ def create_app(
     r.add_delete("/v1/models/{id}/leases/{holder}", h.release_lease, name="release")
     r.add_get("/v1/models/{id}/files", h.list_files, name="files")
     r.add_get("/v1/models/{id}/files/{path:.+}", h.get_file, name="file")
+    r.add_post("/v1/models/{id}/s3-credentials", issue_credentials, name="s3_credentials")
     return app
 
 
@@ -109,6 +115,11 @@ def create_public_app(config: DaemonConfig, *, service: CacheService) -> web.App
         app.router.add_get("/v1/peer/models/{id}/files/{path:.+}", h.get_peer_file,
                            name="peer_file")
     return app
+
+
+def create_s3_listener_app(full: web.Application) -> web.Application:
+    """The S3 endpoint's app (its own TCP listener) over the full app's running service."""
+    return create_s3_app(full[S3])
 
 
 def _base_app(config: DaemonConfig, *, listener: str) -> web.Application:

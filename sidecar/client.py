@@ -117,6 +117,17 @@ class CacheAPIClient:
         return (await self._json("GET", f"/v1/models/{_seg(model_id)}/files",
                                  grant=grant))["files"]
 
+    async def s3_credentials(self, model_id: str, *, grant: str, holder: str,
+                             ttl: float | None = None) -> views.S3Credentials:
+        """Scoped credentials for the daemon's S3 endpoint (leases the model for
+        ``holder``): ``access_key_id``, ``secret_access_key``, ``expires_at``, ``bucket``,
+        ``prefix``, ``uri``."""
+        body: dict[str, Any] = {"holder": holder}
+        if ttl is not None:
+            body["ttl_seconds"] = ttl
+        return await self._json("POST", f"/v1/models/{_seg(model_id)}/s3-credentials",
+                                body=body, grant=grant)
+
     def open_file(self, model_id: str, rel: str, *, grant: str,
                   byte_range: tuple[int, int] | None = None) -> Any:
         """``async with api.open_file(id, rel, grant=g) as resp:`` (checked on entry)."""

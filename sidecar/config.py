@@ -11,6 +11,8 @@ flag                       environment                     default
 ``--min-free``             ``WEIGHTSTREAM_CACHE_MIN_FREE`` ``10Gi``
 ``--socket``               (daemon) --                     ``<cache-root>/daemon.sock``
 ``--listen``               ``WEIGHTSTREAM_CACHE_LISTEN``   ``0.0.0.0:8470`` (``off``)
+``--s3-listen``            ``WEIGHTSTREAM_CACHE_S3_LISTEN`` ``off`` (S3 read endpoint)
+``--s3-max-readers``       --                              ``512``
 ``--allow`` (repeatable)   ``WEIGHTSTREAM_CACHE_ALLOW``    any (comma separated)
 ``--allow-endpoint`` (rep.) ``WEIGHTSTREAM_CACHE_ALLOW_ENDPOINTS`` none (comma separated)
 ``--operator-token-file``  ``WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE`` unset (grants only)
@@ -70,6 +72,9 @@ class DaemonConfig(TransferOptions):
         min_free: free-disk watermark kept by evicting unleased models.
         socket_path: unix socket of the full API (node-local).
         listen: ``(host, port)`` of the TCP API (health, metrics, peers); None: off.
+        s3_listen: ``(host, port)`` of the S3 read endpoint (scoped credentials, read
+            through running pulls); None: off.
+        s3_max_readers: object reads at once on the S3 endpoint; more get ``SlowDown``.
         allow: URI prefixes the daemon may fetch; empty: any object store on its default
             endpoint (``file://`` and ``http(s)://`` only if listed).
         allow_endpoints: endpoints (``scheme://host[:port]``) a requester may name
@@ -100,6 +105,8 @@ class DaemonConfig(TransferOptions):
     min_free: int = DEFAULT_MIN_FREE
     socket_path: Path | None = None
     listen: tuple[str, int] | None = ("0.0.0.0", 8470)
+    s3_listen: tuple[str, int] | None = None
+    s3_max_readers: int = 512
     allow: tuple[str, ...] = ()
     allow_endpoints: tuple[str, ...] = ()
     operator_token_file: Path | None = None
@@ -200,6 +207,8 @@ class DaemonConfig(TransferOptions):
             log_format=log_format(environ, args.get("log_format")),
             max_pulls=int(pick("max_pulls", None, 2)),
             peer_files=bool(args.get("peer_files") or False),
+            s3_listen=parse_listen(pick("s3_listen", "WEIGHTSTREAM_CACHE_S3_LISTEN", "off")),
+            s3_max_readers=int(pick("s3_max_readers", None, 512)),
             housekeeping_interval=float(pick("housekeeping", None, 30.0)),
             proof_ttl=float(pick("proof_ttl", None, 30.0)),
             node_name=pick("node_name", "WEIGHTSTREAM_NODE_NAME", None),
@@ -250,6 +259,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="TCP address of /healthz, /readyz, /metrics and the peer file API, "
                         f"or off (env WEIGHTSTREAM_CACHE_LISTEN, default {DEFAULT_LISTEN})")
+    p.add_argument("--s3-listen", metavar="HOST:PORT",
+                   help="TCP address of the S3 read endpoint (path-style HEAD/GET/"
+                        "ListObjectsV2, SigV4 with scoped credentials), or off "
+                        "(env WEIGHTSTREAM_CACHE_S3_LISTEN, default off)")
+    p.add_argument("--s3-max-readers", type=int, metavar="N",
+                   help="object reads at once on the S3 endpoint (default 512)")
     p.add_argument("--allow", action="append", metavar="PREFIX",
                    help="URI prefix the daemon may fetch; repeatable "
                         "(env WEIGHTSTREAM_CACHE_ALLOW, comma separated; default any object "

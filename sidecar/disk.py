@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.manifest import fsync_dir, load_manifest
+from streamer.manifest import STATE_DIR, fsync_dir, load_manifest
 
 from .layout import ENTRY_ID, MANIFEST, CacheLayout, StagingDir, dir_size
 from .layout import write_json_atomic as write_json_atomic
@@ -108,10 +108,20 @@ def _adopt_published(d: Path, *, now: float) -> Entry | None:
 
 
 def adopt_staging(layout: CacheLayout, entry_id: str, orphans: list[Orphan]) -> StagingDir:
-    """A fresh staging directory for a pull, resuming the newest partial one if any."""
+    """A fresh staging directory for a pull, resuming the newest partial one if any.
+
+    Pulls are not fsynced range by range (durability is a publish-time step): a killed
+    daemon's partial files are in the page cache and resume, but one written before a
+    reboot may have lost pages its journal claims, so it is discarded (boot id marker).
+    """
     fresh = layout.new_staging(entry_id)
     mine = sorted((o for o in orphans if o.staging.entry_id == entry_id),
                   key=lambda o: o.mtime, reverse=True)
+    stale = [o for o in mine if _boot_of(o.staging.path) != boot_id()]
+    for o in stale:
+        log.info("discarding the partial pull of %s: written before the last boot", entry_id)
+        discard(layout, o.staging.path)
+    mine = [o for o in mine if o not in stale]
     if mine:
         os.rename(mine[0].staging.path, fresh.path)
         for extra in mine[1:]:
@@ -119,7 +129,40 @@ def adopt_staging(layout: CacheLayout, entry_id: str, orphans: list[Orphan]) -> 
         log.info("resuming the partial pull of %s (%d bytes on disk)", entry_id, mine[0].size)
     else:
         fresh.path.mkdir(mode=0o755)
+    marker = fresh.path / STATE_DIR / BOOT_MARKER
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(boot_id())
     return fresh
+
+
+BOOT_MARKER = "boot_id"
+
+
+def boot_id() -> str:
+    """This boot of the kernel (a page cache survives a process, not a reboot)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _boot_of(staging: Path) -> str | None:
+    try:
+        return (staging / STATE_DIR / BOOT_MARKER).read_text().strip()
+    except OSError:
+        return None
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (the publish-time durability step)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def publish(layout: CacheLayout, entry: Entry, staging: StagingDir) -> Path:
@@ -134,6 +177,7 @@ def publish(layout: CacheLayout, entry: Entry, staging: StagingDir) -> Path:
         for name in files:
             os.chmod(os.path.join(dirpath, name), 0o644)
     os.chmod(staging.path, 0o755)
+    fsync_tree(staging.path)
     target = layout.model_dir(entry.id)
     if target.exists():  # cannot happen while single flight holds; never serve a mix
         move_to_trash(layout, target)

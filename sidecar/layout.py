@@ -126,6 +126,11 @@ class CacheLayout:
     def lock_file(self) -> Path:
         return self.root / LOCK_NAME
 
+    @property
+    def s3_key_file(self) -> Path:
+        """The key scoped S3 credentials are derived from (0600; see sidecar.s3)."""
+        return self.root / "s3.key"
+
     def create(self) -> None:
         """Create the root and its subdirectories (world-traversable: pods read models)."""
         for d in (self.root, self.models, self.staging, self.state, self.trash):

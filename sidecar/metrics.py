@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -62,6 +62,20 @@ class CacheMetrics:
             ["reason"], registry=registry)
         self.evicted_bytes = Counter(
             f"{PREFIX}_evicted_bytes_total", "Bytes removed by eviction.", registry=registry)
+        # The S3 endpoint (sidecar.s3): bytes by where they were read from, readers, and
+        # how long a read waited for its range to arrive through a running pull.
+        self.s3_bytes = Counter(
+            f"{PREFIX}_s3_bytes_total",
+            "Object bytes served by the S3 endpoint, by source (cache: a published model; "
+            "pull: read through a running pull).", ["source"], registry=registry)
+        self.s3_readers = Gauge(
+            f"{PREFIX}_s3_readers", "Object reads in progress on the S3 endpoint.",
+            registry=registry)
+        self.s3_range_wait = Histogram(
+            f"{PREFIX}_s3_range_wait_seconds",
+            "Time an object read waited for its bytes (0 for a published model).",
+            buckets=(0.001, 0.005, 0.02, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry)
         self._collector: _StateCollector | None = None
 
     def observe_state(self, stats: Callable[[], CacheStats]) -> None:

@@ -105,6 +105,16 @@ class Entry:
             return self.seq > seq
         return True
 
+    def retried(self, now: float) -> Entry:
+        """A pending entry for the next attempt of this failed pull (leases kept)."""
+        entry = Entry(id=self.id, model_key=self.model_key, version=self.version,
+                      source=self.source, include=self.include, exclude=self.exclude,
+                      files=self.files, size=self.size, state=State.PENDING,
+                      created_at=now, last_used=now, leases=dict(self.leases))
+        entry.progress.bytes_total = self.size
+        entry.progress.files_total = len(self.files)
+        return entry
+
     def has_file(self, rel: str) -> bool:
         return rel in self._file_set
 

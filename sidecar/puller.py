@@ -24,6 +24,7 @@ from .access import BackendPool
 from .blocking import Blocking
 from .config import DaemonConfig
 from .errors import classify
+from .flights import Flights
 from .layout import CacheLayout
 from .metrics import CacheMetrics
 from .models import Entry, State
@@ -45,6 +46,7 @@ class Puller:
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         on_failed: Callable[[Entry], None],
+        flights: Flights,
     ) -> None:
         self._config = config
         self._layout = layout
@@ -55,6 +57,7 @@ class Puller:
         self._clock = clock
         self._monotonic = monotonic
         self._on_failed = on_failed
+        self._flights = flights
         self._slots = asyncio.Semaphore(config.max_pulls)
 
     async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings,
@@ -67,6 +70,7 @@ class Puller:
         """
         staging = None
         started = self._monotonic()
+        flight = self._flights.get(entry.id)
         try:
             async with self._slots:
                 if check is not None:
@@ -75,19 +79,25 @@ class Puller:
                 entry.state = State.PULLING
                 entry.bump()
                 staging = await self._space.adopt_staging(entry.id)
-                # The cache outlives pods and reboots: nothing is journaled or published
-                # before it is on disk.
-                options = DownloadOptions(fsync=True, **self._config.transfer_fields())
+                if flight is not None:
+                    flight.staging = staging.path
+                # Durability is a publish-time step (disk.publish fsyncs the tree): readers
+                # of the S3 endpoint are served once bytes are written, and a partial pull
+                # from before a reboot is not resumed (disk.adopt_staging).
+                options = DownloadOptions(fsync=False, **self._config.transfer_fields())
                 # Exactly the files that proved access, each pinned to its version.
                 async with self._backends.use(uri, storage) as backend:
-                    report = await download(uri, staging.path, options=options, storage=storage,
-                                           plan=proved, progress=self._progress_to(entry),
-                                           backend=backend)
+                    report = await download(
+                        uri, staging.path, options=options, storage=storage, plan=proved,
+                        progress=self._progress_to(entry), backend=backend,
+                        schedule=flight.schedule if flight is not None else None)
                 self._metrics.upstream_bytes.inc(report.bytes_fetched)
                 await self._blocking.state(disk.publish, self._layout, entry, staging)
                 staging = None
         except asyncio.CancelledError:
             log.info("pull %s: interrupted by shutdown; its partial data is kept", entry.id)
+            if flight is not None:
+                flight.schedule.fail(ConnectionAbortedError("the node cache is stopping"))
             raise
         except Exception as e:
             code, _status, message = classify(e)
@@ -98,6 +108,8 @@ class Puller:
             entry.state = State.FAILED
             entry.error = (code, message)
             entry.failed_at = self._clock()
+            if flight is not None:
+                flight.schedule.fail(e)
             self._on_failed(entry)
             self._metrics.pulls.labels(code).inc()
             if staging is not None:
@@ -111,6 +123,7 @@ class Puller:
             self._metrics.pull_seconds.observe(seconds)
             log.info("pull %s: %s ready in %.1fs (%s fetched, %s)", entry.id, entry.source,
                      seconds, format_size(report.bytes_fetched), format_size(entry.size))
+            self._flights.drop(entry.id)  # the requester's settings are forgotten here
             await self._space.evict_superseded(entry)
         finally:
             self._space.release(entry.id)

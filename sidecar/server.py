@@ -25,7 +25,7 @@ from aiohttp import web
 from streamer.errors import UsageError
 from streamer.logs import configure
 
-from .app import create_app, create_public_app
+from .app import create_app, create_public_app, create_s3_listener_app
 from .config import DaemonConfig
 from .keys import SERVICE
 from .layout import CacheLayout
@@ -82,6 +82,7 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
                                access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
         await runner.setup()  # recovery runs here
         public: web.AppRunner | None = None
+        s3: web.AppRunner | None = None
         try:
             _clear_stale_socket(config.socket)
             config.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -94,12 +95,21 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
                 await public.setup()
                 host, port = config.listen
                 await web.TCPSite(public, host, port).start()
+            if config.s3_listen is not None:
+                s3 = web.AppRunner(create_s3_listener_app(app), handler_cancellation=True,
+                                   shutdown_timeout=5.0, access_log=None, handle_signals=False)
+                await s3.setup()
+                await web.TCPSite(s3, *config.s3_listen).start()
             bound = public.addresses[0] if public is not None and public.addresses else None
-            log.info("node cache serving %s on %s%s", config.cache_root, config.socket,
-                     f" and {bound[0]}:{bound[1]}" if bound else "")
+            log.info("node cache serving %s on %s%s%s", config.cache_root, config.socket,
+                     f" and {bound[0]}:{bound[1]}" if bound else "",
+                     f"; S3 endpoint on {config.s3_listen[0]}:{config.s3_listen[1]}"
+                     if config.s3_listen else "")
             await stop.wait()
             log.info("node cache stopping")
         finally:
+            if s3 is not None:
+                await s3.cleanup()
             if public is not None:
                 await public.cleanup()
             await runner.cleanup()  # cancels and awaits pulls, flushes state

@@ -69,6 +69,7 @@ from .credentials import RequesterAccess
 from .endpoints import EndpointPolicy, Resolver, system_resolve
 from .errors import BusyError, CacheError, GrantRequiredError, LeasedError, NotReadyError
 from .files import Files
+from .flights import Flights
 from .identity import (
     model_key,
     normalise_patterns,
@@ -122,6 +123,7 @@ class CacheService:
                           else BackendPool(clock=monotonic))
         self._blocking = Blocking()
         self.registry = Registry()
+        self.flights = Flights()
         self.space = Space(config, layout=self.layout, registry=self.registry,
                            metrics=metrics, blocking=self._blocking, clock=clock,
                            disk_usage=disk_usage,
@@ -129,7 +131,7 @@ class CacheService:
         self.puller = Puller(config, layout=self.layout, space=self.space,
                              backends=self._backends, metrics=metrics,
                              blocking=self._blocking, clock=clock, monotonic=monotonic,
-                             on_failed=self._forget_proofs)
+                             on_failed=self._forget_proofs, flights=self.flights)
         self.leases = Leases(config, layout=self.layout, registry=self.registry,
                              blocking=self._blocking, clock=clock, pods=pods)
         self.files_of = Files(layout=self.layout, authorize=self.authorize, clock=clock)
@@ -190,11 +192,10 @@ class CacheService:
         if outcome == "hit":
             entry.last_used = now
             entry.dirty = True
-        elif outcome == "miss":
-            access = request.access
-            self._spawn(self.puller.pull(entry, uri, access.settings(uri), proof.plan,
-                                         check=lambda: self._check_access(uri, access)),
-                        name=f"pull {entry_id}")
+        else:  # readers of the S3 endpoint read through this pull (sidecar.flights)
+            self.flights.remember(entry_id, uri, request.access, proof.plan)
+        if outcome == "miss":
+            self._start_pull(entry, uri, request.access, proof.plan)
             log.info("pull %s: %s (%d files, %s) queued", entry_id, entry.source,
                      len(entry.files), format_size(entry.size))
         holder = request.lease[0] if request.lease else None
@@ -238,6 +239,25 @@ class CacheService:
         if server is not None:
             what = "source" if uri.scheme in HTTP_SCHEMES else "endpoint"
             await self._endpoints.check(server, what=what, listed=True if by_prefix else None)
+
+    def _start_pull(self, entry: Entry, uri: ObjectURI, access: RequesterAccess,
+                    the_plan: Plan) -> None:
+        self._spawn(self.puller.pull(entry, uri, access.settings(uri), the_plan,
+                                     check=lambda: self._check_access(uri, access)),
+                    name=f"pull {entry.id}")
+
+    def retry_pull(self, entry_id: str) -> bool:
+        """Start the next attempt of a failed pull for a reader of the S3 endpoint, with
+        the settings its flight kept (leases carry over). False if there are none."""
+        old = self.registry.find(entry_id)
+        flight = self.flights.restart(entry_id)
+        if old is None or old.state is not State.FAILED or flight is None:
+            return False
+        entry, outcome = self.registry.claim(entry_id, lambda: old.retried(self._clock()))
+        if outcome == "miss":
+            log.info("pull %s: %s retried for a reader", entry_id, entry.source)
+            self._start_pull(entry, flight.uri, flight.access, flight.plan)
+        return True
 
     def _forget_proofs(self, entry: Entry) -> None:
         self._proofs.forget(lambda p: version_of(p) == entry.version)
@@ -377,6 +397,10 @@ class CacheService:
             if (entry.state is State.FAILED and entry.failed_at is not None
                     and now - entry.failed_at > _FAILED_KEEP_SECONDS):
                 self.registry.drop(entry.id)
+        for flight_id in self.flights.ids():
+            entry = self.registry.find(flight_id)
+            if entry is None or entry.state is State.READY:
+                self.flights.drop(flight_id)  # and the requester's settings with it
         self._grants.prune()
         self._proofs.prune()
         await self._backends.prune()

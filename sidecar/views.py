@@ -78,5 +78,17 @@ class Eviction(TypedDict):
     bytes: int
 
 
+class S3Credentials(TypedDict):
+    """Scoped credentials for the S3 endpoint (sidecar.s3.credentials)."""
+
+    access_key_id: str
+    secret_access_key: str
+    expires_at: float
+    holder: str
+    bucket: str
+    prefix: str
+    uri: str
+
+
 # Views documented under components/schemas in docs/openapi-cache.yaml (same names).
-DOCUMENTED: tuple[type, ...] = (Progress, Lease, Model, Ensured, Health)
+DOCUMENTED: tuple[type, ...] = (Progress, Lease, Model, Ensured, Health, S3Credentials)

@@ -37,6 +37,7 @@ from .plan import plan as plan_source
 from .progress import ProgressCallback, ProgressTracker
 from .retry import Sleep
 from .safetensors import INDEX_NAME, check_index, check_index_tensors, read_header
+from .schedule import RangeSchedule
 from .settings import StorageSettings, TransferOptions
 from .sizes import format_size
 from .uri import ObjectURI, parse_uri
@@ -129,6 +130,7 @@ async def download(
     backend: Backend | None = None,
     sleep: Sleep = asyncio.sleep,
     free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
+    schedule: RangeSchedule | None = None,
 ) -> DownloadReport:
     """Download ``source`` (a file or a prefix) into the directory ``dest``.
 
@@ -146,6 +148,8 @@ async def download(
         sleep: injected for retry back-off (tests run the schedule without waiting).
         free_space: bytes free on the filesystem holding a path (the node cache injects
             its own probe, which also honours its watermark).
+        schedule: readers' ranges first, and a notification per written range (the node
+            cache serving a pull while it runs; see :mod:`streamer.schedule`).
 
     Returns:
         A :class:`DownloadReport`.
@@ -171,6 +175,7 @@ async def download(
         )
         return await _fetch_plan(
             the_plan, backend, dest_path, options, progress, sleep, started, free_space,
+            schedule,
         )  # fmt: skip
     finally:
         if own_backend:
@@ -193,6 +198,7 @@ async def _fetch_plan(
     sleep: Sleep,
     started: float,
     free_space: Callable[[Path], int],
+    schedule: RangeSchedule | None = None,
 ) -> DownloadReport:
     dest.mkdir(parents=True, exist_ok=True)
     staging = dest / STATE_DIR / PARTIAL_DIR
@@ -229,7 +235,7 @@ async def _fetch_plan(
                      len(resumed), tracker.done_bytes)
         fetched_before = tracker.done_bytes
         engine = Engine(backend, options, executor=run.executor, progress=tracker,
-                        sleep=sleep)  # fmt: skip
+                        sleep=sleep, schedule=schedule)  # fmt: skip
         await engine.run(sinks, lambda sink: _finish_file(run, the_plan, sink))
         await loop.run_in_executor(run.executor, _check_model, run, the_plan)
         fetched = [s.planned for s in sinks]

@@ -37,6 +37,7 @@ from .journal import Journal
 from .plan import PlannedFile
 from .progress import ProgressTracker
 from .retry import Retrier, Sleep
+from .schedule import RangeSchedule
 from .settings import TransferOptions
 
 log = logging.getLogger(__name__)
@@ -186,9 +187,11 @@ class Engine:
         progress: ProgressTracker | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        schedule: RangeSchedule | None = None,
     ) -> None:
         check_limits(options)
         self.backend = backend
+        self.schedule = schedule
         self.options = options
         self.budget = ByteBudget(options.max_memory)
         self.retrier = Retrier(options.retry, sleep=sleep, rng=rng)
@@ -207,22 +210,22 @@ class Engine:
         """
         self._on_complete = on_complete
         flusher = asyncio.ensure_future(self._flush_journals(sinks))
+        picker = _Picker(sinks, self.schedule)
         try:
             for sink in sinks:
                 if sink.remaining == 0:
                     self._spawn(self._complete(sink))
-                    continue
-                for index, start, end in sink.todo():
-                    if self._error is not None or sink.sequential:
-                        break
-                    await self.budget.acquire(STREAM_RESERVE)
-                    if self._error is not None:
-                        await self.budget.release(STREAM_RESERVE)
-                        break
+            while self._error is None:
+                await self.budget.acquire(STREAM_RESERVE)
+                if self._error is None:
                     await self._slots.acquire()
-                    self._spawn(self._range(sink, index, start, end))
-                if self._error is not None:
-                    break
+                    picked = picker.next() if self._error is None else None
+                    if picked is not None:
+                        self._spawn(self._range(*picked))
+                        continue
+                    self._slots.release()
+                await self.budget.release(STREAM_RESERVE)
+                break
             while self._tasks and self._error is None:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -230,6 +233,8 @@ class Engine:
             await asyncio.gather(flusher, return_exceptions=True)
             await self._cancel_all()
         if self._error is not None:
+            if self.schedule is not None:
+                self.schedule.fail(self._error)
             raise self._error
 
     async def _flush_journals(self, sinks: list[FileSink]) -> None:
@@ -271,6 +276,8 @@ class Engine:
                 return  # cut short by the fallback: not written whole, not journaled
             assert sink.journal is not None
             sink.journal.record(index)
+            if self.schedule is not None:
+                self.schedule.written(sink.planned.rel, start, end)
         except RangeNotSupportedError:
             if not sink.sequential:
                 sink.sequential = True
@@ -314,6 +321,47 @@ class Engine:
         await self._complete(sink)
 
     async def _complete(self, sink: FileSink) -> None:
+        if self.schedule is not None:  # every byte is in (also after the sequential fallback)
+            self.schedule.written(sink.planned.rel, 0, sink.planned.info.size)
         await self._on_complete(sink)
         if self._progress is not None:
             self._progress.file_done()
+
+
+class _Picker:
+    """The next range to request: a reader's wanted bytes first (``RangeSchedule``), then
+    the files in plan order, ranges in offset order; each range once."""
+
+    def __init__(self, sinks: list[FileSink], schedule: RangeSchedule | None) -> None:
+        self._schedule = schedule
+        self._by_rel = {s.planned.rel: s for s in sinks}
+        self._dispatched: set[tuple[str, int]] = set()
+        self._order = ((s, i, b, e) for s in sinks if s.remaining for i, b, e in s.todo())
+        if schedule is not None:
+            for s in sinks:  # what a resumed journal holds is readable already
+                assert s.journal is not None
+                for i in s.journal.done:
+                    schedule.written(s.planned.rel, *s.ranges[i])
+
+    def next(self) -> tuple[FileSink, int, int, int] | None:
+        while self._schedule is not None and (wanted := self._schedule.next_urgent()):
+            rel, start, end = wanted
+            sink = self._by_rel.get(rel)
+            if sink is not None and not sink.sequential:
+                first, last = start // sink.chunk_size, (max(end, start + 1) - 1) // sink.chunk_size
+                for i in range(first, min(last + 1, len(sink.ranges))):
+                    if self._take(sink, i):
+                        return (sink, i, *sink.ranges[i])
+            self._schedule.drop_urgent()
+        for sink, i, b, e in self._order:
+            if not sink.sequential and self._take(sink, i):
+                return sink, i, b, e
+        return None
+
+    def _take(self, sink: FileSink, index: int) -> bool:
+        key = (sink.planned.rel, index)
+        assert sink.journal is not None
+        if key in self._dispatched or index in sink.journal.done:
+            return False
+        self._dispatched.add(key)
+        return True

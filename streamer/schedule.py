@@ -1,0 +1,120 @@
+"""Readers' ranges first: a priority hook and range-completion notifications for a run.
+
+The engine fetches a plan's ranges in file order. A :class:`RangeSchedule` passed to it
+lets a reader that needs bytes *now* (the node cache's S3 endpoint serving a pull that is
+still running) do two things:
+
+* ``want(rel, start, end)``: the ranges covering those bytes are requested next, ahead
+  of the engine's own order (they still go through the same window, byte budget, retries
+  and ``If-Match`` pin as every other range);
+* ``await wait(rel, start, end)``: returns once every byte of ``[start, end)`` has been
+  written into the file (and ``Content-Range``-checked by the backend), or raises the
+  run's failure.
+
+The engine reports each written range (:meth:`written`), ranges a resumed journal already
+holds, and whole files; :meth:`fail` wakes every waiter with the run's error. Only the
+event loop touches a schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import deque
+
+
+class Intervals:
+    """A set of half-open byte intervals, merged as they are added."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        i = bisect.bisect_left(self._ends, start)
+        j = bisect.bisect_right(self._starts, end)
+        if i < j:
+            start = min(start, self._starts[i])
+            end = max(end, self._ends[j - 1])
+        self._starts[i:j] = [start]
+        self._ends[i:j] = [end]
+
+    def covers(self, start: int, end: int) -> bool:
+        if end <= start:
+            return True
+        i = bisect.bisect_right(self._starts, start) - 1
+        return i >= 0 and self._ends[i] >= end
+
+    def total(self) -> int:
+        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
+
+
+class RangeSchedule:
+    def __init__(self) -> None:
+        self._done: dict[str, Intervals] = {}
+        self._urgent: deque[tuple[str, int, int]] = deque()
+        self._waiters: list[tuple[str, int, int, asyncio.Future[None]]] = []
+        self._error: BaseException | None = None
+        self.wake = asyncio.Event()  # set when urgent work arrives (the engine may wait)
+
+    # -- readers -----------------------------------------------------------------------
+
+    def want(self, rel: str, start: int, end: int) -> None:
+        """Ask for ``[start, end)`` of ``rel`` before the engine's own order."""
+        if not self.has(rel, start, end):
+            self._urgent.append((rel, start, end))
+            self.wake.set()
+
+    def has(self, rel: str, start: int, end: int) -> bool:
+        done = self._done.get(rel)
+        return done is not None and done.covers(start, end)
+
+    async def wait(self, rel: str, start: int, end: int) -> None:
+        """Until ``[start, end)`` of ``rel`` is written.
+
+        Raises:
+            The run's error, if it failed before those bytes arrived.
+        """
+        if self.has(rel, start, end):
+            return
+        if self._error is not None:
+            raise self._error
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        item = (rel, start, end, fut)
+        self._waiters.append(item)
+        try:
+            await fut
+        finally:
+            if item in self._waiters:
+                self._waiters.remove(item)
+
+    # -- the engine --------------------------------------------------------------------
+
+    def next_urgent(self) -> tuple[str, int, int] | None:
+        """The oldest wanted interval not written yet (the engine drops it once it has
+        dispatched every range covering it)."""
+        while self._urgent:
+            rel, start, end = self._urgent[0]
+            if not self.has(rel, start, end):
+                return rel, start, end
+            self._urgent.popleft()
+        self.wake.clear()
+        return None
+
+    def drop_urgent(self) -> None:
+        if self._urgent:
+            self._urgent.popleft()
+
+    def written(self, rel: str, start: int, end: int) -> None:
+        self._done.setdefault(rel, Intervals()).add(start, end)
+        for item in [w for w in self._waiters if w[0] == rel]:
+            if self.has(rel, item[1], item[2]) and not item[3].done():
+                item[3].set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        for *_, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(error)

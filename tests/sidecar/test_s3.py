@@ -1,0 +1,305 @@
+"""The daemon's S3 endpoint with real clients: boto3/botocore, s5cmd, runai-model-streamer.
+
+The daemon runs as a process with ``--s3-listen``; the upstream is our origin (request
+log, faults) on the test's loop. Clients get scoped credentials the way the init
+container does: ensure with the pod's real credentials, then ``s3-credentials``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+
+import aiohttp
+import boto3
+import botocore
+import pytest
+from botocore.config import Config
+
+from streamer import synth
+from tests.support.ports import LOOPBACK, free_port
+
+from .conftest import fetched_bytes
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _s3(port: int, creds: dict, **cfg):
+    return boto3.client(
+        "s3", endpoint_url=f"http://{LOOPBACK}:{port}", region_name="us-east-1",
+        aws_access_key_id=creds["access_key_id"],
+        aws_secret_access_key=creds["secret_access_key"],
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                      **cfg))
+
+
+async def _s3_daemon(daemon, *flags):
+    port = free_port()
+    d = await daemon("--s3-listen", f"{LOOPBACK}:{port}", *flags).ready()
+    return d, port
+
+
+async def _creds(api, model, *, holder=None, ttl=None):
+    answer = await api.ensure(model.uri, storage=model.storage)
+    holder = holder or str(uuid.uuid4())
+    creds = await api.s3_credentials(answer["model"]["id"], grant=answer["grant"],
+                                     holder=holder, ttl=ttl)
+    return answer, creds
+
+
+async def _wait_state(api, answer, state="ready", timeout=60.0):
+    last = answer["model"]
+    async for doc in api.events(answer["model"]["id"], grant=answer["grant"],
+                                timeout=timeout):
+        last = doc
+    assert last["state"] == state, last
+    return last
+
+
+def _err(exc: botocore.exceptions.ClientError) -> tuple[int, str]:
+    return exc.response["ResponseMetadata"]["HTTPStatusCode"], exc.response["Error"]["Code"]
+
+
+# ---------------------------------------------------------------- boto3
+
+
+async def test_boto3_ranged_get_head_and_paginated_list(daemon, origin, origin_root,
+                                                         model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", synth.sized(3 << 20, shards=3))
+    d, port = await _s3_daemon(daemon)
+    async with d.client() as api:
+        answer, creds = await _creds(api, model)
+        await _wait_state(api, answer)
+        s3 = _s3(port, creds)
+        assert creds["uri"] == model.uri
+
+        def work():
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket="models", Prefix="llama/", PaginationConfig={"PageSize": 2})
+            keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
+            shards = s3.list_objects_v2(Bucket="models", Prefix="llama/", Delimiter="/")
+            head = s3.head_object(Bucket="models", Key="llama/" + model.files[0])
+            ranged = {}
+            for rel in model.files:
+                size = len(model.bytes_of(rel))
+                lo, hi = size // 3, size - 2
+                r = s3.get_object(Bucket="models", Key=f"llama/{rel}",
+                                  Range=f"bytes={lo}-{hi}")
+                ranged[rel] = (r["ResponseMetadata"]["HTTPStatusCode"], r["ContentRange"],
+                               r["Body"].read(), lo, hi, size, r["ETag"])
+            whole = s3.get_object(Bucket="models", Key="llama/" + model.files[-1])["Body"].read()
+            return keys, shards, head, ranged, whole
+
+        keys, shards, head, ranged, whole = await asyncio.to_thread(work)
+        assert keys == sorted(f"llama/{rel}" for rel in model.files)
+        assert shards["KeyCount"] == len(model.files) and not shards.get("CommonPrefixes")
+        assert head["ContentLength"] == len(model.bytes_of(model.files[0]))
+        assert head["AcceptRanges"] == "bytes" and head["LastModified"]
+        for rel, (status, crange, body, lo, hi, size, etag) in ranged.items():
+            assert status == 206 and crange == f"bytes {lo}-{hi}/{size}"
+            assert body == model.bytes_of(rel)[lo:hi + 1]
+            assert etag.strip('"')  # the pinned upstream ETag
+        assert whole == model.bytes_of(model.files[-1])
+
+
+async def test_refusals_are_s3_xml_403s(daemon, origin, origin_root, model_on_origin):
+    srv = await origin(origin_root)
+    a = model_on_origin(srv, "a", synth.sized(256 << 10, shards=1))
+    b = model_on_origin(srv, "b", synth.sized(256 << 10, shards=1))
+    d, port = await _s3_daemon(daemon)
+    async with d.client() as api:
+        ans_a, creds_a = await _creds(api, a)
+        ans_b, creds_b = await _creds(api, b)
+        _, short = await _creds(api, a, ttl=1)
+        await _wait_state(api, ans_a)
+        await _wait_state(api, ans_b)
+        key_a = "a/" + a.files[0]
+        good = _s3(port, creds_a)
+        wrong = _s3(port, {**creds_a, "secret_access_key": creds_b["secret_access_key"]})
+        forged = _s3(port, {**creds_a, "access_key_id": "AKIAIOSFODNN7EXAMPLE"})
+        unsigned = boto3.client("s3", endpoint_url=f"http://{LOOPBACK}:{port}",
+                                region_name="us-east-1",
+                                config=Config(signature_version=botocore.UNSIGNED,
+                                              s3={"addressing_style": "path"}))
+        await asyncio.sleep(1.5)  # `short` has expired with its lease
+        expired = _s3(port, short)
+
+        def attempt(client, key=key_a, bucket="models"):
+            try:
+                client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                return 200, "ok"
+            except botocore.exceptions.ClientError as e:
+                return _err(e)
+
+        results = await asyncio.to_thread(lambda: {
+            "good": attempt(good),
+            "other model": attempt(good, key="b/" + b.files[0]),
+            "other bucket": attempt(good, bucket="other"),
+            "wrong secret": attempt(wrong),
+            "forged key": attempt(forged),
+            "unsigned": attempt(unsigned),
+            "expired": attempt(expired),
+            "not in model": attempt(good, key="a/nope.bin"),
+        })
+        assert results == {
+            "good": (200, "ok"),
+            "other model": (403, "AccessDenied"),
+            "other bucket": (403, "AccessDenied"),
+            "wrong secret": (403, "SignatureDoesNotMatch"),
+            "forged key": (403, "InvalidAccessKeyId"),
+            "unsigned": (403, "AccessDenied"),
+            "expired": (403, "AccessDenied"),
+            "not in model": (404, "NoSuchKey"),
+        }
+        # Presigned URLs work (and expire); released lease -> credentials end.
+        url = _s3(port, creds_a, signature_version="s3v4").generate_presigned_url(
+            "get_object", Params={"Bucket": "models", "Key": key_a}, ExpiresIn=60)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as r:
+                assert r.status == 200 and await r.read() == a.bytes_of(a.files[0])
+            async with http.get(url.replace("X-Amz-Expires=60", "X-Amz-Expires=61")) as r:
+                assert r.status == 403 and b"SignatureDoesNotMatch" in await r.read()
+        await api.release(ans_a["model"]["id"], grant=ans_a["grant"], holder=creds_a["holder"])
+        assert await asyncio.to_thread(attempt, good) == (403, "AccessDenied")
+    # Upstream credentials never reach the daemon's log.
+    assert a.storage.secret_access_key not in d.logs()
+
+
+# ---------------------------------------------------------------- read-through, runai
+
+
+def _expected_tensors(model) -> dict[str, str]:
+    import hashlib
+
+    from streamer.safetensors import read_header
+
+    out = {}
+    for rel in model.files:
+        if rel.endswith(".safetensors"):
+            data = model.bytes_of(rel)
+            for t in read_header(model.path / rel).tensors:
+                out[t.name] = hashlib.sha256(data[t.start:t.end]).hexdigest()
+    return out
+
+
+def _client_env(port: int, creds: dict) -> dict[str, str]:
+    from tests.support.process import clean_env
+
+    return clean_env({
+        "AWS_ENDPOINT_URL": f"http://{LOOPBACK}:{port}",
+        "RUNAI_STREAMER_S3_ENDPOINT": f"http://{LOOPBACK}:{port}",
+        "AWS_ACCESS_KEY_ID": creds["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"],
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
+        "RUNAI_STREAMER_S3_REQUEST_TIMEOUT_MS": "120000",
+    })
+
+
+async def _start_runai(uri: str, env: dict[str, str], go=None):
+    import sys
+
+    from tests.support.process import REPO_ROOT
+
+    extra = ["--go", str(go)] if go is not None else []
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(REPO_ROOT / "tests" / "sidecar" / "runai_read.py"), uri, *extra,
+        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+async def _finish_runai(proc, timeout: float = 180.0) -> dict:
+    import json
+
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+async def _runai(uri: str, env: dict[str, str], timeout: float = 180.0) -> dict:
+    return await _finish_runai(await _start_runai(uri, env), timeout)
+
+
+async def test_runai_streams_a_cold_model_through_the_daemon(daemon, origin, origin_root,
+                                                              model_on_origin, tmp_path):
+    """4 runai readers of one cold model: every tensor right, the origin reads the model
+    once (1.00x), and the model ends published in the cache."""
+    import json
+
+    from tests.support.origin import Fault
+
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", synth.llama(dtype="f16", shards=3))
+    d, port = await _s3_daemon(daemon)
+    expected = _expected_tensors(model)
+    go = tmp_path / "go.json"
+    env = _client_env(port, {"access_key_id": "unset", "secret_access_key": "unset"})
+    readers = [await _start_runai(model.uri, env, go) for _ in range(4)]
+    for proc in readers:  # every reader imported torch and runai: they read at once
+        assert (await asyncio.wait_for(proc.stdout.readline(), 240)).strip() == b"ready"
+    # A slow origin: the pull is still running while the readers read.
+    srv.set_faults([Fault(kind="stall", path="models/llama/*.safetensors", stall_s=0.4)])
+    async with d.client() as api:
+        srv.clear_log()
+        answer, creds = await _creds(api, model)
+        assert answer["model"]["state"] in ("pending", "pulling")
+        tmp = go.with_suffix(".tmp")
+        tmp.write_text(json.dumps(creds))
+        tmp.rename(go)
+        try:
+            results = await asyncio.gather(*(_finish_runai(p) for p in readers))
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- daemon:\n{d.logs()[-4000:]}") from None
+        for r in results:
+            assert r["tensors"] == expected
+        await _wait_state(api, answer)
+        assert fetched_bytes(srv, "llama") == model.size  # exactly 1.00x
+        metrics = await asyncio.to_thread(_get, f"http://{LOOPBACK}:{d.port}/metrics")
+        served_through = _metric(metrics, 'weightstream_cache_s3_bytes_total{source="pull"}')
+        assert served_through > 0, "no byte was read through the running pull"
+        # Warm: served from the published model, no origin byte.
+        srv.clear_log()
+        srv.set_faults([])
+        again = await _runai(model.uri, _client_env(port, creds))
+        assert again["tensors"] == expected
+        assert fetched_bytes(srv, "llama") == 0
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name} in:\n{text}")
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+async def test_s5cmd_copies_through_the_daemon(daemon, origin, origin_root, model_on_origin,
+                                               tmp_path):
+    import shutil
+
+    s5cmd = shutil.which("s5cmd") or os.path.join(os.path.dirname(os.sys.executable), "s5cmd")
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", synth.sized(2 << 20, shards=2))
+    d, port = await _s3_daemon(daemon)
+    async with d.client() as api:
+        answer, creds = await _creds(api, model)
+        env = _client_env(port, creds)
+        dest = tmp_path / "out"
+        proc = await asyncio.create_subprocess_exec(
+            s5cmd, "--endpoint-url", f"http://{LOOPBACK}:{port}", "cp", "s3://models/llama/*",
+            str(dest) + "/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, out.decode()
+        for rel in model.files:
+            assert (dest / rel).read_bytes() == model.bytes_of(rel), rel
+        await _wait_state(api, answer)
+        assert fetched_bytes(srv, "llama") == model.size
