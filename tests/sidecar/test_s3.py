@@ -303,3 +303,177 @@ async def test_s5cmd_copies_through_the_daemon(daemon, origin, origin_root, mode
             assert (dest / rel).read_bytes() == model.bytes_of(rel), rel
         await _wait_state(api, answer)
         assert fetched_bytes(srv, "llama") == model.size
+
+
+# ---------------------------------------------------------------- bad input and faults
+
+
+def _sign(port: int, creds: dict, raw_target: str, headers: dict | None = None) -> bytes:
+    """A request signed exactly as botocore signs it, for a raw request target."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = f"http://{LOOPBACK}:{port}{raw_target}"
+    req = AWSRequest(method="GET", url=url, headers=dict(headers or {}))
+    S3SigV4Auth(Credentials(creds["access_key_id"], creds["secret_access_key"]), "s3",
+                "us-east-1").add_auth(req)
+    lines = [f"GET {raw_target} HTTP/1.1", f"Host: {LOOPBACK}:{port}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in req.headers.items() if k.lower() != "host"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def _raw(port: int, request: bytes, *, limit: int = 1 << 20) -> tuple[int, dict, bytes]:
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(limit), 30)
+        while len(data) < limit and (more := await asyncio.wait_for(reader.read(limit), 30)):
+            data += more
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_bad_input_is_refused_clearly(daemon, origin, origin_root, model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", synth.sized(256 << 10, shards=1))
+    d, port = await _s3_daemon(daemon)
+    async with d.client() as api:
+        answer, creds = await _creds(api, model)
+        await _wait_state(api, answer)
+        shard = next(r for r in model.files if r.endswith(".safetensors"))
+        size = len(model.bytes_of(shard))
+
+        async def get(target, headers=None):
+            return await _raw(port, _sign(port, creds, target, headers))
+
+        cases = {
+            "dotdot": await get("/models/llama/../llama/config.json"),
+            "encoded dotdot": await get("/models/llama/..%2F..%2Fetc%2Fpasswd"),
+            "nul": await get("/models/llama/config.json%00"),
+            "bad utf-8": await get("/models/llama/%ff%fe"),
+            "long query": await get("/models/llama/config.json?x=" + "a" * 5000),
+            "junk query": await get("/models/llama/config.json?%zz&&==&x"),
+            "past end": await get(f"/models/llama/{shard}", {"Range": f"bytes={size}-"}),
+            "multi": await get(f"/models/llama/{shard}", {"Range": "bytes=0-1,5-9"}),
+            "not bytes": await get(f"/models/llama/{shard}", {"Range": "pages=1-2"}),
+            "list v1": await get("/models?prefix=llama%2F"),
+        }
+        got = {k: (status, (body.split(b"<Code>")[1].split(b"</Code>")[0].decode()
+                            if b"<Code>" in body else ""))
+               for k, (status, _h, body) in cases.items()}
+        assert got == {
+            "dotdot": (400, "InvalidArgument"),
+            "encoded dotdot": (400, "InvalidArgument"),
+            "nul": (400, "InvalidArgument"),
+            "bad utf-8": (400, "InvalidURI"),
+            "long query": (400, "InvalidArgument"),
+            "junk query": (403, "SignatureDoesNotMatch"),  # refused, not a 500
+            "past end": (416, "InvalidRange"),
+            "multi": (501, "NotImplemented"),
+            "not bytes": (400, "InvalidArgument"),
+            "list v1": (501, "NotImplemented"),
+        }
+        assert cases["past end"][1]["content-range"] == f"bytes */{size}"
+        # An encoded slash is a slash in a key (as S3): the same object, signed as sent.
+        status, _h, body = await get("/models/llama%2Fconfig.json")
+        assert status == 200 and body == model.bytes_of("config.json")
+        # A request line past aiohttp's limit: refused by the HTTP parser, daemon fine.
+        status, _h, _b = await _raw(port, b"GET /models/" + b"a" * 20000 + b" HTTP/1.1\r\n"
+                                    b"Host: x\r\nConnection: close\r\n\r\n")
+        assert status in (400, 414)
+        status, _h, body = await get(f"/models/llama/{shard}", {"Range": "bytes=-10"})
+        assert status == 206 and body == model.bytes_of(shard)[-10:]
+
+
+async def test_disconnect_mid_range_then_origin_failure_then_retry(daemon, origin, origin_root,
+                                                                   model_on_origin):
+    from tests.support.origin import Fault
+
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", synth.sized(2 << 20, shards=2))
+    shard = sorted(r for r in model.files if r.endswith(".safetensors"))[-1]
+    d, port = await _s3_daemon(daemon)
+    async with d.client() as api:
+        # 1. A reader goes away mid-range on a cold model: the pull goes on to the end.
+        srv.set_faults([Fault(kind="stall", path="models/llama/*.safetensors", stall_s=0.3)])
+        answer, creds = await _creds(api, model)
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(_sign(port, creds, f"/models/llama/{shard}"))
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        await reader.read(1000)
+        writer.transport.abort()
+        await _wait_state(api, answer)
+        assert fetched_bytes(srv, "llama") == model.size
+
+        # 2. The origin fails mid-pull: readers get an S3 error, the next read retries.
+        other = model_on_origin(srv, "other", synth.sized(1 << 20, shards=2))
+        srv.set_faults([Fault(kind="500", path="models/other/*.safetensors", from_nth=2)])
+        answer, creds = await _creds(api, other)
+        s3 = _s3(port, creds)
+        oshard = sorted(r for r in other.files if r.endswith(".safetensors"))[-1]
+
+        def read():
+            try:
+                return 200, s3.get_object(Bucket="models", Key=f"other/{oshard}")["Body"].read()
+            except botocore.exceptions.ClientError as e:
+                return _err(e)
+
+        first = await asyncio.to_thread(read)
+        assert first[0] == 503 and first[1] == "ServiceUnavailable", first
+        await _wait_state(api, answer, state="failed")
+        srv.set_faults([])
+        status, body = await asyncio.to_thread(read)
+        assert status == 200 and body == other.bytes_of(oshard)
+        await _wait_state(api, {"model": answer["model"], "grant": answer["grant"]})
+
+
+async def test_sigkill_while_readers_stream(daemon, origin, origin_root, model_on_origin):
+    """Readers stream a ready model; the daemon is SIGKILLed and restarted on the same
+    root and port: their retries succeed with the same credentials, never wrong bytes."""
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", synth.sized(4 << 20, shards=2))
+    port = free_port()
+    flags = ("--s3-listen", f"{LOOPBACK}:{port}")
+    d = await daemon(*flags).ready()
+    async with d.client() as api:
+        answer, creds = await _creds(api, model)
+        await _wait_state(api, answer)
+    s3 = _s3(port, creds, connect_timeout=2, read_timeout=10)
+    shards = sorted(r for r in model.files if r.endswith(".safetensors"))
+    stop = asyncio.Event()
+    outcomes: list[str] = []
+
+    def stream():
+        import time as _t
+
+        deadline = _t.monotonic() + 60
+        while not stop.is_set() and _t.monotonic() < deadline:
+            for rel in shards:
+                try:
+                    body = s3.get_object(Bucket="models", Key=f"llama/{rel}")["Body"].read()
+                except Exception as e:  # the daemon is down: connection errors
+                    outcomes.append(type(e).__name__)
+                    _t.sleep(0.1)
+                    continue
+                assert body == model.bytes_of(rel), "wrong bytes"
+                outcomes.append("ok")
+
+    tasks = [asyncio.create_task(asyncio.to_thread(stream)) for _ in range(3)]
+    await asyncio.sleep(1.0)
+    d.kill()
+    killed_at = len(outcomes)
+    await asyncio.sleep(0.5)
+    d2 = await daemon(*flags, root=d.root).ready()
+    await asyncio.sleep(2.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert "ok" in outcomes[:killed_at]
+    assert outcomes[-3:] == ["ok"] * 3, outcomes[-10:]
+    assert d2.proc.poll() is None
