@@ -240,8 +240,11 @@ async def test_runai_streams_a_cold_model_through_the_daemon(daemon, origin, ori
     readers = [await _start_runai(model.uri, env, go) for _ in range(4)]
     for proc in readers:  # every reader imported torch and runai: they read at once
         assert (await asyncio.wait_for(proc.stdout.readline(), 240)).strip() == b"ready"
-    # A slow origin: the pull is still running while the readers read.
-    srv.set_faults([Fault(kind="stall", path="models/llama/*.safetensors", stall_s=0.4)])
+    # A slow origin: the pull is still running while the readers read (the first shard
+    # GET stalls 20 s, so the pull cannot be published before the readers start).
+    srv.set_faults([Fault(kind="stall", path="models/llama/*.safetensors", stall_s=20,
+                          times=1),
+                    Fault(kind="stall", path="models/llama/*.safetensors", stall_s=0.2)])
     async with d.client() as api:
         srv.clear_log()
         answer, creds = await _creds(api, model)

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Stream into CPU tensors through the node cache (issue 12): read-through vs the others.
+
+One run, one nginx origin (path-style S3, ``bench/download_bench.py``'s model, listing and
+launcher, with an access log so origin bytes are counted), one synthetic model (default
+2 GiB in 4 shards), runai-model-streamer's ``SafetensorsStreamer`` into CPU memory as
+vLLM's ``runai_streamer`` loader drives it (``bench/tensors_bench.py``'s child):
+
+(a) runai directly from the origin;
+(b) today's preset: the daemon downloads the model (ensure, wait until ready), then runai
+    reads the local directory (time = both);
+(c) runai through the daemon's S3 endpoint, cold (fresh cache: the pull starts with the
+    ensure and runai reads through it); also when the model was published;
+(d) the same, warm (the model is published);
+(e) runai from the published local directory (the floor);
+(f) weightstream's own stream (``streamer.tensors``, what the ``weightstream`` load format
+    uses) through the daemon's S3 endpoint, cold;
+(g) 4 runai readers at once through a cold daemon (a TP=4 stand-in): origin bytes and
+    each reader's time.
+
+Times are from the ensure (or the first request) to the last tensor, imports excluded.
+The daemon's peak RSS (VmHWM) is reported per daemon. Results: stdout,
+``bench/out/readthrough_bench.{json,txt,png}``.
+
+Usage::
+
+    .venv/bin/python bench/readthrough_bench.py                 # 2 GiB, 4 shards
+    .venv/bin/python bench/readthrough_bench.py --size 512MiB
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+MiB = 1 << 20
+
+from sidecar.client import CacheAPIClient  # noqa: E402
+from streamer import StorageSettings  # noqa: E402
+from tests.support.ports import LOOPBACK, free_port  # noqa: E402
+
+
+def _module(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+db = _module("download_bench")
+tb = _module("tensors_bench")
+
+
+def child_runai_local(path: str) -> tuple[int, int]:
+    from runai_model_streamer import SafetensorsStreamer
+
+    files = sorted(str(p) for p in Path(path).glob("*.safetensors"))
+    n = nbytes = 0
+    with SafetensorsStreamer() as streamer:
+        streamer.stream_files(files, device="cpu")
+        for _, tensor in streamer.get_tensors():
+            n += 1
+            nbytes += tensor.numel() * tensor.element_size()
+    return n, nbytes
+
+
+class Daemon:
+    """``python -m sidecar`` on a fresh cache root with the S3 endpoint on."""
+
+    def __init__(self, work: Path, name: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=f"rt-{name}-", dir=work))
+        self.sock = Path(tempfile.mkdtemp(prefix="wsb", dir="/tmp")) / "d.sock"
+        self.s3_port = free_port()
+        self.log = open(work / f"daemon-{name}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "--cache-root", str(self.root), "--socket",
+             str(self.sock), "--listen", "off", "--min-free", "0", "--proof-ttl", "0",
+             "--s3-listen", f"{LOOPBACK}:{self.s3_port}"],
+            cwd=REPO, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.s3_port}"
+
+    async def ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                async with CacheAPIClient(self.sock) as api:
+                    await api._json("GET", "/readyz")
+                    return
+            except Exception:
+                await asyncio.sleep(0.1)
+        raise RuntimeError("daemon not ready")
+
+    def peak_rss_mib(self) -> float:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.sock.parent, ignore_errors=True)
+
+
+async def ensure(d: Daemon, uri: str, origin: str, *, wait: bool) -> tuple[dict, dict]:
+    storage = StorageSettings(endpoint_url=origin, region="us-east-1",
+                              access_key_id=db.ACCESS_KEY, secret_access_key=db.SECRET_KEY)
+    async with CacheAPIClient(d.sock) as api:
+        answer = await api.ensure(uri, storage=storage)
+        creds = await api.s3_credentials(answer["model"]["id"], grant=answer["grant"],
+                                         holder=str(uuid.uuid4()))
+        if wait:
+            state = await wait_ready(api, answer)
+            answer["model"] = state
+    return answer, creds
+
+
+async def published(d: Daemon, answer: dict, t0: float) -> float:
+    """Seconds from ``t0`` until the model is published (run beside the readers)."""
+    async with CacheAPIClient(d.sock) as api:
+        await wait_ready(api, answer)
+    return time.perf_counter() - t0
+
+
+async def wait_ready(api: CacheAPIClient, answer: dict) -> dict:
+    last = answer["model"]
+    async for state in api.events(answer["model"]["id"], grant=answer["grant"], timeout=300):
+        last = state
+    if last["state"] != "ready":
+        raise RuntimeError(f"pull ended {last['state']}: {last.get('error')}")
+    return last
+
+
+def env_for(endpoint: str, creds: dict | None) -> dict[str, str]:
+    env = tb.child_env(endpoint)
+    if creds is not None:
+        env.update({"AWS_ACCESS_KEY_ID": creds["access_key_id"],
+                    "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"]})
+    env["PYTHONPATH"] = str(REPO)
+    env["RUNAI_STREAMER_S3_REQUEST_TIMEOUT_MS"] = "600000"
+    return env
+
+
+async def child(name: str, url: str, prefix: str, env: dict, log: Path,
+                local: str | None = None) -> dict:
+    """Run a contender in its own process; its JSON line (tensors, bytes, seconds)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--url", url,
+            "--prefix", prefix] + (["--local", local] if local else [])
+    with open(log, "wb") as out:
+        proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=out,
+                                                    stderr=subprocess.STDOUT)
+        rc = await asyncio.wait_for(proc.wait(), 900)
+    result = tb._last_json(log)
+    if rc != 0 or not result:
+        raise RuntimeError(f"{name} failed (rc {rc}), see {log}")
+    return result
+
+
+def origin_bytes(access_log: Path, prefix: str) -> int:
+    total = 0
+    for line in access_log.read_text().splitlines():
+        uri, _, sent = line.rpartition(" ")
+        if f"/{prefix}/" in uri and ".safetensors" in uri and sent.isdigit():
+            total += int(sent)
+    return total
+
+
+async def scenarios(args, url: str, prefix: str, work: Path, access_log: Path,
+                    shard_bytes: int) -> dict:
+    uri = f"s3://models/{prefix}"
+    out: dict = {}
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def mark() -> int:
+        return origin_bytes(access_log, prefix)
+
+    # (a) runai directly from the origin
+    r = await child("runai", url, prefix, env_for(url, None), logs / "a.log")
+    out["a_runai_origin"] = {"seconds": r["seconds"]}
+    print(f"(a) runai from the origin: {r['seconds']:.2f}s", flush=True)
+
+    # (b) today's preset: daemon download, then runai from the local directory
+    d = Daemon(work, "b")
+    await d.ready()
+    t0 = time.perf_counter()
+    answer, _ = await ensure(d, uri, url, wait=True)
+    pulled = time.perf_counter() - t0
+    local = answer["model"]["path"]
+    r = await child("runai-local", url, prefix, env_for(url, None), logs / "b.log", local)
+    out["b_preset"] = {"seconds": pulled + r["seconds"], "pull_s": pulled,
+                       "local_s": r["seconds"], "daemon_rss_mib": d.peak_rss_mib()}
+    print(f"(b) preset: pull {pulled:.2f}s + local {r['seconds']:.2f}s", flush=True)
+    # (e) runai from the published directory (the floor)
+    r = await child("runai-local", url, prefix, env_for(url, None), logs / "e.log", local)
+    out["e_runai_local"] = {"seconds": r["seconds"]}
+    print(f"(e) runai from a local directory: {r['seconds']:.2f}s", flush=True)
+    d.stop()
+
+    # (c) runai through the daemon, cold; (d) warm
+    d = Daemon(work, "c")
+    await d.ready()
+    before = mark()
+    t0 = time.perf_counter()
+    answer, creds = await ensure(d, uri, url, wait=False)
+    setup = time.perf_counter() - t0
+    pub = asyncio.create_task(published(d, answer, t0))
+    r = await child("runai", d.endpoint, prefix, env_for(d.endpoint, creds), logs / "c.log")
+    pub_s = await pub
+    out["c_runai_daemon_cold"] = {"seconds": setup + r["seconds"], "published_s": pub_s,
+                                  "origin_ratio": (mark() - before) / shard_bytes,
+                                  "daemon_rss_mib": d.peak_rss_mib()}
+    ratio = out["c_runai_daemon_cold"]["origin_ratio"]
+    print(f"(c) runai through the daemon, cold: {setup + r['seconds']:.2f}s (published "
+          f"{pub_s:.2f}s after the ensure, origin {ratio:.2f}x)", flush=True)
+    r = await child("runai", d.endpoint, prefix, env_for(d.endpoint, creds), logs / "d.log")
+    out["d_runai_daemon_warm"] = {"seconds": r["seconds"], "daemon_rss_mib": d.peak_rss_mib()}
+    print(f"(d) runai through the daemon, warm: {r['seconds']:.2f}s", flush=True)
+    d.stop()
+
+    # (f) weightstream's stream through the daemon, cold
+    d = Daemon(work, "f")
+    await d.ready()
+    before = mark()
+    t0 = time.perf_counter()
+    answer, creds = await ensure(d, uri, url, wait=False)
+    setup = time.perf_counter() - t0
+    pub = asyncio.create_task(published(d, answer, t0))
+    r = await child("weightstream", d.endpoint, prefix, env_for(d.endpoint, creds),
+                    logs / "f.log")
+    await pub
+    out["f_weightstream_daemon_cold"] = {"seconds": setup + r["seconds"],
+                                         "origin_ratio": (mark() - before) / shard_bytes,
+                                         "daemon_rss_mib": d.peak_rss_mib()}
+    print(f"(f) weightstream through the daemon, cold: {setup + r['seconds']:.2f}s", flush=True)
+    d.stop()
+
+    # (g) 4 runai readers of one cold model at once
+    d = Daemon(work, "g")
+    await d.ready()
+    before = mark()
+    t0 = time.perf_counter()
+    answer, creds = await ensure(d, uri, url, wait=False)
+    setup = time.perf_counter() - t0
+    pub = asyncio.create_task(published(d, answer, t0))
+    results = await asyncio.gather(*(
+        child("runai", d.endpoint, prefix, env_for(d.endpoint, creds), logs / f"g{i}.log")
+        for i in range(4)))
+    await pub
+    out["g_four_cold_readers"] = {"seconds": [setup + x["seconds"] for x in results],
+                                  "origin_ratio": (mark() - before) / shard_bytes,
+                                  "daemon_rss_mib": d.peak_rss_mib()}
+    print(f"(g) 4 cold readers: {[round(setup + x['seconds'], 2) for x in results]}s, "
+          f"origin {out['g_four_cold_readers']['origin_ratio']:.2f}x", flush=True)
+    d.stop()
+    return out
+
+
+def table(res: dict, meta: dict) -> str:
+    a = res["a_runai_origin"]["seconds"]
+    b = res["b_preset"]["seconds"]
+    c = res["c_runai_daemon_cold"]
+    d = res["d_runai_daemon_warm"]["seconds"]
+    e = res["e_runai_local"]["seconds"]
+    f = res["f_weightstream_daemon_cold"]
+    g = res["g_four_cold_readers"]
+    rss = max(v.get("daemon_rss_mib", 0) for v in res.values() if isinstance(v, dict))
+    gb = meta["shard_bytes"] / 1e9
+    rows = [
+        ("(a) runai from the origin", a, ""),
+        ("(b) preset: daemon pull, then runai local", b,
+         f"pull {res['b_preset']['pull_s']:.2f}s + local {res['b_preset']['local_s']:.2f}s"),
+        ("(c) runai through the daemon, cold", c["seconds"],
+         f"{c['seconds'] / a:.2f}x (a), {c['seconds'] / b:.2f}x (b); origin "
+         f"{c['origin_ratio']:.2f}x; published {c['published_s']:.2f}s after the ensure"),
+        ("(d) runai through the daemon, warm", d, f"{e / d:.2f}x the throughput of (e)"),
+        ("(e) runai from a local directory", e, "floor"),
+        ("(f) weightstream stream via daemon, cold", f["seconds"],
+         f"{f['seconds'] / a:.2f}x (a); origin {f['origin_ratio']:.2f}x"),
+        ("(g) 4 runai readers via daemon, cold", max(g["seconds"]),
+         f"each {', '.join(f'{s:.2f}' for s in g['seconds'])}s; origin "
+         f"{g['origin_ratio']:.2f}x; slowest {max(g['seconds']) / c['seconds']:.2f}x (c)"),
+    ]
+    lines = [f"{meta['shard_bytes'] / MiB:.0f} MiB of safetensors in {meta['shards']} shards, "
+             f"nginx on loopback, {meta['cpus']} CPUs, one run; load average up to "
+             f"{meta['max_load']:.1f} (a machine shared with seven other engineers)",
+             f"{'scenario':<44}{'seconds':>9}{'GB/s':>7}  notes"]
+    for name, sec, note in rows:
+        lines.append(f"{name:<44}{sec:9.2f}{gb / sec:7.2f}  {note}")
+    lines.append(f"daemon peak RSS (VmHWM, any scenario): {rss:.0f} MiB")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["(a) origin", "(b) preset", "(c) daemon cold", "(d) daemon warm", "(e) local",
+             "(f) ws cold", "(g) 4 cold (max)"]
+    secs = [res["a_runai_origin"]["seconds"], res["b_preset"]["seconds"],
+            res["c_runai_daemon_cold"]["seconds"], res["d_runai_daemon_warm"]["seconds"],
+            res["e_runai_local"]["seconds"], res["f_weightstream_daemon_cold"]["seconds"],
+            max(res["g_four_cold_readers"]["seconds"])]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.barh(names[::-1], secs[::-1], color="#4a7bb7")
+    ax.set_xlabel("seconds to CPU tensors (lower is better)")
+    ax.set_title(title, fontsize=9)
+    for i, s in enumerate(secs[::-1]):
+        ax.text(s, i, f" {s:.2f}s", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_child(args: argparse.Namespace) -> int:
+    if args.child == "runai-local":
+        import runai_model_streamer  # noqa: F401
+        import torch  # noqa: F401
+
+        start = time.perf_counter()
+        n, nbytes = child_runai_local(args.local)
+        print(json.dumps({"tensors": n, "bytes": nbytes,
+                          "seconds": time.perf_counter() - start}))
+        return 0
+    ns = argparse.Namespace(url=args.url, prefix=args.prefix, max_memory=512 * MiB,
+                            concurrency=16, chunk_size=8 * MiB)
+    return tb.run_child(args.child, ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="2GiB")
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--work", type=Path, default=REPO / ".work" / "bench")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    p.add_argument("--child", choices=("runai", "weightstream", "runai-local"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--prefix", help=argparse.SUPPRESS)
+    p.add_argument("--local", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return run_child(args)
+    size = db.parse_size(args.size)
+    prefix = f"bench-{size // MiB}m-{args.shards}s"
+    work = args.work.resolve()
+    root = work / "origin"
+    db.generate_model(root / db.BUCKET / prefix, size=size, shards=args.shards)
+    mine = work / "readthrough"
+    mine.mkdir(parents=True, exist_ok=True)
+    list_file = mine / "list.xml"
+    objects = db.write_listing(root, db.BUCKET, prefix, list_file)
+    shard_bytes = sum(s for k, s in objects if k.endswith(".safetensors"))
+    access_log = mine / "nginx" / "access.log"
+    db.NGINX_CONF = db.NGINX_CONF.replace(
+        "access_log off;", "log_format bytes '$request_uri $body_bytes_sent'; "
+        f"access_log {access_log} bytes;")
+    nginx, url = db.start_nginx(mine, root, list_file)
+    print(f"origin: nginx at {url}, s3://models/{prefix} ({shard_bytes / MiB:.0f} MiB of shards)")
+    loads: list[float] = []
+    try:
+        started = time.time()
+        res = asyncio.run(scenarios(args, url, prefix, mine, access_log, shard_bytes))
+        loads.append(os.getloadavg()[0])
+    finally:
+        nginx.terminate()
+        nginx.wait()
+    meta = {"size": size, "shards": args.shards, "shard_bytes": shard_bytes,
+            "cpus": os.cpu_count(), "max_load": max([*loads, os.getloadavg()[0]]),
+            "time": time.strftime("%FT%TZ", time.gmtime(started))}
+    text = table(res, meta)
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "readthrough_bench.json").write_text(
+        json.dumps({"meta": meta, "results": res}, indent=2) + "\n")
+    (args.out / "readthrough_bench.txt").write_text(text + "\n")
+    plot(res, args.out / "readthrough_bench.png",
+         f"runai into CPU tensors, {shard_bytes / MiB:.0f} MiB, nginx origin (shared machine)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
