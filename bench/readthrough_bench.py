@@ -91,6 +91,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "--cache-root", str(self.root), "--socket",
              str(self.sock), "--listen", "off", "--min-free", "0", "--proof-ttl", "0",
+             "--allow-endpoint", f"http://{LOOPBACK}",
              "--s3-listen", f"{LOOPBACK}:{self.s3_port}"],
             cwd=REPO, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
 
