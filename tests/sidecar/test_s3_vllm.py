@@ -25,7 +25,7 @@ from tests.support.process import REPO_ROOT, clean_env
 
 from .conftest import fetched_bytes
 
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1000)]
 
 HELPER = REPO_ROOT / "tests" / "vllm" / "load_model.py"
 
@@ -66,7 +66,7 @@ async def test_vllm_runai_streamer_through_the_node_cache_cold(daemon, origin, o
             sys.executable, str(HELPER), "--cases", str(tmp_path / "cases.json"),
             "--results", str(tmp_path / "results.json"), env=env, cwd=REPO_ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        _out, err = await asyncio.wait_for(proc.communicate(), 540)
+        _out, err = await asyncio.wait_for(proc.communicate(), 900)
         assert proc.returncode == 0, err.decode(errors="replace")[-4000:]
         r = json.loads((tmp_path / "results.json").read_text())["through_cache"]
         assert "error" not in r, f"{r}\n{err.decode(errors='replace')[-3000:]}\n{d.logs()[-3000:]}"
