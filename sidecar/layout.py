@@ -5,6 +5,7 @@
     <cache-root>/                          hostPath on the node's NVMe (0755)
     ├── daemon.sock                        unix socket of the API (0666: pods connect)
     ├── daemon.lock                        flock held by the one daemon serving this root
+    ├── s3.key                             0600: scoped S3 credentials derive from it
     ├── models/
     │   └── <model-id>-<version>/          a complete, verified model, read-only to pods
     │       ├── config.json
@@ -14,6 +15,8 @@
     ├── staging/
     │   └── <model-id>-<version>.<token>/  a pull in progress: streamer.download's dest,
     │       └── .weightstream/partial/     with its resume journals (*.part, *.journal)
+    │           (.weightstream/boot_id: the boot it was written in; S3 readers read the
+    │           *.part files while the pull runs, see sidecar.flights)
     ├── state/
     │   └── <model-id>-<version>.json      metadata: source, filters, size, last use, leases
     └── trash/
