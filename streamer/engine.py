@@ -7,9 +7,9 @@ Jobs are kept apart the way s3transfer keeps them apart:
   finishes (a window, never fixed waves), each range pinned to the object's ETag and
   retried on its own under the one :class:`~streamer.retry.RetryPolicy`;
 * memory: bodies are never held whole: the backend writes each range into the file as it
-  arrives (spliced by the socket transport on plain HTTP, piece by piece otherwise), so
-  what a range in flight holds is bounded by :data:`STREAM_RESERVE` (pieces queued in the
-  transport plus the one being written), whatever its length. A :class:`ByteBudget` of
+  arrives, piece by piece (an in-kernel copy for local files), so what a range in flight
+  holds is bounded by :data:`STREAM_RESERVE` (pieces queued in the transport plus the one
+  being written), whatever its length. A :class:`ByteBudget` of
   ``max_memory`` takes that reservation *before* a range is requested and gets it back
   once its bytes are on disk;
 * writing: one :class:`FileSink` per file owns its descriptor and its resume journal;
@@ -295,7 +295,7 @@ class Engine:
 
     async def _fetch(self, sink: FileSink, start: int, end: int) -> None:
         """One attempt at one range, written at its offset by the backend (pieces as they
-        arrive, or spliced by the socket transport). A failed attempt is redone whole."""
+        arrive). A failed attempt is redone whole."""
         self.requests += 1
         info = sink.planned.info
         assert sink.fd is not None

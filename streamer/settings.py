@@ -13,7 +13,6 @@ botocore's own chain::
     S3_USE_ACCELERATE=true                                          transfer acceleration
     awsAnonymousCredential=true                                     unsigned requests
     S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT (s), S3_MAX_ATTEMPTS        timeouts and retries
-    WEIGHTSTREAM_TRANSPORT=auto|sdk                                 socket transport or not
     STORAGE_CONFIG (JSON), STORAGE_OVERRIDE_CONFIG (JSON)           KServe storage spec
 
 When none of the explicit credentials are given, botocore's chain resolves them
@@ -41,7 +40,6 @@ _PASSTHROUGH_PREFIXES = ("AZURE_", "AZ_", "GOOGLE_", "GCS_", "HF_", "HUGGING_FAC
 _PASSTHROUGH_NAMES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "HOME", "STORAGE_EMULATOR_HOST")
 # KServe's legacy global endpoint: with another region it needs virtual addressing.
 _LEGACY_S3_ENDPOINT = "https://s3.amazonaws.com"
-TRANSPORTS = ("auto", "sdk")
 # Transfer defaults shared by every entry point. 32 MiB ranges: from an nginx origin here
 # 2 GiB took 3.0-3.5 s with 32-64 MiB ranges against 4.4-5.2 s with 8 MiB ones (fewer
 # requests, less fragmented files); a failed range costs at most 32 MiB again.
@@ -77,9 +75,6 @@ class StorageSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_attempts: int = 5
-    # Data plane for plain-http:// endpoints: "auto" moves bodies on our own sockets
-    # (streamer.backends.wire), "sdk" always through the client library (obstore, aiohttp).
-    transport: str = "auto"
     # Environment snapshot for other backends (gs, az, hf) and botocore's chain.
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -87,15 +82,6 @@ class StorageSettings:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if self.max_attempts < 1:
             raise UsageError(f"max attempts must be at least 1, got {self.max_attempts}")
-        if self.transport not in TRANSPORTS:
-            raise UsageError(
-                f"WEIGHTSTREAM_TRANSPORT must be one of {', '.join(TRANSPORTS)}, "
-                f"got {self.transport!r}"
-            )
-
-    def wire_endpoint(self, url: str | None) -> bool:
-        """Whether requests to ``url`` go on weightstream's own sockets (plain HTTP)."""
-        return self.transport == "auto" and bool(url) and str(url).startswith("http://")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> StorageSettings:
@@ -130,7 +116,6 @@ class StorageSettings:
             connect_timeout=env_number(environ, "S3_CONNECT_TIMEOUT", 10.0),
             read_timeout=env_number(environ, "S3_READ_TIMEOUT", 60.0),
             max_attempts=int(env_number(environ, "S3_MAX_ATTEMPTS", 5)),
-            transport=environ.get("WEIGHTSTREAM_TRANSPORT") or "auto",
             env=env,
         )
         spec = _storage_spec(environ)

@@ -140,7 +140,8 @@ class Backend(ABC):
         Here: each piece is written with ``pwrite`` on the loop thread as it arrives,
         while it is still in the CPU cache (a page-cache write of one piece takes tens of
         microseconds with the GIL released; a hop to a worker thread and back per piece
-        measured a third slower). Backends with a faster path (:mod:`.wire`) override it.
+        measured a third slower). Backends with a faster path (local files:
+        ``copy_file_range``) override it.
         """
         offset = start
         async for piece in exact_pieces(self.iter_range(key, start, end, etag=etag), uri=key,

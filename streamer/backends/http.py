@@ -1,5 +1,4 @@
-"""Plain HTTP(S) origins (including presigned URLs): HEAD through aiohttp, ranged GETs on
-our own sockets (plain http, :mod:`.wire`) or through aiohttp (https).
+"""Plain HTTP(S) origins (including presigned URLs): HEAD and ranged GETs through aiohttp.
 
 An http(s) URI names exactly one object: ``list`` returns that object. Ranged GETs carry
 ``If-Match`` with the ETag seen by ``stat`` and have their ``Content-Range`` checked; a
@@ -11,7 +10,7 @@ server that answers a range with the whole body (200) raises
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,7 +24,6 @@ from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, Capabilities, ObjectInfo
 from .httpstatus import CONTENT_RANGE, check_content_range, check_etag, raise_for_status
-from .wire import WireRequest, WireRoute
 
 _READ_BLOCK = 1 << 20
 
@@ -64,7 +62,6 @@ class HTTPBackend(Backend):
         self.origin = origin.rstrip("/")
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._wire = WireRoute.for_endpoint(settings, self.origin, name=self.origin)
 
     @classmethod
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> HTTPBackend:
@@ -107,24 +104,6 @@ class HTTPBackend(Backend):
     async def list(self, prefix: str) -> list[ObjectInfo]:
         return [await self.stat(prefix)]
 
-    def _request(self, key: str, etag: str | None) -> Callable[[], WireRequest]:
-        request = WireRequest(self._url(key), self._printable(key), {}, etag)
-        return lambda: request
-
-    async def read_to_file(
-        self, key: str, start: int, end: int, *, fd: int, etag: str | None
-    ) -> None:
-        if self._wire and await self._wire.to_file(self._request(key, etag), start, end, fd):
-            return
-        await super().read_to_file(key, start, end, fd=fd, etag=etag)
-
-    async def read_into(
-        self, key: str, start: int, views: Sequence[memoryview], *, etag: str | None
-    ) -> None:
-        if self._wire and await self._wire.into(self._request(key, etag), start, views):
-            return
-        await super().read_into(key, start, views, etag=etag)
-
     def iter_range(
         self, key: str, start: int, end: int, *, etag: str | None
     ) -> AsyncIterator[Buffer]:
@@ -145,9 +124,6 @@ class HTTPBackend(Backend):
             raise TransientError(uri, f"{type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
-        if self._wire is not None:
-            await self._wire.close()
-            self._wire = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -1,7 +1,6 @@
 """What every HTTP data path checks the same way: status codes, ``Content-Range``, ETags.
 
-Shared by the aiohttp transport (:mod:`.http`, :mod:`.hf`) and the socket transport
-(:mod:`.wire`); it imports no HTTP client.
+Shared by the aiohttp data paths (:mod:`.http`, :mod:`.hf`); it imports no HTTP client.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""S3 (and S3-compatible stores): botocore for the control plane, our sockets or obstore
-for the bytes.
+"""S3 (and S3-compatible stores): botocore for the control plane, obstore for the bytes.
 
 Listing and HEAD go through botocore: its credential chain (env, shared files, web
 identity / IRSA, container and instance profiles), addressing options and structured
-error codes. Ranged GETs to a plain ``http://`` endpoint (in-cluster MinIO, Ceph RGW) go
-on weightstream's own sockets (:mod:`.wire`: bodies spliced into files), signed by
-botocore's SigV4 signer; to ``https://`` endpoints through obstore (Rust ``object_store``
-+ reqwest), which moves bytes without holding the GIL (see README, "Transport"). obstore's
-own retries are switched off; the engine's retry policy is the only one.
+error codes. Ranged GETs go through obstore (Rust ``object_store`` + reqwest), which
+moves bytes without holding the GIL (see README, "Transport"). obstore's own retries are
+switched off; the engine's retry policy is the only one.
 """
 
 from __future__ import annotations
@@ -16,15 +13,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import obstore
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
+import obstore.exceptions as obx
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import (
@@ -40,6 +35,7 @@ from botocore.session import Session
 from ..errors import (
     AccessDeniedError,
     ObjectNotFoundError,
+    RangeNotSupportedError,
     StoreError,
     TransientError,
 )
@@ -47,7 +43,6 @@ from ..settings import StorageSettings
 from ..uri import ObjectURI
 from .base import Backend, Buffer, Capabilities, ObjectInfo
 from .objectstore import NO_RETRIES, client_options, iter_range, read_into, translate
-from .wire import WireRequest, WireRoute
 
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
@@ -108,8 +103,7 @@ class S3Backend(Backend):
         self.settings = settings
         self._client: Any = None
         self._store: Any = None
-        self._wire: WireRoute | None = None
-        self._signer: _RangeSigner | None = None
+        self._ignores_range = False  # the endpoint answered a ranged GET with 200
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -125,19 +119,9 @@ class S3Backend(Backend):
             if self._store is None:
                 _, executor = _control_plane()
                 loop = asyncio.get_running_loop()
-                self._client, self._store, credentials = await loop.run_in_executor(
-                    executor, self._build
-                )
-                endpoint = self.settings.endpoint_url
-                self._wire = WireRoute.for_endpoint(self.settings, endpoint,
-                                                    name=f"s3://{self.bucket}")  # fmt: skip
-                if self._wire and endpoint:
-                    self._signer = _RangeSigner(
-                        endpoint, self.bucket, virtual=self.settings.virtual_addressing,
-                        region=self.settings.region or "us-east-1", credentials=credentials,
-                    )  # fmt: skip
+                self._client, self._store = await loop.run_in_executor(executor, self._build)
 
-    def _build(self) -> tuple[Any, Any, Any]:
+    def _build(self) -> tuple[Any, Any]:
         s = self.settings
         session, _ = _control_plane()
         region = s.region or "us-east-1"
@@ -173,7 +157,6 @@ class S3Backend(Backend):
         }
         if s.endpoint_url:
             store_kwargs["endpoint"] = s.endpoint_url
-        credentials: Any = None
         if s.anonymous:
             store_kwargs["skip_signature"] = True
         else:
@@ -192,7 +175,7 @@ class S3Backend(Backend):
                 )
             store_kwargs["credential_provider"] = _BotocoreCredentials(credentials)
         store = obstore.store.S3Store(self.bucket, **store_kwargs)
-        return client, store, credentials
+        return client, store
 
     # -- control plane (botocore) ----------------------------------------------------------
 
@@ -230,38 +213,44 @@ class S3Backend(Backend):
         with _botocore_errors(f"s3://{self.bucket}/{key}"):
             return await asyncio.get_running_loop().run_in_executor(executor, fn)
 
-    # -- data plane (our sockets on plain HTTP, else obstore) ------------------------------
-
-    def _signed(self, key: str, etag: str | None) -> Callable[[], WireRequest]:
-        """The GET of ``key`` for the socket transport, signed in its worker thread
-        (botocore may refresh credentials, which is blocking I/O)."""
-        uri = f"s3://{self.bucket}/{key}"
-        signer = self._signer
-        assert signer is not None
-
-        def make() -> WireRequest:
-            with _botocore_errors(uri):
-                url, headers = signer.sign(key)
-            return WireRequest(url, uri, headers, etag)
-
-        return make
-
-    async def read_to_file(
-        self, key: str, start: int, end: int, *, fd: int, etag: str | None
-    ) -> None:
-        await self._ensure()
-        if self._wire and await self._wire.to_file(self._signed(key, etag), start, end, fd):
-            return
-        await super().read_to_file(key, start, end, fd=fd, etag=etag)
+    # -- data plane (obstore) ------------------------------------------------------------
 
     async def iter_range(
         self, key: str, start: int, end: int, *, etag: str | None
     ) -> AsyncIterator[Buffer]:
         await self._ensure()
-        pieces = iter_range(self._store, key, start, end, etag=etag,
-                            uri=f"s3://{self.bucket}/{key}", translate=translate)  # fmt: skip
-        async for piece in pieces:
-            yield piece
+        uri = f"s3://{self.bucket}/{key}"
+        if self._ignores_range:
+            raise RangeNotSupportedError(uri)
+        pieces = iter_range(self._store, key, start, end, etag=etag, uri=uri,
+                            translate=translate)  # fmt: skip
+        started = False
+        try:
+            async for piece in pieces:
+                started = True
+                yield piece
+        except TransientError as e:
+            if not started and isinstance(e.__cause__, obx.GenericError) and (
+                await self._answers_range_with_200(key)
+            ):
+                raise RangeNotSupportedError(uri) from e
+            raise
+
+    async def _answers_range_with_200(self, key: str) -> bool:
+        """Whether the endpoint ignores ``Range`` (some S3-compatible stores do). obstore
+        reports that only as a generic error, so a one-byte ranged GET through botocore
+        tells it by status code; the answer "yes" is kept for this backend."""
+
+        def probe() -> bool:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-0")
+            resp["Body"].close()
+            return int(resp["ResponseMetadata"]["HTTPStatusCode"]) == 200
+
+        try:
+            self._ignores_range = await self._call(key, probe)
+        except Exception:  # the probe failing says nothing: keep the original error
+            return False
+        return self._ignores_range
 
     async def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[Buffer]:
         """The whole object in order (for S3-compatible stores that ignore ``Range``)."""
@@ -275,52 +264,19 @@ class S3Backend(Backend):
         self, key: str, start: int, views: Sequence[memoryview], *, etag: str | None
     ) -> None:
         await self._ensure()
-        if self._wire and await self._wire.into(self._signed(key, etag), start, views):
-            return
         await read_into(self._store, key, start, views, etag=etag,
                         uri=f"s3://{self.bucket}/{key}", translate=translate)  # fmt: skip
 
     async def close(self) -> None:
-        if self._wire is not None:
-            await self._wire.close()
         if self._client is not None:
             self._client.close()
-        self._client = self._store = self._wire = None
+        self._client = self._store = None
 
 
 def _unsigned() -> Any:
     from botocore import UNSIGNED
 
     return UNSIGNED
-
-
-class _RangeSigner:
-    """URLs and SigV4 headers for plain-HTTP GETs of one bucket, as botocore signs them
-    (``Authorization``, ``X-Amz-Date``, ``X-Amz-Content-SHA256``, session token), or
-    unsigned when anonymous. ``Range`` and ``If-Match`` stay unsigned, as SigV4 allows."""
-
-    def __init__(
-        self, endpoint: str, bucket: str, *, virtual: bool, region: str, credentials: Any
-    ) -> None:
-        parts = urlsplit(endpoint)
-        base = parts.path.rstrip("/")
-        if virtual:
-            self._prefix = f"{parts.scheme}://{bucket}.{parts.netloc}{base}/"
-        else:
-            self._prefix = f"{parts.scheme}://{parts.netloc}{base}/{bucket}/"
-        self._region = region
-        self._credentials = credentials
-
-    def sign(self, key: str) -> tuple[str, dict[str, str]]:
-        url = self._prefix + quote(key, safe="/~")
-        headers = {"Host": urlsplit(url).netloc}  # signed exactly as it will be sent
-        if self._credentials is None:
-            return url, headers
-        request = AWSRequest(method="GET", url=url, headers=headers)
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(
-            request
-        )
-        return url, dict(request.headers.items())
 
 
 @contextlib.contextmanager

@@ -2,8 +2,7 @@
 file) with the ETag pin, typed errors, and each capability it declares (and only those).
 
 Each backend is reached through a real server on loopback (moto, our origin) or the local
-filesystem, plain-HTTP ones through both data planes (``auto``: our sockets; ``sdk``:
-obstore / aiohttp), the fsspec fallback through a WebHDFS stand-in
+filesystem, the fsspec fallback through a WebHDFS stand-in
 (:mod:`tests.support.webhdfs`); a new backend joins by adding a case to ``case``.
 """
 
@@ -34,14 +33,13 @@ class Case:
     rewrite: object  # callable: change the object's content (new version)
 
 
-async def _s3_on_origin(origin, tmp_path: Path, transport: str) -> Case:
+async def _s3_on_origin(origin, tmp_path: Path) -> Case:
     root = tmp_path / "root"
     (root / "bkt" / "p").mkdir(parents=True)
     (root / "bkt" / "p" / "obj").write_bytes(PAYLOAD)
     (root / "bkt" / "p" / "obj-other").write_bytes(b"x")
     srv = await origin(root)
-    storage = StorageSettings(endpoint_url=srv.url, access_key_id="k", secret_access_key="s",
-                              transport=transport)  # fmt: skip
+    storage = StorageSettings(endpoint_url=srv.url, access_key_id="k", secret_access_key="s")
     return Case(open_backend(parse_uri("s3://bkt/p"), storage), "p/obj", "p/none", "p/",
                 lambda: (root / "bkt/p/obj").write_bytes(PAYLOAD[::-1]))  # fmt: skip
 
@@ -55,12 +53,12 @@ async def _s3_on_moto(moto, tmp_path: Path) -> Case:
                 lambda: moto.put_object(bucket, "p/obj", PAYLOAD[::-1]))  # fmt: skip
 
 
-async def _http_on_origin(origin, tmp_path: Path, transport: str) -> Case:
+async def _http_on_origin(origin, tmp_path: Path) -> Case:
     root = tmp_path / "root"
     (root / "files").mkdir(parents=True)
     (root / "files" / "obj").write_bytes(PAYLOAD)
     srv = await origin(root)
-    storage = StorageSettings(transport=transport)
+    storage = StorageSettings()
     return Case(open_backend(parse_uri(srv.http_url("files/obj")), storage),
                 "files/obj", "files/none", "files/obj",
                 lambda: (root / "files/obj").write_bytes(PAYLOAD[::-1]))  # fmt: skip
@@ -91,22 +89,18 @@ async def _webhdfs(stack: contextlib.AsyncExitStack, tmp_path: Path) -> Case:
                 lambda: replace_file(root / "models/p/obj", PAYLOAD[::-1]))
 
 
-@pytest.fixture(
-    params=["s3-origin", "s3-origin-sdk", "s3-moto", "http-origin", "http-origin-sdk", "local",
-            "webhdfs-fsspec"]
-)
+@pytest.fixture(params=["s3-origin", "s3-moto", "http-origin", "local", "webhdfs-fsspec"])
 async def case(request, origin, tmp_path) -> AsyncIterator[Case]:
     kind = request.param
-    transport = "sdk" if kind.endswith("-sdk") else "auto"
     stack = contextlib.AsyncExitStack()
     if kind == "webhdfs-fsspec":
         c = await _webhdfs(stack, tmp_path)
-    elif kind.startswith("s3-origin"):
-        c = await _s3_on_origin(origin, tmp_path, transport)
+    elif kind == "s3-origin":
+        c = await _s3_on_origin(origin, tmp_path)
     elif kind == "s3-moto":
         c = await _s3_on_moto(request.getfixturevalue("moto"), tmp_path)
-    elif kind.startswith("http-origin"):
-        c = await _http_on_origin(origin, tmp_path, transport)
+    elif kind == "http-origin":
+        c = await _http_on_origin(origin, tmp_path)
     else:
         c = await _local(tmp_path)
     try:

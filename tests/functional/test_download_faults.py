@@ -1,6 +1,5 @@
-"""The engine against our fault-injecting origin, through both protocols (S3, plain HTTP)
-and both data planes (``auto``: our socket transport on plain HTTP; ``sdk``: obstore /
-aiohttp).
+"""The engine against our fault-injecting origin, through both protocols (S3 through
+obstore, plain HTTP through aiohttp).
 
 Every fault either recovers byte-identically or fails with the right typed error and
 nothing published under a final name.
@@ -21,7 +20,6 @@ from streamer.errors import (
     IntegrityError,
     ObjectNotFoundError,
     SafetensorsError,
-    TransferError,
     VersionChangedError,
 )
 from streamer.retry import RetryPolicy
@@ -49,9 +47,6 @@ def _storage(url: str, **kw) -> StorageSettings:
                            secret_access_key="testing", region="us-east-1", **kw)  # fmt: skip
 
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["auto", "sdk"])
-
-
 def _same_tree(a: Path, b: Path) -> None:
     names = sorted(p.name for p in a.iterdir())
     assert sorted(p.name for p in b.iterdir() if p.name != ".weightstream") == names
@@ -77,12 +72,11 @@ RECOVERABLE = [
 ]
 
 
-@TRANSPORTS
 @pytest.mark.parametrize("fault", RECOVERABLE, ids=lambda f: f"{f.kind}-{f.after_bytes}")
-async def test_s3_transport_recovers_from(fault, transport, origin, model_root, tmp_path):
+async def test_s3_transport_recovers_from(fault, origin, model_root, tmp_path):
     srv = await origin(model_root, faults=[fault])
     dest = tmp_path / "dest"
-    storage = _storage(srv.url, read_timeout=1.0, transport=transport)
+    storage = _storage(srv.url, read_timeout=1.0)
     report = await download("s3://models/llama", dest, options=OPTS, storage=storage,
                             sleep=_no_sleep)  # fmt: skip
     assert srv.fired(), "the fault never fired: the test proves nothing"
@@ -90,12 +84,11 @@ async def test_s3_transport_recovers_from(fault, transport, origin, model_root, 
     _same_tree(model_root / "models" / "llama", dest)
 
 
-@TRANSPORTS
 @pytest.mark.parametrize("fault", RECOVERABLE, ids=lambda f: f"{f.kind}-{f.after_bytes}")
-async def test_http_transport_recovers_from(fault, transport, origin, model_root, tmp_path):
+async def test_http_transport_recovers_from(fault, origin, model_root, tmp_path):
     srv = await origin(model_root, faults=[fault])
     dest = tmp_path / "dest"
-    storage = StorageSettings(read_timeout=1.0, transport=transport)
+    storage = StorageSettings(read_timeout=1.0)
     report = await download(srv.http_url(SHARD), dest, options=OPTS, storage=storage,
                             sleep=_no_sleep)  # fmt: skip
     assert srv.fired()
@@ -103,22 +96,14 @@ async def test_http_transport_recovers_from(fault, transport, origin, model_root
     assert filecmp.cmp(model_root / SHARD, dest / Path(SHARD).name, shallow=False)
 
 
-@TRANSPORTS
 @pytest.mark.parametrize("via", ["s3", "http"])
 async def test_server_ignoring_range_falls_back_to_one_stream(
-    via, transport, origin, model_root, tmp_path
+    via, origin, model_root, tmp_path
 ):
     srv = await origin(model_root, faults=[Fault(kind="ignore_range", path=SHARD)])
     dest = tmp_path / "dest"
     src = "s3://models/llama" if via == "s3" else srv.http_url(SHARD)
-    storage = _storage(srv.url, transport=transport)
-    if via == "s3" and transport == "sdk":
-        # obstore reports a 200 to a ranged GET only as a generic error (no type to tell
-        # it by): retried, then a clean failure.
-        with pytest.raises(TransferError):
-            await download(src, dest, options=OPTS, storage=storage, sleep=_no_sleep)
-        assert _published(dest) == []
-        return
+    storage = _storage(srv.url)
     await download(src, dest, options=OPTS, storage=storage, sleep=_no_sleep)
     assert srv.fired()
     full = [r for r in srv.requests() if r.method == "GET" and r.path == SHARD and not r.range]
@@ -126,16 +111,15 @@ async def test_server_ignoring_range_falls_back_to_one_stream(
     assert filecmp.cmp(model_root / SHARD, dest / Path(SHARD).name, shallow=False)
 
 
-@TRANSPORTS
 @pytest.mark.parametrize("via", ["s3", "http"])
 async def test_object_changed_between_ranges_fails_and_publishes_nothing(
-    via, transport, origin, model_root, tmp_path
+    via, origin, model_root, tmp_path
 ):
     srv = await origin(model_root, faults=[Fault(kind="change", path=SHARD, nth=(3,))])
     dest = tmp_path / "dest"
     src = "s3://models/llama" if via == "s3" else srv.http_url(SHARD)
     with pytest.raises(VersionChangedError) as e:
-        await download(src, dest, options=OPTS, storage=_storage(srv.url, transport=transport),
+        await download(src, dest, options=OPTS, storage=_storage(srv.url),
                        sleep=_no_sleep)  # fmt: skip
     assert "changed" in str(e.value)
     assert _published(dest) == []
@@ -143,12 +127,11 @@ async def test_object_changed_between_ranges_fails_and_publishes_nothing(
     assert all(r.if_match for r in srv.requests() if r.range is not None)
 
 
-@TRANSPORTS
-async def test_access_denied_is_typed(transport, origin, model_root, tmp_path):
+async def test_access_denied_is_typed(origin, model_root, tmp_path):
     srv = await origin(model_root, faults=[Fault(kind="403", path=SHARD, methods=("GET",))])
     with pytest.raises(AccessDeniedError):
         await download("s3://models/llama", tmp_path / "d", options=OPTS,
-                       storage=_storage(srv.url, transport=transport), sleep=_no_sleep)
+                       storage=_storage(srv.url), sleep=_no_sleep)
     assert srv.fired()
     assert _published(tmp_path / "d") == []
 

@@ -66,14 +66,3 @@ def test_transfer_defaults_from_env():
     assert (d.chunk_size, d.concurrency) == (4 << 20, 32)
     with pytest.raises(UsageError):
         resolve_transfer({"WEIGHTSTREAM_MAX_MEMORY": "lots"})
-
-
-def test_transport_choice():
-    auto = StorageSettings.from_env({})
-    assert auto.transport == "auto"
-    assert auto.wire_endpoint("http://minio:9000") and not auto.wire_endpoint("https://s3")
-    assert not auto.wire_endpoint(None)
-    sdk = StorageSettings.from_env({"WEIGHTSTREAM_TRANSPORT": "sdk"})
-    assert not sdk.wire_endpoint("http://minio:9000")
-    with pytest.raises(UsageError, match="WEIGHTSTREAM_TRANSPORT"):
-        StorageSettings.from_env({"WEIGHTSTREAM_TRANSPORT": "fast"})
