@@ -81,6 +81,7 @@ class Entry:
     failed_at: float | None = None
     seq: int = field(default_factory=next_seq)
     dirty: bool = False  # last_used changed since the record was written
+    readers: int = 0  # object reads in progress on the S3 endpoint (not persisted)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _file_set: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -138,6 +139,7 @@ class Entry:
             "last_used": self.last_used,
             "leases": [{"holder": h, "expires_at": t}
                        for h, t in sorted(self.live_leases(now).items())],
+            "readers": self.readers,
         }
         if self.state in (State.PENDING, State.PULLING):
             doc["progress"] = self.progress.to_json()

@@ -46,6 +46,7 @@ class Model(TypedDict):
     created_at: float
     last_used: float
     leases: list[Lease]
+    readers: int  # object reads in progress on the S3 endpoint
     path: NotRequired[str]  # ready only
     progress: NotRequired[Progress]  # pending or pulling only
     error: NotRequired[PullError]  # failed only

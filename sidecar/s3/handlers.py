@@ -176,5 +176,5 @@ async def _object(request: web.Request, objects: S3Objects, target, key: str
     finally:
         f.close()
         metrics.s3_readers.dec()
-        objects.reader_done()
+        objects.reader_done(read)
     return resp

@@ -89,6 +89,7 @@ class ObjectRead:
     partial: bool
     fd: int | None = None
     from_cache: bool = True  # False: served through a running pull
+    entry: Entry | None = None  # whose reader count this read holds (GET only)
 
 
 class S3Objects:
@@ -200,15 +201,20 @@ class S3Objects:
         if head:
             return read
         self._reader_slot()
+        read.entry = target.entry
+        read.entry.readers += 1  # shown per model by `weightstream cache ls`
         try:
             read.fd, read.from_cache = await self._open(target.entry.id, rel, start, end)
         except BaseException:
-            self.readers -= 1
+            self.reader_done(read)
             raise
         return read
 
-    def reader_done(self) -> None:
+    def reader_done(self, read: ObjectRead) -> None:
         self.readers -= 1
+        if read.entry is not None:
+            read.entry.readers -= 1
+            read.entry = None
 
     def _reader_slot(self) -> None:
         if self.readers >= self.max_readers:

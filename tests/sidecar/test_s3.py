@@ -412,8 +412,13 @@ async def test_disconnect_mid_range_then_origin_failure_then_retry(daemon, origi
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         await reader.read(1000)
         writer.transport.abort()
-        await _wait_state(api, answer)
+        done = await _wait_state(api, answer)
         assert fetched_bytes(srv, "llama") == model.size
+        for _ in range(100):  # the aborted reader is let go (reader count back to 0)
+            if (await api.model(done["id"], grant=answer["grant"]))["readers"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await api.model(done["id"], grant=answer["grant"]))["readers"] == 0
 
         # 2. The origin fails mid-pull: readers get an S3 error, the next read retries.
         other = model_on_origin(srv, "other", synth.sized(1 << 20, shards=2))
