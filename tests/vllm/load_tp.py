@@ -9,7 +9,8 @@ Joins vLLM's distributed state (gloo, ``init_distributed_environment`` +
 ``initialize_model_parallel(N, 1)``), then loads ``--model`` into vLLM's own
 ``LlamaForCausalLM`` at TP=N twice: with vLLM's ``safetensors`` load format from the local
 directory (the reference: vLLM's own loader and its TP slicing), and with ``weightstream``
-from ``--source`` (``{"source": URL}``: each rank streams through its own origin, and the
+from a folder of the config files only (as after the init container's stream mode) and
+``--source`` (``{"source": URL}``: each rank streams through its own origin, and the
 ranks share the reads over vLLM's TP group). Every parameter of this rank's shard of the
 model must be equal. The same CPU workaround as ``load_model.py`` (see there).
 """
@@ -32,7 +33,8 @@ def main() -> int:
     ap.add_argument("--rank", type=int, required=True)
     ap.add_argument("--world", type=int, required=True)
     ap.add_argument("--init", required=True)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, help="the model directory, with its shards")
+    ap.add_argument("--configs", required=True, help="the same without shards (stream mode)")
     ap.add_argument("--source", required=True)
     ap.add_argument("--results", required=True)
     args = ap.parse_args()
@@ -49,9 +51,10 @@ def main() -> int:
              "max_memory": 4 << 20, "distributed_timeout": 60}  # fmt: skip
     params: dict[str, dict[str, torch.Tensor]] = {}
     stats = None
-    for load_format, config in (("safetensors", None), ("weightstream", extra)):
+    cases = (("safetensors", args.model, {}), ("weightstream", args.configs, extra))
+    for load_format, model_dir, config in cases:
         engine_args = EngineArgs(
-            model=args.model,
+            model=model_dir,
             load_format=load_format,
             model_loader_extra_config=config,
             dtype="bfloat16",

@@ -36,6 +36,8 @@ def test_tp2_weightstream_reads_the_model_once_and_matches_vllm(tmp_path) -> Non
     root = tmp_path / "origin"
     shutil.copytree(model.path, root / "models" / "llama")
     shard_bytes = sum(p.stat().st_size for p in model.path.glob("*.safetensors"))
+    configs = tmp_path / "configs"  # what stream mode leaves in /mnt/models: no shards
+    shutil.copytree(model.path, configs, ignore=shutil.ignore_patterns("*.safetensors"))
     env = clean_env(
         {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")},
         home=tmp_path,
@@ -54,6 +56,8 @@ def test_tp2_weightstream_reads_the_model_once_and_matches_vllm(tmp_path) -> Non
                     f"file://{tmp_path}/rendezvous",
                     "--model",
                     str(model.path),
+                    "--configs",
+                    str(configs),
                     "--source",
                     origin.http_url("models/llama"),
                     "--results",
