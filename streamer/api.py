@@ -27,10 +27,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import checksum
 from .backends.base import Backend
 from .backends.registry import open_backend
 from .engine import Engine, FileSink, check_limits
-from .errors import InsufficientSpaceError, IntegrityError, SafetensorsError, UsageError
+from .errors import (
+    ChecksumMismatchError,
+    InsufficientSpaceError,
+    IntegrityError,
+    ObjectReplacedError,
+    SafetensorsError,
+    UsageError,
+)
 from .manifest import STATE_DIR, fsync_dir, load_manifest, write_manifest
 from .plan import Plan, PlannedFile
 from .plan import plan as plan_source
@@ -116,6 +124,7 @@ class _Run:
     staging: Path
     options: DownloadOptions
     executor: ThreadPoolExecutor
+    backend: Backend | None = None
     verified: dict[str, PlannedFile] = field(default_factory=dict)
 
 
@@ -205,7 +214,8 @@ async def _fetch_plan(
     previous = load_manifest(dest)
     todo: list[PlannedFile] = []
     skipped: list[str] = []
-    run = _Run(dest, staging, options, ThreadPoolExecutor(4, thread_name_prefix="ws-io"))
+    run = _Run(dest, staging, options, ThreadPoolExecutor(4, thread_name_prefix="ws-io"),
+               backend)  # fmt: skip
     for f in the_plan.files:
         entry = previous.get(f.rel)
         if entry and _unchanged(dest / f.rel, entry, f):
@@ -285,7 +295,29 @@ def _check_space(
 async def _finish_file(run: _Run, the_plan: Plan, sink: FileSink) -> None:
     """Runs as each file completes: make it durable and verify it in place."""
     loop = asyncio.get_running_loop()
+    await _recheck_version(run, sink)
     await loop.run_in_executor(run.executor, _verify_file, run, the_plan, sink)
+
+
+async def _recheck_version(run: _Run, sink: FileSink) -> None:
+    """Without a strong ETag no range was pinned (``If-Match``): ask the store again once
+    the file is complete, and refuse it if the object's size or Last-Modified moved."""
+    info = sink.planned.info
+    if run.backend is None or (info.etag and not info.etag.startswith("W/")):
+        return
+    now = await run.backend.stat(info.key)
+    if now.size != info.size or now.last_modified != info.last_modified:
+        sink.abort()
+        _discard(sink)
+        detail = (f"size {info.size} -> {now.size}" if now.size != info.size else
+                  "Last-Modified moved")  # fmt: skip
+        raise ObjectReplacedError(sink.planned.rel, detail=detail)
+
+
+def _discard(sink: FileSink) -> None:
+    """Drop a partial file and its journal: a rerun fetches it afresh."""
+    sink.part.unlink(missing_ok=True)
+    sink.part.with_name(sink.part.name + ".journal").unlink(missing_ok=True)
 
 
 def _verify_file(run: _Run, the_plan: Plan, sink: FileSink) -> None:
@@ -293,21 +325,52 @@ def _verify_file(run: _Run, the_plan: Plan, sink: FileSink) -> None:
     f = sink.planned
     size = os.path.getsize(sink.part)
     if size != f.info.size:
-        sink.part.unlink(missing_ok=True)
+        _discard(sink)
         raise IntegrityError(f.rel, f"size {size} differs from the store's {f.info.size}")
     md5 = None
     if run.options.checksum and _is_md5_etag(f.info.etag):
         md5 = _md5(sink.part)
         if md5 != f.info.etag.strip('"'):  # type: ignore[union-attr]
-            sink.part.unlink(missing_ok=True)
+            _discard(sink)
             raise IntegrityError(f.rel, f"MD5 {md5} differs from the store's ETag {f.info.etag}")
+    _check_checksum(run, sink)
     if run.options.verify and f.rel.endswith(".safetensors"):
         try:
             read_header(sink.part)
         except SafetensorsError as e:
-            sink.part.unlink(missing_ok=True)
+            _discard(sink)
             raise SafetensorsError(f.rel, e.reason) from e
     run.verified[f.rel] = replace(f, md5=md5)
+
+
+def _check_checksum(run: _Run, sink: FileSink) -> None:
+    """The store's checksum of the object against the bytes written (see
+    :mod:`streamer.checksum`): CRCs from the ranges' values (ranges of an earlier run, or
+    of the sequential fallback, are read back now); MD5 in one pass, only with
+    ``checksum`` on."""
+    f = sink.planned
+    expected = f.info.checksum
+    if expected is None or not (expected.combinable or run.options.checksum):
+        return
+    if expected.combinable:
+        parts = []
+        fd = os.open(sink.part, os.O_RDONLY)
+        try:
+            for i, (start, end) in enumerate(sink.ranges):
+                crc = sink.crcs.get(i)
+                if crc is None or sink.sequential:
+                    crc = checksum.range_crc(expected.algorithm, fd, start, end)
+                parts.append((crc, end - start))
+        finally:
+            os.close(fd)
+        actual = checksum.encode(expected.algorithm, checksum.combine(expected.algorithm, parts))
+    else:
+        actual = checksum.file_md5(sink.part)
+    try:
+        checksum.verify(f.rel, expected, actual)
+    except ChecksumMismatchError:
+        _discard(sink)
+        raise
 
 
 def _check_model(run: _Run, the_plan: Plan) -> None:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
+from . import checksum
 from .backends.base import Backend, Buffer, exact_pieces, pwrite_all
 from .errors import RangeNotSupportedError, UsageError
 from .journal import Journal
@@ -102,6 +103,7 @@ class FileSink:
         self.remaining = 0
         self.sequential = False  # server ignored Range: one ordered stream instead
         self.counted = 0  # bytes of this file reported to progress
+        self.crcs: dict[int, int] = {}  # range index -> CRC of its bytes (streamer.checksum)
         self.journal: Journal | None = None
         self.fd: int | None = None
         self._lock = threading.Lock()  # the journal flusher runs beside finish/abort
@@ -125,6 +127,12 @@ class FileSink:
         for i, (start, end) in enumerate(self.ranges):
             if i not in self.journal.done:
                 yield i, start, end
+
+    def range_crc(self, start: int, end: int) -> int:
+        """The CRC of ``[start, end)`` as written, in the store's algorithm (blocking)."""
+        expected = self.planned.info.checksum
+        assert self.fd is not None and expected is not None
+        return checksum.range_crc(expected.algorithm, self.fd, start, end)
 
     def write(self, offset: int, data: Buffer) -> None:
         """``pwrite`` all of ``data`` at ``offset`` (blocking)."""
@@ -274,6 +282,13 @@ class Engine:
                 self._slots.release()
             if sink.sequential:
                 return  # cut short by the fallback: not written whole, not journaled
+            expected = info.checksum
+            if expected is not None and expected.combinable:
+                # While the range is still in the page cache; combined when the file ends.
+                loop = asyncio.get_running_loop()
+                sink.crcs[index] = await loop.run_in_executor(
+                    self._executor, sink.range_crc, start, end
+                )
             assert sink.journal is not None
             sink.journal.record(index)
             if self.schedule is not None:

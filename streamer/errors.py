@@ -150,6 +150,16 @@ class ObjectSizeError(IntegrityError):
                                f"for {expected} bytes")  # fmt: skip
 
 
+class ObjectReplacedError(VersionChangedError):
+    """An object without a strong ETag changed while it was read (its size or
+    Last-Modified differ afterwards): the bytes written may mix two versions."""
+
+    def __init__(self, path: str, *, detail: str) -> None:
+        IntegrityError.__init__(self, path, f"object changed during download ({detail})")
+        self.expected = None
+        self.actual = None
+
+
 class ChecksumMismatchError(IntegrityError):
     """The bytes written do not match the checksum the store holds for the object."""
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
+from ..checksum import Checksum
 from ..errors import TransientError
 
 # Anything that supports the buffer protocol (bytes, memoryview, obstore.Bytes).
@@ -30,12 +31,15 @@ class ObjectInfo:
         etag: the version pin sent as ``If-Match`` on every range (None if the store has
             none; then size and modification time are the only pins).
         last_modified: POSIX seconds, when known.
+        checksum: the store's whole-object checksum, when it has one (verified against
+            the bytes written before the file is published, :mod:`streamer.checksum`).
     """
 
     key: str
     size: int
     etag: str | None
     last_modified: float | None = None
+    checksum: Checksum | None = None
 
 
 @dataclass(frozen=True)

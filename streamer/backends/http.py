@@ -9,12 +9,14 @@ server that answers a range with the whole body (200) raises
 
 from __future__ import annotations
 
+import email.utils
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
+from .. import checksum
 from ..errors import (
     RangeNotSupportedError,
     StoreError,
@@ -62,6 +64,7 @@ class HTTPBackend(Backend):
         self.origin = origin.rstrip("/")
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._sizes: dict[str, int] = {}  # what stat told the planner, per key
 
     @classmethod
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> HTTPBackend:
@@ -90,16 +93,28 @@ class HTTPBackend(Backend):
             async with self._client().head(self._url(key), allow_redirects=True) as r:
                 raise_for_status(uri, r.status, r.headers)
                 if r.status == 200 and r.headers.get("Content-Length") is not None:
-                    return ObjectInfo(key, int(r.headers["Content-Length"]), r.headers.get("ETag"))
+                    return self._info(key, int(r.headers["Content-Length"]), r.headers,
+                                      whole=True)  # fmt: skip
             # HEAD without a length (or refused): ask for one byte instead.
             async with self._client().get(self._url(key), headers={"Range": "bytes=0-0"}) as r:
                 raise_for_status(uri, r.status, r.headers)
                 m = CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
                 if r.status == 206 and m and m.group(3) != "*":
-                    return ObjectInfo(key, int(m.group(3)), r.headers.get("ETag"))
+                    return self._info(key, int(m.group(3)), r.headers, whole=False)
                 raise StoreError(uri, "server reports no object size")
         except (TimeoutError, aiohttp.ClientError) as e:
             raise TransientError(uri, f"{type(e).__name__}: {e}") from e
+
+    def _info(self, key: str, size: int, headers: Any, *, whole: bool) -> ObjectInfo:
+        self._sizes[key] = size
+        modified = headers.get("Last-Modified")
+        try:
+            stamp = email.utils.parsedate_to_datetime(modified).timestamp() if modified else None
+        except (TypeError, ValueError):
+            stamp = None
+        # Checksum headers describe the representation sent: only a whole answer's count.
+        found = checksum.from_http_headers(headers) if whole else None
+        return ObjectInfo(key, size, headers.get("ETag"), stamp, found)
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         return [await self.stat(prefix)]
@@ -108,7 +123,7 @@ class HTTPBackend(Backend):
         self, key: str, start: int, end: int, *, etag: str | None
     ) -> AsyncIterator[Buffer]:
         return iter_http_range(self._client(), self._url(key), self._printable(key), start,
-                               end, etag=etag)  # fmt: skip
+                               end, etag=etag, total=self._sizes.get(key))  # fmt: skip
 
     async def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[bytes]:
         """Stream the whole object in order (for servers that ignore ``Range``)."""
@@ -138,9 +153,11 @@ async def iter_http_range(
     *,
     etag: str | None,
     headers: dict[str, str] | None = None,
+    total: int | None = None,
 ) -> AsyncIterator[bytes]:
     """GET ``bytes=start-(end-1)`` of ``url`` pinned with ``If-Match``, checking the status,
-    ``Content-Range`` and ETag, and yield the body in pieces as they arrive."""
+    ``Content-Range`` (and its total against ``total``, the planned size) and ETag, and
+    yield the body in pieces as they arrive."""
     headers = {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}
     if etag:
         headers["If-Match"] = etag
@@ -149,7 +166,7 @@ async def iter_http_range(
             raise_for_status(uri, r.status, r.headers, etag=etag)
             if r.status == 200:
                 raise RangeNotSupportedError(uri)
-            check_content_range(uri, r.headers.get("Content-Range"), start, end)
+            check_content_range(uri, r.headers.get("Content-Range"), start, end, total=total)
             check_etag(uri, etag, r.headers.get("ETag"))
             while piece := await r.content.readany():
                 yield piece

@@ -18,6 +18,7 @@ import obstore.exceptions as obx
 from ..errors import (
     AccessDeniedError,
     ObjectNotFoundError,
+    ObjectSizeError,
     StoreError,
     TransientError,
     UsageError,
@@ -41,10 +42,12 @@ async def iter_range(
     uri: str,
     translate: Callable[[str, BaseException], Exception],
     whole: bool = False,
+    size: int | None = None,
 ) -> AsyncIterator[Buffer]:
     """Ranged GET of ``[start, end)`` pinned to ``etag``, yielded in pieces as they
     arrive (``whole``: a plain GET of the object, for stores that ignore ``Range``).
-    obstore errors are translated by ``translate`` (by type, never by text)."""
+    obstore errors are translated by ``translate`` (by type, never by text). ``size``:
+    the object size the plan was made with; the response's total must match it."""
     options: dict[str, Any] = {} if whole else {"range": (start, end)}
     if etag:
         options["if_match"] = etag
@@ -56,6 +59,7 @@ async def iter_range(
         raise translate(uri, e) from e
     if not whole and tuple(result.range) != (start, end):
         raise TransientError(uri, f"asked for bytes {start}-{end}, got {result.range}")
+    check_total(uri, result, size)
     stream = result.stream(min_chunk_size=STREAM_PIECE)
     while True:
         try:
@@ -76,6 +80,7 @@ async def read_into(
     etag: str | None,
     uri: str,
     translate: Callable[[str, BaseException], Exception],
+    size: int | None = None,
 ) -> None:
     """Ranged GET into ``views`` (in order) with one hand-over from Rust
     (``bytes_async``) and one copy: for callers that need the range in memory (tensors),
@@ -94,10 +99,20 @@ async def read_into(
     got = memoryview(data).cast("B")
     if tuple(result.range) != (start, end) or len(got) != end - start:
         raise TransientError(uri, f"asked for bytes {start}-{end}, got {len(got)} bytes")
+    check_total(uri, result, size)
     pos = 0
     for view in views:
         view.cast("B")[:] = got[pos : pos + view.nbytes]
         pos += view.nbytes
+
+
+def check_total(uri: str, result: Any, size: int | None) -> None:
+    """The object's size in the response (``Content-Range`` total) is the planned one."""
+    if size is None:
+        return
+    actual = int(result.meta["size"])
+    if actual != size:
+        raise ObjectSizeError(uri, expected=size, actual=actual)
 
 
 # A key no model uses: HEAD on it tells a missing container from a refused one.
@@ -146,6 +161,7 @@ class ObstoreBackend(Backend):
         self._build = build
         self._store: Any = None
         self.auth = auth  # how we authenticate, added to errors a person must act on
+        self._sizes: dict[str, int] = {}  # what list/stat told the planner, per key
 
     def _uri(self, key: str) -> str:
         return f"{self._printable}/{key}"
@@ -160,7 +176,9 @@ class ObstoreBackend(Backend):
             meta = await obstore.head_async(self._get_store(), key)
         except Exception as e:
             raise self._error(self._uri(key), e) from e
-        return info_from_meta(meta)
+        info = info_from_meta(meta)
+        self._sizes[key] = info.size
+        return info
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         store = self._get_store()
@@ -173,6 +191,7 @@ class ObstoreBackend(Backend):
         except Exception as e:
             raise self._error(self._uri(prefix), e) from e
         out = [info_from_meta(m) for m in found]
+        self._sizes.update((o.key, o.size) for o in out)
         if prefix and not prefix.endswith("/"):
             with contextlib.suppress(ObjectNotFoundError):
                 out.append(await self.stat(prefix))
@@ -202,13 +221,13 @@ class ObstoreBackend(Backend):
         self, key: str, start: int, end: int, *, etag: str | None
     ) -> AsyncIterator[Buffer]:
         return iter_range(self._get_store(), key, start, end, etag=etag, uri=self._uri(key),
-                          translate=self._error)  # fmt: skip
+                          translate=self._error, size=self._sizes.get(key))  # fmt: skip
 
     async def read_into(
         self, key: str, start: int, views: Sequence[memoryview], *, etag: str | None
     ) -> None:
         await read_into(self._get_store(), key, start, views, etag=etag, uri=self._uri(key),
-                        translate=self._error)  # fmt: skip
+                        translate=self._error, size=self._sizes.get(key))  # fmt: skip
 
     async def close(self) -> None:
         self._store = None  # obstore stores hold no sockets that need an explicit close

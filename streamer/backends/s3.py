@@ -32,6 +32,7 @@ from botocore.exceptions import (
 )
 from botocore.session import Session
 
+from .. import checksum
 from ..errors import (
     AccessDeniedError,
     ObjectNotFoundError,
@@ -105,6 +106,7 @@ class S3Backend(Backend):
         self._store: Any = None
         self._ignores_range = False  # the endpoint answered a ranged GET with 200
         self._lock = asyncio.Lock()
+        self._sizes: dict[str, int] = {}  # what list/stat told the planner, per key
 
     @classmethod
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> S3Backend:
@@ -181,23 +183,46 @@ class S3Backend(Backend):
 
     async def stat(self, key: str) -> ObjectInfo:
         await self._ensure()
-        resp = await self._call(key, partial(self._client.head_object, Bucket=self.bucket, Key=key))
-        return ObjectInfo(
+        resp = await self._call(key, partial(self._client.head_object, Bucket=self.bucket,
+                                             Key=key, ChecksumMode="ENABLED"))  # fmt: skip
+        info = ObjectInfo(
             key,
             int(resp["ContentLength"]),
             resp.get("ETag"),
             resp["LastModified"].timestamp() if resp.get("LastModified") else None,
+            checksum.from_s3_head(resp),
         )
+        self._sizes[key] = info.size
+        return info
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         await self._ensure()
-        return await self._call(prefix, partial(self._list, prefix))
+        listed, with_checksum = await self._call(prefix, partial(self._list, prefix))
+        if with_checksum:
+            # Listings name a checksum's algorithm, never its value: HEAD those objects.
+            slots = asyncio.Semaphore(_CONTROL_THREADS)
 
-    def _list(self, prefix: str) -> list[ObjectInfo]:
+            async def head(info: ObjectInfo) -> ObjectInfo:
+                async with slots:
+                    found = await self.stat(info.key)
+                if (found.size, found.etag) != (info.size, info.etag):
+                    return info  # changed since the listing: the version pin will tell
+                return found
+
+            heads = await asyncio.gather(*(head(listed[i]) for i in with_checksum))
+            for i, info in zip(with_checksum, heads, strict=True):
+                listed[i] = info
+        self._sizes.update((o.key, o.size) for o in listed)
+        return listed
+
+    def _list(self, prefix: str) -> tuple[list[ObjectInfo], list[int]]:
         out: list[ObjectInfo] = []
+        with_checksum: list[int] = []
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", ()):
+                if obj.get("ChecksumAlgorithm") and obj.get("Size"):
+                    with_checksum.append(len(out))
                 out.append(
                     ObjectInfo(
                         obj["Key"],
@@ -206,7 +231,7 @@ class S3Backend(Backend):
                         obj["LastModified"].timestamp() if obj.get("LastModified") else None,
                     )
                 )
-        return out
+        return out, with_checksum
 
     async def _call(self, key: str, fn: Any) -> Any:
         _, executor = _control_plane()
@@ -223,7 +248,7 @@ class S3Backend(Backend):
         if self._ignores_range:
             raise RangeNotSupportedError(uri)
         pieces = iter_range(self._store, key, start, end, etag=etag, uri=uri,
-                            translate=translate)  # fmt: skip
+                            size=self._sizes.get(key), translate=translate)  # fmt: skip
         started = False
         try:
             async for piece in pieces:
@@ -264,7 +289,7 @@ class S3Backend(Backend):
         self, key: str, start: int, views: Sequence[memoryview], *, etag: str | None
     ) -> None:
         await self._ensure()
-        await read_into(self._store, key, start, views, etag=etag,
+        await read_into(self._store, key, start, views, etag=etag, size=self._sizes.get(key),
                         uri=f"s3://{self.bucket}/{key}", translate=translate)  # fmt: skip
 
     async def close(self) -> None:

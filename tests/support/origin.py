@@ -65,6 +65,12 @@ from .ports import LOOPBACK, wait_http
 from .process import stop_process
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+# Origin(checksum=...) -> the header (and its format) that states it, as stores do.
+CHECKSUM_HEADERS = {
+    "crc64nvme": ("x-amz-checksum-crc64nvme", "{}"),
+    "crc32c": ("x-goog-hash", "crc32c={}"),
+    "md5": ("Content-MD5", "{}"),
+}
 ADMIN_PREFIX = "/_origin/"
 _CHUNK = 1 << 20
 
@@ -223,11 +229,15 @@ class Origin:
         seed: int = 0,
         etag: str = "md5",
         max_keys: int = 1000,
+        checksum: str | None = None,
     ) -> None:
-        if etag not in ("md5", "mtime"):
-            raise ValueError("etag must be 'md5' or 'mtime'")
+        if etag not in ("md5", "mtime", "none"):
+            raise ValueError("etag must be 'md5', 'mtime' or 'none'")
+        if checksum not in CHECKSUM_HEADERS and checksum is not None:
+            raise ValueError(f"checksum must be one of {sorted(CHECKSUM_HEADERS)}")
         self.root = Path(root).resolve()
         self.etag_mode = etag
+        self.checksum = checksum
         self.max_keys = max_keys
         self.seed = seed
         self.log: list[RequestRecord] = []
@@ -326,8 +336,32 @@ class Origin:
         table = self.transform_table(self.generation(path))
         return data.translate(table) if table else data
 
+    def checksum_headers(self, file: Path, st: os.stat_result) -> dict[str, str]:
+        """The whole-object checksum header of the file as stored (``checksum=``)."""
+        if self.checksum is None:
+            return {}
+        cache_key = ("checksum", str(file), st.st_size, st.st_mtime_ns)
+        value = self._digests.get(cache_key)
+        if value is None:
+            from awscrt import checksums
+
+            crc, h = 0, hashlib.md5()
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(8 << 20), b""):
+                    if self.checksum == "md5":
+                        h.update(chunk)
+                    else:
+                        crc = getattr(checksums, self.checksum)(chunk, crc)
+            raw = h.digest() if self.checksum == "md5" else crc.to_bytes(
+                8 if self.checksum == "crc64nvme" else 4, "big")
+            value = self._digests[cache_key] = base64.b64encode(raw).decode()
+        name, fmt = CHECKSUM_HEADERS[self.checksum]
+        return {name: fmt.format(value)}
+
     def etag_sync(self, path: str, file: Path, st: os.stat_result) -> str:
         gen = self.generation(path)
+        if self.etag_mode == "none":
+            return ""
         if self.etag_mode == "mtime":
             suffix = f"-{gen}" if gen else ""
             return f'"{st.st_mtime_ns:x}-{st.st_size:x}{suffix}"'
@@ -494,7 +528,8 @@ class _Handler:
             etag = self.origin.etag_sync(path, full, st)
             contents.append(
                 f"<Contents><Key>{enc(key)}</Key><LastModified>{_iso_date(st.st_mtime)}"
-                f"</LastModified><ETag>{escape(etag)}</ETag><Size>{st.st_size}</Size>"
+                f"</LastModified>{f'<ETag>{escape(etag)}</ETag>' if etag else ''}"
+                f"<Size>{st.st_size}</Size>{self._checksum_algorithm()}"
                 f"<StorageClass>STANDARD</StorageClass></Contents>")
             last = key
         parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="{S3_NS}">',
@@ -515,6 +550,12 @@ class _Handler:
         parts += [f"<CommonPrefixes><Prefix>{enc(p)}</Prefix></CommonPrefixes>" for p in prefixes]
         parts.append("</ListBucketResult>")
         return "".join(parts).encode()
+
+    def _checksum_algorithm(self) -> str:
+        """What ListObjectsV2 says of an object with an S3 checksum (never its value)."""
+        if self.origin.checksum != "crc64nvme":
+            return ""
+        return "<ChecksumAlgorithm>CRC64NVME</ChecksumAlgorithm>"
 
     # -- objects: HEAD / GET with Range and conditionals
 
@@ -537,19 +578,19 @@ class _Handler:
         etag = await self.origin.etag(path, file, st)
         gen = self.origin.generation(path)
         headers = {
-            "ETag": etag,
+            **({"ETag": etag} if etag else {}),
             "Last-Modified": _http_date(st.st_mtime + gen),
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
             "x-amz-request-id": f"origin-{time.monotonic_ns():x}",
         }
         if_match = request.headers.get("If-Match")
-        if if_match is not None and if_match.strip() not in ("*", etag):
+        if if_match is not None and etag and if_match.strip() not in ("*", etag):
             self._record(request, path=path, status=412, fault=fault)
             return _s3_error(412, "PreconditionFailed",
                              "At least one of the pre-conditions you specified did not hold",
                              path, headers={"ETag": etag})
-        if request.headers.get("If-None-Match", "").strip() in ("*", etag):
+        if etag and request.headers.get("If-None-Match", "").strip() in ("*", etag):
             self._record(request, path=path, status=304, fault=fault)
             return web.Response(status=304, headers={"ETag": etag})
 
@@ -563,6 +604,8 @@ class _Handler:
         status = 206 if served else 200
         if served:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        else:  # like S3: a checksum describes the whole object, so only whole answers
+            headers.update(self.origin.checksum_headers(file, st))
 
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = end - start
@@ -721,9 +764,11 @@ async def serve_origin(
     max_keys: int = 1000,
     host: str = LOOPBACK,
     port: int = 0,
+    checksum: str | None = None,
 ) -> AsyncIterator[RunningOrigin]:
     """Serve ``root`` on ``host:port`` (0: a free port) in the running event loop."""
-    origin = Origin(root, faults=faults, seed=seed, etag=etag, max_keys=max_keys)
+    origin = Origin(root, faults=faults, seed=seed, etag=etag, max_keys=max_keys,
+                    checksum=checksum)
     runner = web.AppRunner(create_app(origin), access_log=None, handle_signals=False,
                            shutdown_timeout=1.0)
     await runner.setup()
@@ -789,13 +834,15 @@ def start_origin_process(
     max_keys: int = 1000,
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    checksum: str | None = None,
 ) -> Iterator[OriginProcess]:
     """Run ``python -m tests.support.origin`` on a free port; stop it on exit."""
     from .process import REPO_ROOT, clean_env
 
     argv = [sys.executable, "-m", "tests.support.origin", "--root", str(root), "--port", "0",
             "--print-port", "--seed", str(seed), "--etag", etag, "--max-keys", str(max_keys),
-            "--faults", json.dumps([f.to_json() for f in faults])]
+            "--faults", json.dumps([f.to_json() for f in faults]),
+            *(["--checksum", checksum] if checksum else [])]
     proc = subprocess.Popen(argv, env=dict(env) if env is not None else clean_env(),
                             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     try:
@@ -817,7 +864,8 @@ def start_origin_process(
 async def _serve_forever(args: argparse.Namespace) -> None:
     faults = [Fault.from_json(d) for d in json.loads(args.faults)]
     async with serve_origin(args.root, faults=faults, seed=args.seed, etag=args.etag,
-                            max_keys=args.max_keys, host=args.host, port=args.port) as o:
+                            max_keys=args.max_keys, host=args.host, port=args.port,
+                            checksum=args.checksum) as o:
         if args.print_port:
             print(o.port, flush=True)
         else:
@@ -839,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the bound port on the first stdout line")
     p.add_argument("--faults", default="[]", help="JSON list of Fault objects")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--etag", choices=("md5", "mtime"), default="md5")
+    p.add_argument("--etag", choices=("md5", "mtime", "none"), default="md5")
+    p.add_argument("--checksum", choices=sorted(CHECKSUM_HEADERS), default=None)
     p.add_argument("--max-keys", type=int, default=1000)
     args = p.parse_args(argv)
     asyncio.run(_serve_forever(args))
