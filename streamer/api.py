@@ -227,7 +227,7 @@ async def _fetch_plan(
 
     loop = asyncio.get_running_loop()
     sinks = [
-        FileSink(f, staging / (f.rel + ".part"), chunk_size=options.chunk_size,
+        FileSink(f, part_path(staging, f.rel), chunk_size=options.chunk_size,
                  durable=options.fsync)
         for f in todo
     ]  # fmt: skip
@@ -272,6 +272,16 @@ async def _fetch_plan(
     )
 
 
+def part_path(staging: Path, rel: str) -> Path:
+    """Where ``rel`` is written before it is published: ``<rel>.part`` (and its
+    ``.part.journal``), or, for a name too long to take the suffixes within NAME_MAX
+    (255 bytes), a fixed hash of the name."""
+    head, _, name = rel.rpartition("/")
+    if len(name.encode()) + len(".part.journal") > 255:
+        name = "long-" + hashlib.sha256(name.encode()).hexdigest()[:40]
+    return staging / head / (name + ".part")
+
+
 def _unchanged(path: Path, entry: PlannedFile, f: PlannedFile) -> bool:
     try:
         return path.stat().st_size == f.info.size == entry.size and entry.etag == f.info.etag
@@ -284,8 +294,10 @@ def _check_space(
 ) -> None:
     needed = 0
     for f in todo:
-        part = staging / (f.rel + ".part")
-        have = part.stat().st_size if part.exists() else 0
+        part = part_path(staging, f.rel)
+        # A partial file is sparse (preallocated to its final size): what it holds is
+        # what the filesystem allocated, not its length.
+        have = min(part.stat().st_blocks * 512, f.info.size) if part.exists() else 0
         needed += max(0, f.info.size - have)
     free = free_space(dest)
     if needed > free:
@@ -393,7 +405,7 @@ def _check_model(run: _Run, the_plan: Plan) -> None:
 
 
 def _current(run: _Run, rel: str) -> Path:
-    staged = run.staging / (rel + ".part")
+    staged = part_path(run.staging, rel)
     return staged if staged.exists() else run.dest / rel
 
 
@@ -401,7 +413,7 @@ def _publish(run: _Run, the_plan: Plan, fetched: Sequence[PlannedFile]) -> None:
     for f in fetched:
         final = run.dest / f.rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(run.staging / (f.rel + ".part"), final)
+        os.replace(part_path(run.staging, f.rel), final)
     if run.options.fsync:
         fsync_dir(run.dest)
     shutil.rmtree(run.staging, ignore_errors=True)

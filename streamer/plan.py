@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .backends.base import Backend, ObjectInfo
 from .errors import InvalidURIError, ObjectNotFoundError
+from .manifest import STATE_DIR
 from .uri import ObjectURI
 
 
@@ -77,7 +78,37 @@ def safe_relpath(uri: str, rel: str) -> str:
         raise InvalidURIError(uri, f"object path {rel!r} would land outside the destination")
     if any(c < " " or c == "\x7f" for c in rel):
         raise InvalidURIError(uri, f"object path {rel!r} holds control characters")
+    parts = norm.split("/")
+    if parts[0] == STATE_DIR:
+        raise InvalidURIError(uri, f"object path {rel!r} is under {STATE_DIR}/, "
+                                   "weightstream's own state directory")  # fmt: skip
+    if any(len(p.encode()) > 255 for p in parts):
+        raise InvalidURIError(uri, f"object path {_short(rel)} has a name over 255 bytes")
     return norm
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
+
+
+def check_collisions(uri: str, rels: Sequence[str]) -> None:
+    """Refuse two objects that would land on one path (``m/x.json``, ``m/./x.json``), or
+    a file where another needs a directory (``m/a`` and ``m/a/b.json``), before anything
+    is written."""
+    files = set()
+    for rel in rels:
+        if rel in files:
+            raise InvalidURIError(uri, f"two objects land on {_short(rel)}")
+        files.add(rel)
+    for rel in rels:
+        parent = rel
+        while "/" in parent:
+            parent = parent.rsplit("/", 1)[0]
+            if parent in files:
+                raise InvalidURIError(
+                    uri, f"object {_short(parent)} is a file where {_short(rel)} needs a "
+                    "directory"
+                )  # fmt: skip
 
 
 async def plan(
@@ -119,6 +150,7 @@ async def plan(
         for info, rel in candidates
         if exact_object or matches(rel, include, exclude)
     )
+    check_collisions(str(source), [f.rel for f in files])
     if not files:
         raise ObjectNotFoundError(
             str(source),
