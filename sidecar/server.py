@@ -29,6 +29,7 @@ from .app import create_app, create_public_app, create_s3_listener_app
 from .config import DaemonConfig
 from .keys import SERVICE
 from .layout import CacheLayout
+from .listeners import KEEPALIVE_TIMEOUT, listen_tcp, listen_unix
 
 log = logging.getLogger("sidecar")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
@@ -79,28 +80,33 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
     with cache_lock(config.cache_root):
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0,
-                               access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
+                               access_log_format=ACCESS_LOG_FORMAT, handle_signals=False,
+                               keepalive_timeout=KEEPALIVE_TIMEOUT)
         await runner.setup()  # recovery runs here
         public: web.AppRunner | None = None
         s3: web.AppRunner | None = None
+        listeners: list[asyncio.Server] = []  # bounded (sidecar/listeners.py)
+        bound = None
         try:
             _clear_stale_socket(config.socket)
             config.socket.parent.mkdir(parents=True, exist_ok=True)
-            await web.UnixSite(runner, str(config.socket)).start()
+            listeners.append(await listen_unix(runner, str(config.socket)))
             os.chmod(config.socket, 0o666)
             if config.listen is not None:
                 public = web.AppRunner(create_public_app(config, service=app[SERVICE]),
                                        handler_cancellation=True, shutdown_timeout=5.0,
-                                       access_log=None, handle_signals=False)
+                                       access_log=None, handle_signals=False,
+                                       keepalive_timeout=KEEPALIVE_TIMEOUT)
                 await public.setup()
                 host, port = config.listen
-                await web.TCPSite(public, host, port).start()
+                listeners.append(await listen_tcp(public, host, port))
+                bound = listeners[-1].sockets[0].getsockname()
             if config.s3_listen is not None:
                 s3 = web.AppRunner(create_s3_listener_app(app), handler_cancellation=True,
-                                   shutdown_timeout=5.0, access_log=None, handle_signals=False)
+                                   shutdown_timeout=5.0, access_log=None, handle_signals=False,
+                                   keepalive_timeout=KEEPALIVE_TIMEOUT)
                 await s3.setup()
-                await web.TCPSite(s3, *config.s3_listen).start()
-            bound = public.addresses[0] if public is not None and public.addresses else None
+                listeners.append(await listen_tcp(s3, *config.s3_listen))
             log.info("node cache serving %s on %s%s%s", config.cache_root, config.socket,
                      f" and {bound[0]}:{bound[1]}" if bound else "",
                      f"; S3 endpoint on {config.s3_listen[0]}:{config.s3_listen[1]}"
@@ -108,6 +114,8 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
             await stop.wait()
             log.info("node cache stopping")
         finally:
+            for listener in listeners:
+                listener.close()
             if s3 is not None:
                 await s3.cleanup()
             if public is not None:

@@ -53,6 +53,7 @@ def assert_clean(text: str, what: str) -> None:
 class Daemon:
     socket: Path
     log: Path
+    port: int = 0
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -62,9 +63,9 @@ class Daemon:
 def start_daemon(tmp: Path, *flags: str, env: dict[str, str]) -> Iterator[Daemon]:
     """``python -m sidecar`` on a short socket path, until /readyz answers (30 s)."""
     short = Path(tempfile.mkdtemp(prefix="ws-sec-", dir="/tmp"))
-    d = Daemon(short / "d.sock", tmp / "daemon.log")
+    d = Daemon(short / "d.sock", tmp / "daemon.log", free_port())
     argv = [sys.executable, "-m", "sidecar", "--cache-root", str(tmp / "cache"), "--socket",
-            str(d.socket), "--listen", f"{LOOPBACK}:{free_port()}", "--min-free", "0",
+            str(d.socket), "--listen", f"{LOOPBACK}:{d.port}", "--min-free", "0",
             "--proof-ttl", "0", "--allow-endpoint", f"http://{LOOPBACK}", *flags]  # fmt: skip
     with open(d.log, "wb") as log:
         proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
