@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from .backends.base import Backend, ObjectInfo
 from .errors import InvalidURIError, ObjectNotFoundError
-from .manifest import STATE_DIR
 from .uri import ObjectURI
 
 
@@ -78,6 +77,8 @@ def safe_relpath(uri: str, rel: str) -> str:
         raise InvalidURIError(uri, f"object path {rel!r} would land outside the destination")
     if any(c < " " or c == "\x7f" for c in rel):
         raise InvalidURIError(uri, f"object path {rel!r} holds control characters")
+    from .manifest import STATE_DIR  # deferred: manifest imports this module
+
     parts = norm.split("/")
     if parts[0] == STATE_DIR:
         raise InvalidURIError(uri, f"object path {rel!r} is under {STATE_DIR}/, "
