@@ -17,6 +17,7 @@ from streamer.errors import (
     TransferError,
     TransientError,
 )
+from streamer.retry import RetryPolicy
 
 
 class MemoryBackend(Backend):
@@ -80,7 +81,8 @@ async def test_a_255_byte_name_is_published(tmp_path):
 async def test_free_space_check_counts_what_a_sparse_partial_file_holds(tmp_path):
     size = 4 * (64 << 10)
     data = bytes(range(256)) * (size // 256)
-    options = DownloadOptions(chunk_size=64 << 10, concurrency=1, max_attempts=1)
+    options = DownloadOptions(chunk_size=64 << 10, concurrency=1,
+                              retry=RetryPolicy(max_attempts=1))
     dest = tmp_path / "out"
     with pytest.raises(TransferError):  # dies after two of four ranges
         await download("s3://bkt/m", dest, options=options, sleep=no_sleep,
