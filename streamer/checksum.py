@@ -12,8 +12,8 @@ Where the checksums come from (parsed here, once, for every backend):
 How they are computed: the CRCs are *combinable* (``crc(A+B)`` follows from ``crc(A)``,
 ``crc(B)`` and ``len(B)``), so each range is checksummed on its own, in any order, right
 after it lands (read back from the page cache the write just filled, so the same code
-covers every transport, the socket splice included, that never holds the bytes in
-Python), and the per-range values are combined in offset order when the file completes.
+covers every transport and backend, whoever wrote the bytes), and the per-range values
+are combined in offset order when the file completes.
 Ranges written by an earlier run (resume) are checksummed from disk at that point. MD5
 cannot be combined: it needs one ordered pass over the finished file, so it runs only when
 asked (``--checksum``; see README, "Integrity"). The CRCs are awscrt's vectorised ones

@@ -40,23 +40,21 @@ async def cli(env: dict[str, str], src: str, dest: Path, *extra: str):
     return await asyncio.to_thread(run_cmd, argv, env=env, cwd=REPO_ROOT, timeout=120)
 
 
-def env_for(srv, proxy, transport: str, **extra: str) -> dict[str, str]:
-    return srv.env(clean_env(), AWS_ENDPOINT_URL=proxy.url, WEIGHTSTREAM_TRANSPORT=transport,
-                   S3_READ_TIMEOUT="1", **extra)  # fmt: skip
+def env_for(srv, proxy, **extra: str) -> dict[str, str]:
+    return srv.env(clean_env(), AWS_ENDPOINT_URL=proxy.url, S3_READ_TIMEOUT="1", **extra)
 
 
 def last_line(r) -> str:
     return r.output.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("transport", ["auto", "sdk"])
 @pytest.mark.parametrize("source", ["s3", "http"])
 async def test_flipped_bit_is_caught_by_the_store_checksum(origin, model_root, tmp_path,
-                                                           transport, source):
+                                                           source):
     srv = await origin(model_root, checksum="crc64nvme" if source == "s3" else "crc32c")
     async with serve_proxy(srv.port, rules=[Rule("flip", path="w.bin", at=5000, bit=3)]) as p:
         src = "s3://models/m" if source == "s3" else f"{p.url}/models/m/w.bin"
-        r = await cli(env_for(srv, p, transport), src, tmp_path / "out")
+        r = await cli(env_for(srv, p), src, tmp_path / "out")
     assert r.returncode == 5, r.output
     assert "differs from the store's" in last_line(r) and "nothing published" in last_line(r)
     assert "w.bin" not in " ".join(published(tmp_path / "out"))
@@ -73,7 +71,7 @@ async def test_transport_faults_are_retried_to_a_correct_file(origin, model_root
                                                               rule):
     srv = await origin(model_root, checksum="crc64nvme")
     async with serve_proxy(srv.port, rules=[rule]) as p:
-        r = await cli(env_for(srv, p, "sdk"), "s3://models/m", tmp_path / "out")
+        r = await cli(env_for(srv, p), "s3://models/m", tmp_path / "out")
         assert rule.fired == 1, p.log
     assert r.returncode == 0, r.output
     assert (tmp_path / "out" / "w.bin").read_bytes() == (model_root / "models/m/w.bin").read_bytes()
@@ -83,7 +81,7 @@ async def test_transport_faults_are_retried_to_a_correct_file(origin, model_root
 async def test_duplicated_or_reordered_bytes_are_caught(origin, model_root, tmp_path, kind):
     srv = await origin(model_root, checksum="crc64nvme")
     async with serve_proxy(srv.port, rules=[Rule(kind, path="w.bin", at=1000, length=7)]) as p:
-        r = await cli(env_for(srv, p, "auto"), "s3://models/m", tmp_path / "out")
+        r = await cli(env_for(srv, p), "s3://models/m", tmp_path / "out")
     assert r.returncode == 5, r.output
     assert "differs from the store's" in last_line(r)
     assert "w.bin" not in " ".join(published(tmp_path / "out"))
@@ -93,13 +91,13 @@ async def test_lying_sizes_never_publish_a_truncated_file(origin, model_root, tm
     srv = await origin(model_root)
     rules = [Rule("content_length", method="HEAD", path="w.bin", value=SIZE - 1000)]
     async with serve_proxy(srv.port, rules=rules) as p:
-        r = await cli(env_for(srv, p, "sdk"), f"{p.url}/models/m/w.bin", tmp_path / "a")
+        r = await cli(env_for(srv, p), f"{p.url}/models/m/w.bin", tmp_path / "a")
     assert r.returncode == 5, r.output
     assert f"planned for {SIZE - 1000} bytes" in last_line(r)
     assert published(tmp_path / "a") == []
     rules = [Rule("content_range_total", path="w.bin", value=SIZE + 5)]
     async with serve_proxy(srv.port, rules=rules) as p:
-        r = await cli(env_for(srv, p, "sdk"), "s3://models/m", tmp_path / "b")
+        r = await cli(env_for(srv, p), "s3://models/m", tmp_path / "b")
     assert r.returncode == 5 and f"reports {SIZE + 5} bytes" in last_line(r), r.output
     assert "w.bin" not in " ".join(published(tmp_path / "b"))
 
@@ -117,7 +115,7 @@ async def test_object_without_etag_replaced_mid_download_is_refused(origin, mode
 async def test_init_container_catches_a_flipped_bit(origin, model_root, tmp_path):
     srv = await origin(model_root, checksum="crc64nvme")
     async with serve_proxy(srv.port, rules=[Rule("flip", path="w.bin", at=5, bit=0)]) as p:
-        env = env_for(srv, p, "auto", WEIGHTSTREAM_CHUNK_SIZE="64Ki")
+        env = env_for(srv, p, WEIGHTSTREAM_CHUNK_SIZE="64Ki")
         r = await asyncio.to_thread(
             run_cmd, [sys.executable, "-m", "initcontainer", "s3://models/m",
                       str(tmp_path / "out")], env=env, cwd=REPO_ROOT, timeout=120)  # fmt: skip
@@ -133,7 +131,7 @@ async def test_daemon_never_caches_a_flipped_bit(origin, model_root, tmp_path):
     original = (model_root / "models/m/w.bin").read_bytes()
     async with serve_proxy(srv.port, rules=[Rule("flip", path="w.bin", at=7, nth=1)]) as p:
         with start_daemon(tmp_path, "--chunk-size", "64Ki", env=clean_env()) as d:
-            env = env_for(srv, p, "auto", WEIGHTSTREAM_CACHE_SOCKET=str(d.socket),
+            env = env_for(srv, p, WEIGHTSTREAM_CACHE_SOCKET=str(d.socket),
                           WEIGHTSTREAM_POD_UID="pod-1")  # fmt: skip
             r = await asyncio.to_thread(
                 run_cmd, [sys.executable, "-m", "initcontainer", "s3://models/m",
