@@ -1,0 +1,228 @@
+"""The chart on a real API server (v1.20.2): install, schedule, upgrade, uninstall.
+
+For the chart's defaults and every value set of tests/chart (``VALUE_SETS``):
+``helm install --wait`` into a fresh namespace (admission, RBAC, server-side schema of the
+KServe CRDs, the real scheduler placing DaemonSet pods on the fake nodes), the DaemonSet
+runs exactly on the nodes its node selector / GPU affinity / tolerations admit, the KServe
+objects are stored as rendered, and ``helm uninstall`` leaves no object behind (compared
+with an inventory of every API resource taken before the install).
+
+Not checked here (v1.20.2, see tests/e2e/conftest.py): CEL rules of the KServe CRDs,
+native sidecars, fields newer than 1.20; tests/chart checks those offline.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.support import VALUE_SETS, VALUES_DIR
+from tests.e2e.cluster_state import contained, daemon_pods, inventory
+from tests.e2e.topology import CHART, GPU_NODES, NODES
+from tests.support.k8s import ControlPlane, FakeNode
+
+RELEASE = "ws"
+KSERVE_NAMESPACES = ("kserve", "kserve-system")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def effective_values(value_set: str | None) -> dict[str, Any]:
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    if value_set is None:
+        return base
+    return _merge(base, yaml.safe_load((VALUES_DIR / value_set).read_text()) or {})
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:
+    for t in tolerations:
+        if t.get("key") not in (None, taint["key"]):
+            continue
+        if t.get("effect") not in (None, "", taint["effect"]):
+            continue
+        if t.get("operator", "Equal") == "Exists" or t.get("value") == taint.get("value"):
+            return True
+    return False
+
+
+def expected_nodes(values: dict[str, Any]) -> set[str]:
+    """Nodes the daemon should run on, from the rules docs/chart.md states for the values
+    (node selector; GPU labels when gpuNodesOnly; GPU taints tolerated when gpuTolerations;
+    extra tolerations)."""
+    daemon = values["daemon"]
+    tolerations = list(daemon.get("tolerations") or [])
+    if daemon.get("gpuTolerations"):
+        tolerations += [{"key": "nvidia.com/gpu", "operator": "Exists"},
+                        {"key": "amd.com/gpu", "operator": "Exists"}]
+
+    def admits(node: FakeNode) -> bool:
+        if any(node.labels.get(k) != v for k, v in (daemon.get("nodeSelector") or {}).items()):
+            return False
+        if daemon.get("gpuNodesOnly") and not any(
+                node.labels.get(rule["key"]) in rule["values"] for rule in daemon["gpuNodeLabels"]):
+            return False
+        return all(_tolerates(tolerations, t) for t in node.taints)
+
+    return {n.name for n in NODES if admits(n)}
+
+
+@pytest.fixture(scope="module")
+def kserve_namespaces(cluster: ControlPlane, crds: list[str]) -> tuple[str, ...]:
+    for ns in KSERVE_NAMESPACES:
+        cluster.ensure_namespace(ns)
+    return KSERVE_NAMESPACES
+
+
+def _stored_custom_objects(cluster: ControlPlane, namespace: str
+                           ) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The release's custom resources as rendered, checked against what the server stored."""
+    manifest = cluster.helm("get", "manifest", RELEASE, "-n", namespace).stdout
+    found = {}
+    for doc in yaml.safe_load_all(manifest):
+        if not doc or "." not in doc["apiVersion"].split("/")[0]:
+            continue  # core and built-in groups without a dot are not custom resources
+        group_version, kind, meta = doc["apiVersion"], doc["kind"], doc["metadata"]
+        if group_version.split("/")[0].endswith(".k8s.io"):
+            continue  # rbac.authorization.k8s.io, networking.k8s.io: built in
+        ns = meta.get("namespace") or ""
+        plural = _plural(cluster, group_version, kind)
+        path = (f"/apis/{group_version}/" + (f"namespaces/{ns}/" if ns else "")
+                + f"{plural}/{meta['name']}")
+        obj = cluster.api("GET", path)
+        assert contained(doc.get("spec"), obj.get("spec")) == [], (kind, meta["name"])
+        found[(kind, ns, meta["name"])] = obj
+    return found
+
+
+def _plural(cluster: ControlPlane, group_version: str, kind: str) -> str:
+    resources = cluster.api("GET", f"/apis/{group_version}")["resources"]
+    (name,) = [r["name"] for r in resources if r["kind"] == kind and "/" not in r["name"]]
+    return str(name)
+
+
+def _install_args(chart: Path, namespace: str, value_set: str | None) -> list[str]:
+    args = ["install", RELEASE, str(chart), "--namespace", namespace, "--wait",
+            "--timeout", "180s"]
+    if value_set is not None:
+        args += ["-f", str(VALUES_DIR / value_set)]
+    return args
+
+
+def _prepare_namespace(cluster: ControlPlane, namespace: str, values: dict[str, Any]) -> None:
+    """What a user provides before installing with these values."""
+    if not values["serviceAccount"]["create"]:
+        cluster.kubectl("create", "serviceaccount", values["serviceAccount"]["name"],
+                        "-n", namespace)
+
+
+def _wait_settled(cluster: ControlPlane, namespace: str) -> set[tuple[str, str, str]]:
+    """Inventory once the namespace's default service account has its token Secret (the
+    token controller creates it asynchronously, so it must not count as a leftover)."""
+    cluster.wait_for("the default token secret", lambda: any(
+        s["type"] == "kubernetes.io/service-account-token" for s in cluster.api(
+            "GET", f"/api/v1/namespaces/{namespace}/secrets")["items"]), timeout=60)
+    return inventory(cluster)
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("value_set", VALUE_SETS, ids=lambda v: v or "defaults")
+def test_install_schedules_and_uninstalls_clean(cluster: ControlPlane, chart_copy: Path,
+                                                kserve_namespaces: tuple[str, ...],
+                                                namespace: str, value_set: str | None) -> None:
+    values = effective_values(value_set)
+    assert values["kserve"]["namespace"] in kserve_namespaces
+    _prepare_namespace(cluster, namespace, values)
+    before = _wait_settled(cluster, namespace)
+
+    cluster.helm(*_install_args(chart_copy, namespace, value_set))
+
+    # The DaemonSet: one Running, Ready pod per admitted node, none elsewhere.
+    # (helm --wait accepts a DaemonSet with maxUnavailable pods not ready yet.)
+    want = expected_nodes(values)
+    assert want, "the value set admits no fake node; the test would prove nothing"
+
+    def all_ready() -> dict[str, Any] | None:
+        (ds,) = cluster.api("GET", f"/apis/apps/v1/namespaces/{namespace}/daemonsets")["items"]
+        st = ds["status"]
+        return ds if st.get("numberReady") == st.get("desiredNumberScheduled") else None
+
+    ds = cluster.wait_for("every daemon pod Ready", all_ready, timeout=90)
+    assert ds["status"]["desiredNumberScheduled"] == len(want), ds["status"]
+    pods = daemon_pods(cluster, namespace, RELEASE)
+    placed = [p["spec"].get("nodeName") for p in pods]
+    assert sorted(placed) == sorted(want), (value_set, placed)
+    assert all(p["status"]["phase"] == "Running" for p in pods)
+
+    # The KServe objects (and the ServiceMonitor), as the server stored them: every field
+    # the chart rendered is there (nothing pruned by the CRD schemas).
+    kserve = values["kserve"]
+    stored = _stored_custom_objects(cluster, namespace)
+    cscs = {name for (kind, _, name) in stored if kind == "ClusterStorageContainer"}
+    want_cscs = {c["name"] for c in (kserve["clusterStorageContainer"],
+                                     kserve["localModelDownloadJob"]) if c["enabled"]}
+    assert cscs == want_cscs
+    presets = {(ns, name) for (kind, ns, name) in stored if kind == "LLMInferenceServiceConfig"}
+    if kserve["llmPreset"]["enabled"]:
+        assert (kserve["namespace"], kserve["llmPreset"]["name"]) in presets, presets
+    else:
+        assert presets == set()
+    monitors = [k for k in stored if k[0] == "ServiceMonitor"]
+    assert bool(monitors) == values["metrics"]["serviceMonitor"]["enabled"]
+
+    cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "120s")
+    cluster.wait_for("no leftovers", lambda: _wait_settled(cluster, namespace) == before,
+                     timeout=90, interval=2)
+
+
+def test_gpu_only_runs_on_gpu_nodes_only() -> None:
+    """The scheduling oracle above agrees with what docs/chart.md promises for gpu-only."""
+    assert expected_nodes(effective_values("gpu-only.yaml")) == set(GPU_NODES)
+
+
+def _placement(cluster: ControlPlane, namespace: str) -> list[str]:
+    return sorted(p["spec"].get("nodeName") or "" for p in daemon_pods(cluster, namespace, RELEASE)
+                  if not p["metadata"].get("deletionTimestamp"))
+
+
+def _quotas(cluster: ControlPlane, namespace: str) -> list[str]:
+    return [q["metadata"]["name"] for q in cluster.api(
+        "GET", f"/api/v1/namespaces/{namespace}/resourcequotas")["items"]]
+
+
+@pytest.mark.timeout(600)
+def test_upgrade_moves_the_daemon_and_uninstall_leaves_nothing(
+        cluster: ControlPlane, chart_copy: Path, kserve_namespaces: tuple[str, ...],
+        namespace: str) -> None:
+    """defaults -> gpu-only (the rolling update moves the daemon to the GPU nodes and adds
+    the critical-pods quota) -> uninstall."""
+    before = _wait_settled(cluster, namespace)
+    cluster.helm(*_install_args(chart_copy, namespace, None))
+    first = sorted(expected_nodes(effective_values(None)))
+    cluster.wait_for(f"the daemon on {first}", lambda: _placement(cluster, namespace) == first,
+                     timeout=60)
+    assert _quotas(cluster, namespace) == []
+
+    for value_set in ("gpu-only.yaml",):
+        args = _install_args(chart_copy, namespace, value_set)
+        args[0] = "upgrade"
+        cluster.helm(*args)
+        want = sorted(expected_nodes(effective_values(value_set)))
+        cluster.wait_for(f"the daemon on {want}",
+                         lambda w=want: _placement(cluster, namespace) == w, timeout=120)
+        assert bool(_quotas(cluster, namespace)) == (value_set == "gpu-only.yaml")
+    history = cluster.helm("history", RELEASE, "-n", namespace, "-o", "json").stdout
+    assert [r["status"] for r in json.loads(history)] == ["superseded", "deployed"]
+
+    cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "120s")
+    cluster.wait_for("no leftovers", lambda: _wait_settled(cluster, namespace) == before,
+                     timeout=90, interval=2)
