@@ -86,14 +86,23 @@ def best(candidates: Mapping[str, str | None]) -> Checksum | None:
 
 
 def from_s3_head(resp: Mapping[str, Any]) -> Checksum | None:
-    """From a botocore ``head_object(..., ChecksumMode="ENABLED")`` response."""
-    if str(resp.get("ChecksumType") or "FULL_OBJECT") != "FULL_OBJECT":
+    """From a botocore ``head_object(..., ChecksumMode="ENABLED")`` response.
+
+    A store that names no ``ChecksumType`` (moto, older S3-compatible stores) may hand a
+    multipart object's composite CRC32/CRC32C without its ``-N`` suffix; with a multipart
+    ETag (``...-N``) only CRC64NVME, full-object by definition, is trusted then.
+    """
+    kind = resp.get("ChecksumType")
+    if kind is not None and str(kind) != "FULL_OBJECT":
         return None
-    return best({
+    candidates = {
         "crc64nvme": resp.get("ChecksumCRC64NVME"),
         "crc32c": resp.get("ChecksumCRC32C"),
         "crc32": resp.get("ChecksumCRC32"),
-    })  # fmt: skip
+    }
+    if kind is None and "-" in str(resp.get("ETag") or ""):
+        candidates = {"crc64nvme": candidates["crc64nvme"]}
+    return best(candidates)
 
 
 def from_http_headers(headers: Mapping[str, str]) -> Checksum | None:

@@ -133,3 +133,20 @@ def test_peak_rss_of_a_2gib_download_stays_under_300mib(origin_process, tmp_path
     assert 0 < r.peak_rss_bytes < 300 << 20, f"peak RSS {r.peak_rss_bytes >> 20} MiB"
     for name in model.shards:
         assert (dest / name).stat().st_size == (model.path / name).stat().st_size
+
+
+def test_multipart_upload_with_a_typeless_composite_crc_downloads(
+    moto, s3_bucket, run_cli, tmp_path
+):
+    # boto3's upload_file sends a 20 MiB file in 8 MiB parts with CRC32 part checksums;
+    # moto then reports the composite CRC32 with neither "-N" nor a ChecksumType. It is
+    # not the object's CRC32, so it must not be taken for one (the demo hit this).
+    body = bytes(range(256)) * (20 << 12)  # 20 MiB
+    (tmp_path / "big.bin").write_bytes(body)
+    moto.client().upload_file(str(tmp_path / "big.bin"), s3_bucket, "mp/big.bin")
+    head = moto.client().head_object(Bucket=s3_bucket, Key="mp/big.bin", ChecksumMode="ENABLED")
+    assert head["ETag"].strip('"').endswith("-3") and "ChecksumCRC32" in head
+    assert "ChecksumType" not in head
+    r = run_cli("download", f"s3://{s3_bucket}/mp", tmp_path / "out", "-q", env=moto.env())
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "big.bin").read_bytes() == body
