@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -37,21 +36,11 @@ import sys
 import time
 from pathlib import Path
 
+import download_bench  # a sibling script: bench/ is sys.path[0] when one runs
+
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 CONTENDERS = ("weightstream", "runai", "safetensors")
-
-
-def _download_bench():
-    if "download_bench" in sys.modules:
-        return sys.modules["download_bench"]
-    spec = importlib.util.spec_from_file_location(
-        "download_bench", REPO / "bench" / "download_bench.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["download_bench"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 # --------------------------------------------------------------------------- one contender
@@ -101,7 +90,7 @@ def child(name: str, source: str, args: argparse.Namespace) -> dict:
 
 def start_origin(root: Path, work: Path, list_file: Path):
     """nginx when installed, else our own origin process; returns (process, url)."""
-    db = _download_bench()
+    db = download_bench
     if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
         return db.start_nginx(work, root, list_file)
     proc = subprocess.Popen(
@@ -131,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.source, args)))
         return 0
 
-    db = _download_bench()
+    db = download_bench
     size = db.parse_size(args.size)
     prefix = f"bench-{size // MiB}m-{args.shards}s"
     work = args.work.resolve()

@@ -37,21 +37,11 @@ import sys
 import time
 from pathlib import Path
 
+import download_bench  # a sibling script: bench/ is sys.path[0] when one runs
+
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = ("weightstream", "runai", "obstore")
 MiB = 1 << 20
-
-
-def _download_bench():
-    """``bench/download_bench.py`` as a module (model generator, listing, nginx, wait4)."""
-    if "download_bench" in sys.modules:
-        return sys.modules["download_bench"]
-    path = REPO / "bench" / "download_bench.py"
-    spec = importlib.util.spec_from_file_location("download_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["download_bench"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 # --------------------------------------------------------------------------- contenders
@@ -165,7 +155,7 @@ def run_child(name: str, args: argparse.Namespace) -> int:
 
 
 def child_env(url: str) -> dict[str, str]:
-    db = _download_bench()
+    db = download_bench
     env = db.tool_env(url)
     env.update({
         # runai's S3 client: path-style on a local endpoint (see docs/vllm.md).
@@ -200,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return run_child(args.child, args)
 
-    db = _download_bench()
+    db = download_bench
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     size = db.parse_size(args.size)
     prefix = f"bench-{size // MiB}m-{args.shards}s"

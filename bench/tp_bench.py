@@ -44,21 +44,11 @@ import threading
 import time
 from pathlib import Path
 
+import download_bench  # a sibling script: bench/ is sys.path[0] when one runs
+
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = ("ws-shared", "ws-full", "runai", "runai-dist")
 MiB = 1 << 20
-
-
-def _download_bench():
-    """``bench/download_bench.py`` as a module (model generator, listing, nginx config)."""
-    if "download_bench" in sys.modules:
-        return sys.modules["download_bench"]
-    path = REPO / "bench" / "download_bench.py"
-    spec = importlib.util.spec_from_file_location("download_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["download_bench"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 # --------------------------------------------------------------------------- one rank
@@ -254,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank_child:  # --out is then this rank's result file
         return run_rank(args)
 
-    db = _download_bench()
+    db = download_bench
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     worlds = [int(x) for x in args.ranks.split(",")]
     size = db.parse_size(args.size)
