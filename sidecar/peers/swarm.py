@@ -1,0 +1,36 @@
+"""The swarm rule: which daemon reads a range of a version from the origin.
+
+Rendezvous (highest-random-weight) hashing over the daemons pulling the version: every
+daemon computes the same owner for a range from the same member set, with no
+coordination, and when a member leaves only its ranges move (to the next-highest
+member). The owner reads the range from the origin; the others read it from the owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+
+def weight(member: str, version: str, rel: str, index: int) -> int:
+    """The member's score for range ``index`` of file ``rel`` of ``version``."""
+    data = "\0".join((member, version, rel, str(index))).encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def owner(members: Iterable[str], version: str, rel: str, index: int) -> str:
+    """The member that reads range ``index`` of ``rel`` from the origin.
+
+    Raises:
+        ValueError: no members.
+    """
+    ranked = rank(members, version, rel, index)
+    if not ranked:
+        raise ValueError("the swarm rule needs at least one member")
+    return ranked[0]
+
+
+def rank(members: Iterable[str], version: str, rel: str, index: int) -> list[str]:
+    """Members in the order they would own the range (the owner first, then whoever takes
+    it over if the owner leaves)."""
+    return sorted(set(members), key=lambda m: (-weight(m, version, rel, index), m))
