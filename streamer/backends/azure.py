@@ -15,6 +15,15 @@ environment snapshot (never from ``os.environ``)::
 (Azurite, sovereign clouds, private links) comes from ``AZURE_STORAGE_ENDPOINT``, e.g.
 ``http://127.0.0.1:10000/devstoreaccount1``.
 
+Content checks: a blob's ``Content-MD5`` (set by the service for a single ``Put Blob``,
+by the uploader for block lists: azcopy's ``--put-md5``) is read with a HEAD of our own
+(:meth:`AzureBackend.head_request`: the SAS, a read SAS obstore signs with the shared key
+or a user delegation key, or unsigned for a public container) and compared with the file
+(:mod:`streamer.checksum`). MD5 does not combine, so like every MD5 it is checked in one
+pass over the finished file, with ``--checksum`` only. ``x-ms-content-crc64`` is not a
+stored property: Azure computes it per response for ranges of at most 4 MiB, and obstore
+does not expose response headers, so it is not used.
+
 What it shares with ``gcs.py`` and ``s3.py`` lives in ``objectstore.py``.
 """
 
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import obstore
 
@@ -31,7 +40,10 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .objectstore import NO_RETRIES, ObstoreBackend, client_options
+from .objectstore import NO_RETRIES, SIGNED_FOR, ObstoreBackend, client_options
+
+# What obstore's use_emulator means without an endpoint (Azurite's default blob port).
+EMULATOR_ENDPOINT = "http://127.0.0.1:10000/devstoreaccount1"
 
 
 def _first(env: Mapping[str, str], *names: str) -> str | None:
@@ -93,6 +105,24 @@ class AzureBackend(ObstoreBackend):
             retry_config=NO_RETRIES,
             **config,
         )
+
+    async def head_request(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """Get Blob Properties of ``key`` with the same credential the reads use."""
+        env = self.settings.env
+        base = env.get("AZURE_STORAGE_ENDPOINT")
+        if not base and env.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true"):
+            base = EMULATOR_ENDPOINT
+        base = (base or f"https://{self.account}.blob.core.windows.net").rstrip("/")
+        url = f"{base}/{self.container}/{quote(key, safe='/')}"
+        credentials = self._credentials(env)
+        if "sas_key" in credentials:
+            return f"{url}?{credentials['sas_key']}", {}
+        if "skip_signature" in credentials:
+            return url, {}
+        # Shared key, service principal, workload identity: a read SAS (sp=r, which
+        # covers Get Blob Properties; a HEAD-signed one carries no permission at all).
+        signed = await obstore.sign_async(self._get_store(), "GET", key, SIGNED_FOR)
+        return signed, {}
 
     def _credentials(self, env: Mapping[str, str]) -> dict[str, Any]:
         key = _first(env, "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_ACCOUNT_KEY")

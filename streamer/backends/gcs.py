@@ -15,19 +15,28 @@ with the token when there is one. The tests point it at a loopback server speaki
 GCS XML API (the S3-compatible one obstore uses for listing and reads), one of them
 checking the bearer token.
 
+Content checks: the XML API's ``x-goog-hash`` (``crc32c=...,md5=...``) of every object is
+read with a HEAD of our own (:meth:`GCSBackend.head_request`: the token, unsigned for an
+emulator, or a URL obstore signs with the key file or the metadata server's identity)
+and the CRC32C verified as the bytes land (:mod:`streamer.checksum`). A composite object
+(``gcloud storage`` parallel uploads) has a CRC32C but no MD5: the CRC32C still covers it.
+
 Listing, HEAD, ranged GETs pinned with ``If-Match`` and error translation are shared with
-the Azure backend (:class:`streamer.backends.azure.ObstoreBackend`).
+the Azure backend (:class:`streamer.backends.objectstore.ObstoreBackend`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import obstore
 
 from ..settings import StorageSettings
 from ..uri import ObjectURI
-from .objectstore import NO_RETRIES, ObstoreBackend, client_options
+from .objectstore import NO_RETRIES, SIGNED_FOR, ObstoreBackend, client_options
+
+PUBLIC_ENDPOINT = "https://storage.googleapis.com"
 
 
 class GCSBackend(ObstoreBackend):
@@ -53,15 +62,31 @@ class GCSBackend(ObstoreBackend):
     def from_uri(cls, uri: ObjectURI, storage: StorageSettings) -> GCSBackend:
         return cls(uri.bucket, storage)
 
+    def _emulator(self) -> str | None:
+        emulator = self.settings.env.get("STORAGE_EMULATOR_HOST")
+        if not emulator:
+            return None
+        return (emulator if "://" in emulator else f"http://{emulator}").rstrip("/")
+
+    async def head_request(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """The XML API HEAD of ``key`` with the same credential the reads use."""
+        token = self.settings.env.get("GOOGLE_OAUTH_ACCESS_TOKEN")
+        emulator = self._emulator()
+        url = f"{emulator or PUBLIC_ENDPOINT}/{self.bucket}/{quote(key, safe='/')}"
+        if token:
+            return url, {"Authorization": f"Bearer {token}"}
+        if emulator:
+            return url, {}
+        signed = await obstore.sign_async(self._get_store(), "HEAD", key, SIGNED_FOR)
+        return signed, {}
+
     def _build_store(self) -> Any:
         env = self.settings.env
         config: dict[str, Any] = {}
         token = env.get("GOOGLE_OAUTH_ACCESS_TOKEN")
-        emulator = env.get("STORAGE_EMULATOR_HOST")
+        emulator = self._emulator()
         if emulator:
-            if "://" not in emulator:
-                emulator = f"http://{emulator}"
-            config["base_url"] = emulator.rstrip("/")
+            config["base_url"] = emulator
         if token:
             config["credential_provider"] = _StaticToken(token)
         elif emulator:

@@ -3,18 +3,28 @@ yielded piece by piece as they arrive, with obstore errors translated by type.
 
 obstore (Rust ``object_store`` + reqwest) moves bytes without holding the GIL. Its own
 retries are switched off (:data:`NO_RETRIES`); the engine's policy is the only one.
+
+obstore's HEAD and listing give no checksum headers, so each object the plan describes
+gets one plain-HTTP HEAD of its own (aiohttp, the backend's own credential: a bearer
+token, a SAS, or a URL obstore signs) whose ``x-goog-hash`` / ``Content-MD5`` is parsed by
+:func:`streamer.checksum.from_http_headers`, like every other store's
+(:meth:`ObstoreBackend.head_request`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+import aiohttp
 import obstore
 import obstore.exceptions as obx
 
+from .. import checksum
 from ..errors import (
     AccessDeniedError,
     ObjectNotFoundError,
@@ -26,6 +36,10 @@ from ..errors import (
 )
 from ..settings import StorageSettings
 from .base import Backend, Buffer, ObjectInfo
+from .http import client_session
+from .httpstatus import raise_for_status
+
+log = logging.getLogger(__name__)
 
 # obstore hands a body over in pieces of at least this size: 64 KiB cost 40% more CPU
 # per GB (Python iterations), 1 MiB about 35 MiB more peak RSS (buffered in Rust).
@@ -146,6 +160,9 @@ def client_options(settings: StorageSettings, *, allow_http: bool) -> dict[str, 
 
 
 NO_RETRIES = {"max_retries": 0, "retry_timeout": dt.timedelta(seconds=1)}
+# How long a URL obstore signs for a checksum HEAD stays valid (it is used at once).
+SIGNED_FOR = dt.timedelta(minutes=10)
+_CHECKSUM_HEADS = 16  # concurrent checksum HEADs per listing
 
 
 class ObstoreBackend(Backend):
@@ -156,12 +173,15 @@ class ObstoreBackend(Backend):
     exactly the objects :func:`streamer.plan.plan` keeps from a raw prefix listing.
     """
 
+    settings: StorageSettings  # set by the subclass
+
     def __init__(self, *, printable: str, build: Callable[[], Any], auth: str = "") -> None:
         self._printable = printable.rstrip("/")
         self._build = build
         self._store: Any = None
         self.auth = auth  # how we authenticate, added to errors a person must act on
         self._sizes: dict[str, int] = {}  # what list/stat told the planner, per key
+        self._http: aiohttp.ClientSession | None = None  # for checksum HEADs only
 
     def _uri(self, key: str) -> str:
         return f"{self._printable}/{key}"
@@ -176,7 +196,7 @@ class ObstoreBackend(Backend):
             meta = await obstore.head_async(self._get_store(), key)
         except Exception as e:
             raise self._error(self._uri(key), e) from e
-        info = info_from_meta(meta)
+        info = await self._with_checksum(info_from_meta(meta))
         self._sizes[key] = info.size
         return info
 
@@ -190,12 +210,59 @@ class ObstoreBackend(Backend):
             raise await self._classify_list_error(prefix, e) from e
         except Exception as e:
             raise self._error(self._uri(prefix), e) from e
-        out = [info_from_meta(m) for m in found]
+        slots = asyncio.Semaphore(_CHECKSUM_HEADS)
+
+        async def described(info: ObjectInfo) -> ObjectInfo:
+            async with slots:
+                return await self._with_checksum(info)
+
+        out = list(await asyncio.gather(*(described(info_from_meta(m)) for m in found)))
         self._sizes.update((o.key, o.size) for o in out)
         if prefix and not prefix.endswith("/"):
             with contextlib.suppress(ObjectNotFoundError):
                 out.append(await self.stat(prefix))
         return out
+
+    # -- the store's checksum (a HEAD of our own: obstore does not expose the headers)
+
+    async def head_request(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """The URL and headers of a plain-HTTP HEAD of ``key`` carrying this backend's
+        credential, or None when there is none to send (then the object's checksum is
+        not known and the file is checked by size and version only).
+
+        Raises:
+            obstore errors: signing the URL failed (same meaning as None).
+        """
+        return None
+
+    async def _with_checksum(self, info: ObjectInfo) -> ObjectInfo:
+        """``info`` with the store's whole-object checksum, when the store states one for
+        the version listed (a HEAD answering another ETag or size leaves it without:
+        the version pin of the ranges tells then)."""
+        if info.size == 0 or info.checksum is not None:
+            return info
+        uri = self._uri(info.key)
+        try:
+            request = await self.head_request(info.key)
+        except obx.BaseError as e:
+            log.debug("%s: no checksum HEAD (%s)", uri, type(e).__name__)
+            return info
+        if request is None:
+            return info
+        url, headers = request  # never logged: a signed URL is a credential
+        if self._http is None:
+            self._http = client_session(self.settings)
+        try:
+            async with self._http.head(url, headers=headers, allow_redirects=False) as r:
+                raise_for_status(uri, r.status, r.headers)
+                if r.status != 200:
+                    return info
+                same = (_bare(r.headers.get("ETag")) == _bare(info.etag)
+                        and r.headers.get("Content-Length") == str(info.size))
+                found = checksum.from_http_headers(r.headers) if same else None
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise TransientError(uri, f"checksum HEAD: {type(e).__name__}") from e
+        return ObjectInfo(info.key, info.size, info.etag, info.last_modified, found)
 
     async def _classify_list_error(self, prefix: str, error: Exception) -> Exception:
         uri = self._uri(prefix)
@@ -231,6 +298,13 @@ class ObstoreBackend(Backend):
 
     async def close(self) -> None:
         self._store = None  # obstore stores hold no sockets that need an explicit close
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _bare(etag: str | None) -> str:
+    return (etag or "").removeprefix("W/").strip('"')
 
 
 def info_from_meta(meta: Mapping[str, Any]) -> ObjectInfo:

@@ -4,7 +4,8 @@ It speaks the API obstore's ``GCSStore`` uses (the XML API: ``GET /<bucket>?list
 ``HEAD``/``GET /<bucket>/<object>`` with ``Range``), by putting a token check in front of
 our S3 path-style origin (:mod:`tests.support.origin`, which serves the same URL space).
 A request without ``Authorization: Bearer <one of tokens>`` gets GCS's 401 XML error and
-never reaches the files. Every request's token is logged, so a test can assert whose
+never reaches the files. ``checksum="crc32c"`` states each object's CRC32C in
+``x-goog-hash`` as GCS does. Every request's token is logged, so a test can assert whose
 credential the daemon used::
 
     async with serve_gcs(root, tokens={"good"}) as gcs:
@@ -35,9 +36,10 @@ class RunningGCS:
 
 
 @contextlib.asynccontextmanager
-async def serve_gcs(root: Path | str, *, tokens: Iterable[str]) -> AsyncIterator[RunningGCS]:
+async def serve_gcs(root: Path | str, *, tokens: Iterable[str],
+                    checksum: str | None = None) -> AsyncIterator[RunningGCS]:
     """Serve ``root`` (``root/<bucket>/<objects>``) as GCS accepting only ``tokens``."""
-    origin = Origin(root)
+    origin = Origin(root, checksum=checksum)
     handler = _Handler(origin)
     accepted = {f"Bearer {t}" for t in tokens}
     state = RunningGCS(url="", origin=origin)
