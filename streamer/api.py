@@ -364,7 +364,15 @@ def _check_checksum(run: _Run, sink: FileSink) -> None:
     expected = f.info.checksum
     if expected is None or not (expected.combinable or run.options.checksum):
         return
-    if expected.combinable:
+    if expected.parts:  # S3 COMPOSITE: the CRC of the parts' CRCs
+        known = {} if sink.sequential else sink.crcs
+        fd = os.open(sink.part, os.O_RDONLY)
+        try:
+            actual = checksum.composite_value(expected.algorithm, fd, sink.ranges, known,
+                                              expected.parts)  # fmt: skip
+        finally:
+            os.close(fd)
+    elif expected.combinable:
         parts = []
         fd = os.open(sink.part, os.O_RDONLY)
         try:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from awscrt import checksums
 
+from streamer import checksum
 from streamer.backends.azure import AzureBackend
 from streamer.backends.gcs import GCSBackend
 from streamer.settings import StorageSettings
@@ -144,3 +145,62 @@ async def test_azure_flipped_bit_is_refused_with_checksum(azurite, tmp_path):
     assert not (tmp_path / "bad" / "w.bin").exists()
     assert good.returncode == 0, good.output
     assert (tmp_path / "good" / "w.bin").read_bytes() == DATA
+
+
+# ------------------------------------------------------------- s3:// COMPOSITE (multipart)
+
+
+def test_composite_value_derives_part_crcs_from_straddling_ranges(tmp_path):
+    data = bytes(range(251)) * 4000  # 1,004,000 bytes
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    parts = (300_001, 400_000, len(data) - 700_001)  # boundaries inside ranges
+    ranges = [(o, min(o + 65536, len(data))) for o in range(0, len(data), 65536)]
+    known = {i: checksums.crc32(data[a:b]) for i, (a, b) in enumerate(ranges) if i % 3}
+    digests, at = b"", 0
+    for size in parts:
+        digests += checksums.crc32(data[at:at + size]).to_bytes(4, "big")
+        at += size
+    expected = base64.b64encode(checksums.crc32(digests).to_bytes(4, "big")).decode() + "-3"
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert checksum.composite_value("crc32", fd, ranges, known, parts) == expected
+        flipped = {**known, 1: known[1] ^ 1}
+        assert checksum.composite_value("crc32", fd, ranges, flipped, parts) != expected
+    finally:
+        os.close(fd)
+
+
+def test_composite_needs_every_part_size():
+    head = {"ETag": '"abc-2"', "ContentLength": 10, "ChecksumCRC32C": "AAAAAA==-2",
+            "ChecksumType": "COMPOSITE"}
+    assert checksum.composite_parts_count(head) == 2
+    found = checksum.composite_from_s3_head(head, (6, 4))
+    assert found == checksum.Checksum("crc32c", "AAAAAA==-2", (6, 4))
+    assert checksum.composite_from_s3_head(head, (6, 3)) is None  # sizes do not add up
+    assert checksum.composite_from_s3_head(head, (10,)) is None  # not N parts
+    assert checksum.composite_parts_count({**head, "ChecksumType": "FULL_OBJECT"}) == 0
+    assert checksum.composite_parts_count({**head, "ETag": '"abc"'}) == 0
+
+
+async def test_multipart_composite_crc_is_verified_through_moto(moto, s3_bucket, tmp_path):
+    # boto3's upload_file: 20 MiB in 8 MiB parts with CRC32 part checksums; moto states
+    # the composite CRC32 (typeless, without "-3"). The sizes come from HEAD ?partNumber.
+    body = bytes(range(256)) * (20 << 12)
+    (tmp_path / "big.bin").write_bytes(body)
+    moto.client().upload_file(str(tmp_path / "big.bin"), s3_bucket, "mp/big.bin")
+    async with serve_proxy(port_of(moto.endpoint_url)) as proxy:
+        env = moto.env(clean_env(), AWS_ENDPOINT_URL=proxy.url)
+        good = await cli(env, f"s3://{s3_bucket}/mp", tmp_path / "good", "--chunk-size", "3Mi")
+        heads = [t for m, t, _ in proxy.log if m == "HEAD" and "partNumber=" in t]
+        proxy.rules = [Rule("flip", path="big.bin", at=1000, bit=2, nth=3)]
+        bad = await cli(env, f"s3://{s3_bucket}/mp", tmp_path / "bad", "--chunk-size", "3Mi")
+        assert proxy.rules[0].fired == 1, proxy.log
+    assert good.returncode == 0, good.output
+    assert (tmp_path / "good" / "big.bin").read_bytes() == body
+    assert len(heads) == 3, proxy.log
+    assert bad.returncode == 5, bad.output
+    assert "crc32 " in last_line(bad) and "-3 differs from the store's" in last_line(bad)
+    assert not (tmp_path / "bad" / "big.bin").exists()
