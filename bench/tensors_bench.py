@@ -84,6 +84,8 @@ def child_obstore(url: str, prefix: str, args: argparse.Namespace) -> tuple[int,
     import torch
     from obstore.store import S3Store
 
+    from streamer.backends.base import ObjectInfo
+    from streamer.plan import PlannedFile
     from streamer.tensors.layout import parse_shard
 
     store = S3Store(
@@ -122,7 +124,7 @@ def child_obstore(url: str, prefix: str, args: argparse.Namespace) -> tuple[int,
             total = 8 + struct.unpack("<Q", head[:8])[0]
             if total > len(head):
                 head += bytes(await obstore.get_range_async(store, key, start=len(head), end=total))
-            layout = parse_shard(key, head[:total], key=key, size=size, etag=None)
+            layout = parse_shard(PlannedFile(ObjectInfo(key, size, None), key, key), head[:total])
             await asyncio.gather(*(
                 tensor(key, t.start, t.end, t.dtype, t.shape) for t in layout.tensors
             ))  # fmt: skip

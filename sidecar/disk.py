@@ -101,9 +101,9 @@ def _adopt_published(d: Path, *, now: float) -> Entry | None:
     except (OSError, ValueError):
         source = "unknown"
     key, version = d.name.split("-")
-    files = tuple(sorted((f.rel, f.size, f.etag) for f in manifest.values()))
+    files = tuple(sorted(manifest.values(), key=lambda f: f.rel))
     return Entry(id=d.name, model_key=key, version=version, source=source, include=(),
-                 exclude=(), files=files, size=sum(f[1] for f in files), state=State.READY,
+                 exclude=(), files=files, size=sum(f.size for f in files), state=State.READY,
                  created_at=now, last_used=now)
 
 

@@ -24,7 +24,7 @@ class Files:
 
     def listing(self, entry_id: str, *, grant: str | None) -> list[FileItem]:
         entry = self._ready(entry_id, grant)
-        return [{"path": rel, "size": size} for rel, size, _ in entry.files]
+        return [{"path": f.rel, "size": f.size} for f in entry.files]
 
     def path(self, entry_id: str, rel: str, *, grant: str | None) -> Path:
         """Where to read ``rel`` of a ready model (escape-checked, listed files only).

@@ -28,7 +28,7 @@ import json
 from collections.abc import Sequence
 
 from streamer import ObjectURI
-from streamer.plan import Plan
+from streamer.plan import Plan, PlannedFile
 from streamer.uri import HTTP_SCHEMES, redact
 
 from .credentials import Endpoint
@@ -111,7 +111,7 @@ def require_validators(uri: ObjectURI, plan: Plan) -> None:
                 "it directly)")
 
 
-def fingerprint(files: Sequence[tuple[str, int, str | None]]) -> str:
+def fingerprint(files: Sequence[tuple[str, int, str]]) -> str:
     """12 hex digits naming a version: sorted (path, size, ETag) of every file."""
     rows = sorted((rel, size, etag or "") for rel, size, etag in files)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
@@ -129,6 +129,6 @@ def _pin(etag: str | None, last_modified: float | None) -> str:
     return f"mtime:{last_modified}" if last_modified is not None else ""
 
 
-def pinned_files(plan: Plan) -> tuple[tuple[str, int, str | None], ...]:
-    """``(path, size, etag)`` of every planned file, sorted: what a pull must deliver."""
-    return tuple(sorted((f.rel, f.info.size, f.info.etag) for f in plan.files))
+def pinned_files(plan: Plan) -> tuple[PlannedFile, ...]:
+    """Every planned file, sorted by path: what a pull must deliver."""
+    return tuple(sorted(plan.files, key=lambda f: f.rel))

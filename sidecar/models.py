@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from streamer.backends.base import ObjectInfo
+from streamer.plan import PlannedFile
+
 from . import views
 from .credentials import RequesterAccess
-
-PinnedFile = tuple[str, int, "str | None"]
 
 # One sequence for every entry of the process, starting at the wall clock in ms, so a
 # ``since`` from an entry that was replaced (failed, then retried) or from before a
@@ -70,7 +71,7 @@ class Entry:
     source: str  # credential-free, printable
     include: tuple[str, ...]
     exclude: tuple[str, ...]
-    files: tuple[PinnedFile, ...]
+    files: tuple[PlannedFile, ...]  # what a pull must deliver, each pinned; sorted by rel
     size: int
     state: State
     created_at: float
@@ -83,10 +84,10 @@ class Entry:
     dirty: bool = False  # last_used changed since the record was written
     readers: int = 0  # object reads in progress on the S3 endpoint (not persisted)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    _file_set: frozenset[str] = field(default=frozenset(), repr=False)
+    _by_rel: dict[str, PlannedFile] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self._file_set = frozenset(rel for rel, _, _ in self.files)
+        self._by_rel = {f.rel: f for f in self.files}
 
     # -- observation -------------------------------------------------------------------
 
@@ -117,7 +118,11 @@ class Entry:
         return entry
 
     def has_file(self, rel: str) -> bool:
-        return rel in self._file_set
+        return rel in self._by_rel
+
+    def file(self, rel: str) -> PlannedFile | None:
+        """The pinned file at ``rel`` (None if the model has none there)."""
+        return self._by_rel.get(rel)
 
     def live_leases(self, now: float) -> dict[str, float]:
         return {h: t for h, t in self.leases.items() if t > now}
@@ -153,14 +158,15 @@ class Entry:
 
     def to_record(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": 2,
             "id": self.id,
             "model_key": self.model_key,
             "version": self.version,
             "source": self.source,
             "include": list(self.include),
             "exclude": list(self.exclude),
-            "files": [list(f) for f in self.files],
+            "files": [{"rel": f.rel, "key": f.key, "size": f.size, "etag": f.etag,
+                       "uri": f.uri} for f in self.files],
             "size": self.size,
             "created_at": self.created_at,
             "last_used": self.last_used,
@@ -174,7 +180,7 @@ class Entry:
         Raises:
             KeyError, TypeError, ValueError: the record is not one of ours.
         """
-        files = tuple((str(r), int(s), None if e is None else str(e)) for r, s, e in doc["files"])
+        files = tuple(sorted((_file_of(f) for f in doc["files"]), key=lambda f: f.rel))
         return cls(
             id=str(doc["id"]), model_key=str(doc["model_key"]), version=str(doc["version"]),
             source=str(doc["source"]), include=tuple(doc["include"]),
@@ -183,6 +189,20 @@ class Entry:
             last_used=float(doc["last_used"]),
             leases={str(h): float(t) for h, t in dict(doc.get("leases", {})).items()},
         )
+
+
+def _file_of(item: Any) -> PlannedFile:
+    """A file of a state record: ``{"rel", "key", "size", "etag", "uri"}`` (format 2), or
+    ``[rel, size, etag]`` (format 1, before keys were recorded: a ready model never pulls
+    again, so the key only names the file)."""
+    if isinstance(item, dict):
+        rel, key, size, etag, uri = (item["rel"], item["key"], item["size"], item["etag"],
+                                     item["uri"])
+    else:
+        rel, size, etag = item
+        key = uri = rel
+    return PlannedFile(ObjectInfo(str(key), int(size), None if etag is None else str(etag)),
+                       rel=str(rel), uri=str(uri))
 
 
 # ---------------------------------------------------------------- service values

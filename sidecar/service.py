@@ -461,7 +461,7 @@ class _Proof:
         files = pinned_files(self.plan)
         entry = Entry(id=entry_id, model_key=self.key, version=entry_id.split("-")[1],
                       source=source_name(self.uri), include=self.include,
-                      exclude=self.exclude, files=files, size=sum(f[1] for f in files),
+                      exclude=self.exclude, files=files, size=sum(f.size for f in files),
                       state=State.PENDING, created_at=now, last_used=now)
         entry.progress.bytes_total = entry.size
         entry.progress.files_total = len(files)

@@ -172,17 +172,17 @@ class S3Objects:
         if _exact(target):
             if key != prefix:
                 raise denied("the key is outside the model these credentials open")
-            rel = entry.files[0][0]
+            rel = entry.files[0].rel
         elif not prefix:
             rel = key
         elif key.startswith(prefix + "/"):
             rel = key[len(prefix) + 1:]
         else:
             raise denied("the key is outside the model these credentials open")
-        for f_rel, size, etag in entry.files:
-            if f_rel == rel:
-                return rel, size, etag
-        raise S3Error(404, "NoSuchKey", "the specified key does not exist")
+        f = entry.file(rel)
+        if f is None:
+            raise S3Error(404, "NoSuchKey", "the specified key does not exist")
+        return rel, f.size, f.etag
 
     async def open_object(self, target: Target, key: str, *, range_header: str | None,
                           if_match: str | None, if_none_match: str | None,
@@ -278,8 +278,7 @@ class S3Objects:
 
     async def _check_header(self, flight: Flight, rel: str) -> None:
         """No byte of a shard is served before its header was read and validated."""
-        size = next(s for r, s, _ in self.cache.registry.require(flight.entry_id).files
-                    if r == rel)
+        size = self.cache.registry.require(flight.entry_id).file(rel).size
         schedule = flight.schedule
         schedule.want(rel, 0, min(8, size))
         await schedule.wait(rel, 0, min(8, size))
@@ -321,7 +320,7 @@ class S3Objects:
                 raise S3Error(400, "InvalidArgument",
                               "the continuation token is not valid") from None
         entry = target.entry
-        keys = sorted((self.key_of(target, rel), size, etag) for rel, size, etag in entry.files)
+        keys = sorted((self.key_of(target, f.rel), f.size, f.etag) for f in entry.files)
         contents: list[tuple[str, int, str, float]] = []
         common: list[str] = []
         truncated, last = False, ""
@@ -365,7 +364,7 @@ def _exact(target: Target) -> bool:
     """The source was one object (``s3://b/dir/model.safetensors``), not a prefix."""
     files = target.entry.files
     return (bool(target.prefix) and len(files) == 1
-            and target.prefix.rsplit("/", 1)[-1] == files[0][0])
+            and target.prefix.rsplit("/", 1)[-1] == files[0].rel)
 
 
 def split_source(source: str) -> tuple[str, str]:

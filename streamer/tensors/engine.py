@@ -106,7 +106,7 @@ async def read_layouts(
         total = header_size(shard.uri, head, shard.size)
         if total > len(head):
             head += await reader.read(shard, len(head), total)
-        return parse_shard(shard.uri, head[:total], key=shard.key, size=shard.size, etag=shard.etag)
+        return parse_shard(shard, head[:total])
 
     return list(await asyncio.gather(*(one(s) for s in shards)))
 
@@ -240,7 +240,7 @@ async def _fetch(
     across segment boundaries, never waves); a segment waits only for its own ranges.
     """
     window = asyncio.Semaphore(concurrency)
-    shards = [s.file() for s in plan.shards]
+    shards = [s.file for s in plan.shards]
 
     async def read(shard: PlannedFile, start: int, views: list[memoryview]) -> None:
         async with window:

@@ -8,13 +8,11 @@ whose dtype torch cannot represent fails before any data is read.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 
 import torch
 
 from .. import safetensors as st
-from ..backends.base import ObjectInfo
 from ..errors import SafetensorsError
 from ..plan import PlannedFile
 
@@ -44,30 +42,31 @@ class ShardLayout:
     """A checked shard.
 
     Attributes:
-        uri: the shard, as printed in errors and logs.
-        key: the object key (or absolute path) the reader fetches.
-        size: the shard's size in bytes.
-        etag: the version pin for every range (None for local files).
+        file: the planned file its reader fetches (key, size, version pin, printable URI).
         data_start: absolute offset of the data area (``8 + N``).
         tensors: the tensors, sorted by offset.
     """
 
-    uri: str
-    key: str
-    size: int
-    etag: str | None
+    file: PlannedFile
     data_start: int
     tensors: tuple[TensorEntry, ...]
+
+    @property
+    def uri(self) -> str:
+        return self.file.uri
+
+    @property
+    def key(self) -> str:
+        return self.file.key
+
+    @property
+    def size(self) -> int:
+        return self.file.size
 
     @property
     def data_end(self) -> int:
         """One past the last tensor byte."""
         return max((t.end for t in self.tensors), default=self.data_start)
-
-    def file(self) -> PlannedFile:
-        """The shard as the planned file its reader fetches."""
-        return PlannedFile(ObjectInfo(self.key, self.size, self.etag),
-                           posixpath.basename(self.key), self.uri)
 
 
 def header_size(uri: str, prefix: bytes, size: int) -> int:
@@ -79,13 +78,14 @@ def header_size(uri: str, prefix: bytes, size: int) -> int:
     return 8 + st.header_length(bytes(prefix[:8]), file_size=size, name=uri)
 
 
-def parse_shard(uri: str, header: bytes, *, key: str, size: int, etag: str | None) -> ShardLayout:
+def parse_shard(file: PlannedFile, header: bytes) -> ShardLayout:
     """Check a shard's header (its first ``8 + N`` bytes) and map its dtypes onto torch.
 
     Raises:
         SafetensorsError: the header is malformed, inconsistent with ``size`` (a truncated
             shard), or uses a dtype torch cannot hold.
     """
+    uri, size = file.uri, file.size
     total = header_size(uri, header, size)
     if len(header) < total:
         raise SafetensorsError(uri, "header is shorter than its length prefix says")
@@ -96,4 +96,4 @@ def parse_shard(uri: str, header: bytes, *, key: str, size: int, etag: str | Non
         if dtype is None:
             raise SafetensorsError(uri, f"tensor {t.name!r}: dtype {t.dtype} has no torch type")
         entries.append(TensorEntry(t.name, dtype, tuple(t.shape), t.start, t.end))
-    return ShardLayout(uri, key, size, etag, parsed.data_start, tuple(entries))
+    return ShardLayout(file, parsed.data_start, tuple(entries))

@@ -24,6 +24,7 @@ from sidecar.errors import (
 )
 from sidecar.identity import model_key, source_name
 from sidecar.layout import safe_join
+from sidecar.models import Entry
 from streamer import parse_uri
 from streamer.errors import UsageError
 
@@ -213,3 +214,30 @@ def test_classify_scrubs_and_maps_errno():
     assert (code, status) == ("upstream_failed", 502) and "secret" not in message
     assert classify(OSError(errno.ENOSPC, "full"))[:2] == ("insufficient_space", 507)
     assert classify(RuntimeError("/private/path"))[2] == "internal error (see the daemon's log)"
+
+
+# ---------------------------------------------------------------- state records
+
+
+def _record_files(fmt: int) -> list:
+    if fmt == 1:
+        return [["b.safetensors", 20, '"e2"'], ["a.json", 3, None]]
+    return [{"rel": "b.safetensors", "key": "m/b.safetensors", "size": 20, "etag": '"e2"',
+             "uri": "s3://bk/m/b.safetensors"},
+            {"rel": "a.json", "key": "m/a.json", "size": 3, "etag": None,
+             "uri": "s3://bk/m/a.json"}]
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_state_records_of_both_formats_load_and_round_trip(fmt):
+    doc = {"format": fmt, "id": "k-v", "model_key": "k", "version": "v", "source": "s3://bk/m",
+           "include": [], "exclude": [], "files": _record_files(fmt), "size": 23,
+           "created_at": 1.0, "last_used": 2.0, "leases": {"pod": 9.0}}
+    entry = Entry.from_record(doc)
+    assert [f.rel for f in entry.files] == ["a.json", "b.safetensors"]  # sorted
+    b = entry.file("b.safetensors")
+    assert b is not None and (b.size, b.etag) == (20, '"e2"')
+    assert b.key == ("b.safetensors" if fmt == 1 else "m/b.safetensors")
+    assert entry.file("c") is None and entry.has_file("a.json")
+    again = Entry.from_record(json.loads(json.dumps(entry.to_record())))
+    assert again.to_record() == entry.to_record() and again.to_record()["format"] == 2

@@ -264,7 +264,7 @@ def _layout(sizes: list[int], *, shard: str = "s") -> object:
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     blob = struct.pack("<Q", len(raw)) + raw
-    return parse_shard(shard, blob, key=shard, size=len(blob) + offset, etag=None)
+    return parse_shard(PlannedFile(ObjectInfo(shard, len(blob) + offset, None), shard, shard), blob)
 
 
 @pytest.mark.parametrize("buffer_size", [1, 7, 64, 1000, 10_000])

@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from streamer.backends.base import ObjectInfo
+from streamer.plan import PlannedFile
 from streamer.tensors import Peers, StreamStats, TensorStreamOptions, stream_tensors
 from streamer.tensors.distributed import assign_owners, plan_batches
 from streamer.tensors.layout import ShardLayout, TensorEntry
@@ -53,7 +55,7 @@ def test_plan_with_keep_reads_only_the_kept_tensors() -> None:
     entries = tuple(
         TensorEntry(f"t{i}", torch.uint8, (100,), 64 + 100 * i, 164 + 100 * i) for i in range(6)
     )
-    layout = ShardLayout("mem://s", "s", 64 + 600, None, 64, entries)
+    layout = ShardLayout(PlannedFile(ObjectInfo("s", 64 + 600, None), "s", "mem://s"), 64, entries)
     kept = {"t0", "t1", "t3", "t5"}
     plan = plan_stream([layout], buffer_size=150, chunk_size=50, keep=lambda s, t: t.name in kept)
     assert [t.entry.name for t in plan.tensors] == ["t0", "t1", "t3", "t5"]
