@@ -33,7 +33,13 @@ _READ_BLOCK = 1 << 20
 def client_session(
     settings: StorageSettings, *, headers: dict[str, str] | None = None
 ) -> aiohttp.ClientSession:
-    """An aiohttp session with the settings' timeouts and TLS (CA bundle, verify off)."""
+    """An aiohttp session with the settings' timeouts and TLS (CA bundle, verify off).
+
+    Bytes are stored as the object holds them, on every data plane: the session asks for
+    ``identity`` and never decodes a ``Content-Encoding`` (a range of an encoded object is
+    a range of its encoded bytes, which is what obstore's planes store too; a server that
+    encodes a range anyway fails the length checks instead of being silently decoded).
+    """
     ssl_ctx: Any = None
     if not settings.verify_ssl:
         ssl_ctx = False
@@ -48,7 +54,8 @@ def client_session(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
         ),
         read_bufsize=_READ_BLOCK,
-        headers=headers or {},
+        auto_decompress=False,
+        headers={"Accept-Encoding": "identity", **(headers or {})},
     )
 
 
