@@ -20,19 +20,14 @@ conf_dir="${repo}/.tools/containers"
 store="${WEIGHTSTREAM_CONTAINERS_STORE:-${HOME}/.cache/weightstream/containers}"
 log() { echo "install-container-tools: $*"; }
 
-if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null 2>&1; then sudo=(sudo); else sudo=(); fi
+# shellcheck source=lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+sudo=("${apt_sudo[@]}")
 
 debs=(podman buildah umoci runc fuse-overlayfs uidmap slirp4netns mmdebstrap
       containers-storage golang-github-containers-common)
-missing=()
-for d in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q "ok installed" || missing+=("$d")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "apt-get install ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-        install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ -n "$(apt_missing "${debs[@]}")" ]; then
+    apt_install "${debs[@]}"
 else
     log "podman $(podman --version | awk '{print $3}'), buildah $(buildah --version | awk '{print $3}') present"
 fi

@@ -29,21 +29,13 @@ cache_root="${WEIGHTSTREAM_K8S_CACHE:-${HOME}/.cache/weightstream}"
 cache="${cache_root}/k8s-${K8S_SRC_VERSION}"
 log() { echo "install-k8s: $*"; }
 
-if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null 2>&1; then sudo=(sudo); else sudo=(); fi
+# shellcheck source=lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+sudo=("${apt_sudo[@]}")
 
 # --- Debian packages: etcd and the build dependencies ------------------------------------
-debs=(etcd-server etcd-client golang-go golang-github-modern-go-reflect2-dev
-      make gcc libc6-dev rsync jq dpkg-dev ca-certificates openssl)
-missing=()
-for d in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q "ok installed" || missing+=("$d")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "apt-get install ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-        install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install etcd-server etcd-client golang-go golang-github-modern-go-reflect2-dev \
+    make gcc libc6-dev rsync jq dpkg-dev ca-certificates openssl
 # Debian's etcd-server enables a system service on install; the tests start their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     "${sudo[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true

@@ -9,25 +9,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$repo/.tools"
 
-if [ "$(id -u)" -eq 0 ]; then
-    sudo=()
-elif command -v sudo >/dev/null 2>&1; then
-    sudo=(sudo)
-else
-    sudo=()
-fi
-
-apt_updated=0
-apt_install() {
-    if [ "$apt_updated" -eq 0 ]; then
-        echo "install-test-servers: apt-get update"
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        apt_updated=1
-    fi
-    echo "install-test-servers: apt-get install $*"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+log() { echo "install-test-servers: $*"; }
+# shellcheck source=lib/apt.sh
+. "$repo/scripts/lib/apt.sh"
 
 # nginx: the benchmark starts its own nginx (generated config, loopback port); the
 # distribution's service is not used, so it is not started or enabled here.
