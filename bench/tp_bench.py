@@ -7,7 +7,10 @@ request, so the origin bytes per pod are counted at the origin), then for TP = 1
 one process per rank, joined in a gloo group on CPU, for each contender:
 
 * ``ws-shared``   ``stream_tensors(..., peers=Peers())``: the ranks split the ranged reads
-                  and broadcast the tensors (``streamer.tensors.distributed``)
+                  and exchange the tensors through a shared-memory ring in /dev/shm (all
+                  ranks on this host: ``streamer.tensors.distributed``)
+* ``ws-gloo``     the same with ``Peers(exchange="group")``: the tensors are broadcast over
+                  gloo (the path between hosts)
 * ``ws-full``     ``stream_tensors`` on every rank, no peers: each rank reads everything
                   (what the ``weightstream`` load format did before; TP=1 is both)
 * ``runai``       runai-model-streamer's ``SafetensorsStreamer`` on every rank, as vLLM's
@@ -21,7 +24,9 @@ one process per rank, joined in a gloo group on CPU, for each contender:
 The ranks wait on a barrier after their imports; the time is from the earliest rank's start
 to the latest rank's last tensor. Each rank consumes each tensor as it arrives and lets it go
 (the way vLLM copies a weight into its parameter). Reported: seconds, GB/s of model bytes,
-origin bytes per pod as a multiple of the model, peak RSS of the largest rank. Results:
+origin bytes per pod as a multiple of the model (nginx's access log: every byte the ranks
+fetched, once each), CPU seconds of the pod (user + system of every rank from the barrier
+to its last tensor: on a shared machine the fairer figure), peak RSS of the largest rank. Results:
 stdout, ``bench/out/tp_bench.{json,txt,png}``.
 
 Usage::
@@ -47,7 +52,7 @@ from pathlib import Path
 import download_bench  # a sibling script: bench/ is sys.path[0] when one runs
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("ws-shared", "ws-full", "runai", "runai-dist")
+CONTENDERS = ("ws-shared", "ws-gloo", "ws-full", "runai", "runai-dist")
 MiB = 1 << 20
 
 
@@ -55,7 +60,7 @@ MiB = 1 << 20
 # ``tp_bench.py --rank-child NAME --rank R --world N --init file://... --prefix P --out F``
 
 
-def rank_weightstream(prefix: str, args: argparse.Namespace, *, shared: bool) -> dict:
+def rank_weightstream(prefix: str, args: argparse.Namespace, *, exchange: str | None) -> dict:
     from streamer import StorageSettings
     from streamer.tensors import Peers, StreamStats, TensorStreamOptions, stream_tensors
 
@@ -67,7 +72,7 @@ def rank_weightstream(prefix: str, args: argparse.Namespace, *, shared: bool) ->
         options=options,
         storage=StorageSettings.from_env(os.environ),
         stats=stats,
-        peers=Peers() if shared else None,
+        peers=Peers(exchange=exchange) if exchange else None,
     ):
         n += 1
         nbytes += tensor.numel() * tensor.element_size()
@@ -89,6 +94,7 @@ def rank_runai(prefix: str, args: argparse.Namespace, *, distributed: bool) -> d
 
 PRELOAD = {
     "ws-shared": ("torch", "streamer.tensors", "streamer.backends.s3"),
+    "ws-gloo": ("torch", "streamer.tensors", "streamer.backends.s3"),
     "ws-full": ("torch", "streamer.tensors", "streamer.backends.s3"),
     "runai": ("torch", "runai_model_streamer"),
     "runai-dist": ("torch", "runai_model_streamer"),
@@ -110,18 +116,27 @@ def run_rank(args: argparse.Namespace) -> int:
         timeout=datetime.timedelta(seconds=args.timeout),
     )
     dist.barrier()
-    start = time.time()
+    start, cpu0 = time.time(), _cpu_seconds()
     name = args.rank_child
     if name.startswith("ws-"):
-        result = rank_weightstream(args.prefix, args, shared=name == "ws-shared")
+        exchange = {"ws-shared": "auto", "ws-gloo": "group"}.get(name)
+        result = rank_weightstream(args.prefix, args, exchange=exchange)
     else:
         result = rank_runai(args.prefix, args, distributed=name == "runai-dist")
-    end = time.time()
+    end, cpu = time.time(), _cpu_seconds() - cpu0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(args.out).write_text(json.dumps(result | {"start": start, "end": end, "rss": rss}))
+    Path(args.out).write_text(
+        json.dumps(result | {"start": start, "end": end, "rss": rss, "cpu": cpu})
+    )
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def _cpu_seconds() -> float:
+    """User + system seconds of this process, every thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- the driver
@@ -195,6 +210,7 @@ def run_pod(name: str, world: int, args, *, prefix: str, env: dict, work: Path) 
         "tensors": results[0]["tensors"],
         "same": all(r["bytes"] == results[0]["bytes"] for r in results),
         "peak_rss_mib": max(r["rss"] for r in results) / MiB,
+        "cpu_seconds": sum(r["cpu"] for r in results),
         "fetched_per_rank": [r["fetched"] for r in results],
     }
 
@@ -275,13 +291,19 @@ def main(argv: list[str] | None = None) -> int:
                 names = ["ws-full", "runai", "loopback"] if world == 1 else contenders
                 names = [n for n in names if n in contenders or n == "loopback"]
                 if world == 1:
-                    names = [n for n in names if n != "ws-shared"]
+                    names = [n for n in names if n not in ("ws-shared", "ws-gloo")]
                 for name in names[rnd - 1 :] + names[: rnd - 1]:
                     origin.take()
                     load = os.getloadavg()[0]
                     if name == "loopback":
+                        before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         seconds = run_loopback(url, shard_keys)
-                        run = {"ok": True, "seconds": seconds, "bytes": model_bytes}
+                        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        cpu = (after.ru_utime + after.ru_stime) - (
+                            before.ru_utime + before.ru_stime
+                        )
+                        run = {"ok": True, "seconds": seconds, "bytes": model_bytes,
+                               "cpu_seconds": cpu}  # fmt: skip
                     else:
                         run = run_pod(name, world, args, prefix=prefix, env=env, work=mine)
                     run |= {"contender": name, "world": world, "round": rnd, "load": load}
@@ -316,6 +338,7 @@ def _print_run(run: dict, model_bytes: int) -> None:
     print(
         f"round {run['round']} TP={run['world']} {run['contender']:<11} {run['seconds']:7.2f}s "
         f"{gbs:5.2f} GB/s  origin {run['origin_bytes'] / model_bytes:5.2f}x  "
+        f"cpu {run.get('cpu_seconds', 0):6.2f}s  "
         f"rss {run.get('peak_rss_mib', 0):6.0f} MiB  load {run['load']:4.1f}",
         flush=True,
     )
@@ -335,6 +358,7 @@ def _summarize(runs: list[dict], model_bytes: int) -> list[dict]:
             "gb_s": model_bytes / 1e9 / sec,
             "origin_x": statistics.median(r["origin_bytes"] for r in good) / model_bytes,
             "peak_rss_mib": max((r.get("peak_rss_mib", 0.0) for r in good), default=0.0),
+            "cpu_seconds": statistics.median(r.get("cpu_seconds", 0.0) for r in good),
         })  # fmt: skip
     return rows
 
@@ -345,7 +369,7 @@ def _table(rows: list[dict], *, model_bytes: int, shards: int, rounds: int, runs
         f"{model_bytes / MiB:.0f} MiB of safetensors in {shards} shards, nginx on loopback, "
         f"{cpus} CPUs, gloo on CPU, median of {rounds} round(s)",
         f"{'TP':>3} {'contender':<12}{'seconds':>9}{'GB/s':>7}{'origin bytes':>14}"
-        f"{'max rank RSS':>14}{'vs TP=1':>9}",
+        f"{'CPU s':>8}{'max rank RSS':>14}{'vs TP=1':>9}{'CPU vs TP=1':>13}",
     ]
     base = {r["contender"]: r for r in rows if r["world"] == 1 and r["ok"]}
     ws1 = base.get("ws-full")
@@ -355,10 +379,15 @@ def _table(rows: list[dict], *, model_bytes: int, shards: int, rounds: int, runs
             continue
         ref = ws1 if r["contender"].startswith("ws-") else base.get("runai")
         vs = f"{r['seconds'] / ref['seconds']:.2f}x" if ref and r["world"] > 1 else "-"
+        cpu_vs = (
+            f"{r['cpu_seconds'] / ref['cpu_seconds']:.2f}x"
+            if ref and r["world"] > 1 and ref["cpu_seconds"]
+            else "-"
+        )
         rss = f"{r['peak_rss_mib']:.0f} MiB" if r["peak_rss_mib"] else "-"
         lines.append(
             f"{r['world']:>3} {r['contender']:<12}{r['seconds']:9.2f}{r['gb_s']:7.2f}"
-            f"{r['origin_x']:13.2f}x{rss:>14}{vs:>9}"
+            f"{r['origin_x']:13.2f}x{r['cpu_seconds']:8.2f}{rss:>14}{vs:>9}{cpu_vs:>13}"
         )
     loop, runai1 = base.get("loopback"), base.get("runai")
     if ws1 and loop:
@@ -380,17 +409,16 @@ def _plot(rows: list[dict], png: Path, model_bytes: int) -> None:
 
     rows = [r for r in rows if r["ok"] and r["contender"] != "loopback"]
     worlds = sorted({r["world"] for r in rows})
-    names = [n for n in ("ws-shared", "ws-full", "runai", "runai-dist") if any(
-        r["contender"] == n for r in rows)]  # fmt: skip
-    colors = {"ws-shared": "#2a7ab0", "ws-full": "#8fbcd8", "runai": "#999999",
-              "runai-dist": "#555555"}  # fmt: skip
+    names = [n for n in CONTENDERS if any(r["contender"] == n for r in rows)]
+    colors = {"ws-shared": "#2a7ab0", "ws-gloo": "#5b9bc6", "ws-full": "#8fbcd8",
+              "runai": "#999999", "runai-dist": "#555555"}  # fmt: skip
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         xs, secs, origin = [], [], []
         for j, w in enumerate(worlds):
             r = next((r for r in rows if r["world"] == w and r["contender"] == name), None)
-            if r is None and name == "ws-shared" and w == 1:
+            if r is None and name in ("ws-shared", "ws-gloo") and w == 1:
                 r = next((r for r in rows if r["world"] == 1 and r["contender"] == "ws-full"), None)
             if r:
                 xs.append(j + i * width)
@@ -407,7 +435,7 @@ def _plot(rows: list[dict], png: Path, model_bytes: int) -> None:
     ax1.legend(fontsize=8)
     ax2.set_ylabel("origin bytes / model bytes")
     ax2.set_title("Origin bytes per pod")
-    fig.suptitle(f"{model_bytes / MiB:.0f} MiB model from nginx on loopback, gloo on CPU "
+    fig.suptitle(f"{model_bytes / MiB:.0f} MiB model from nginx on loopback, CPU "
                  f"(shared {os.cpu_count()}-CPU machine)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(png, dpi=110)

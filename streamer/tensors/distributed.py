@@ -13,40 +13,54 @@ Here the ranks of one ``torch.distributed`` group split the reads and exchange t
    ranks fetch at the same time.
 3. **Fetch.** Each rank streams the tensors it owns with the ordinary engine (bounded
    buffers, retries, version pins), in the background, in file order.
-4. **Exchange.** In file order, in batches of at most ``batch_bytes``: first every rank says
-   (one small all-reduce on the control group) whether it has its tensors of the batch;
-   then each tensor is broadcast from its owner (NCCL for CUDA tensors, gloo on CPU). When a
-   rank's stream failed, it says so instead, and every rank raises
+4. **Exchange.** In file order, one of two ways (``Peers.exchange``):
+
+   * **Shared memory** (CPU tensors, every rank on this host: ``auto``'s choice, or
+     ``shm``): one segment of two windows (a quarter of ``max_memory`` each) that every
+     rank maps (:mod:`.shm`: its name is gone as soon as every rank has mapped it). The
+     tensors are one byte stream cut into windows; per window each rank copies its own
+     pieces in, one small all-reduce on the control group says every rank did (or which
+     failed), and each rank copies the others' pieces out into tensors of its own.
+   * **Broadcasts** over ``group`` (device tensors: NCCL; ranks on several hosts; or
+     ``group``): in batches of at most half of ``max_memory``, one all-reduce of the
+     batch's status, then each tensor is broadcast from its owner.
+
+   When a rank's stream failed, it says so in the all-reduce, and every rank raises
    :class:`~streamer.errors.DistributedLoadError` naming that rank and its error. Every
    collective waits at most ``timeout`` seconds, so a rank that stops answering fails the
    others instead of hanging them.
 
-Host memory per rank: the engine's budget plus one batch (each half of ``max_memory``),
-plus the tensors the caller still holds. Every rank yields every kept tensor, in file
-order (empty tensors first), bit-identical to ``safetensors.torch.load_file``.
+Host memory per rank: the engine's budget (half of ``max_memory``) plus one batch of
+broadcasts, or with shared memory half of ``max_memory`` once per host, plus the tensors
+the caller still holds. Every rank yields every kept tensor, in file order (empty tensors
+first), bit-identical to ``safetensors.torch.load_file``.
 
 ::
 
-    rank r:  fetch own runs --> [engine budget] --> batch k: status all-reduce --> broadcasts
-                                                                  ^ one per tensor, from its owner
+    rank r:  fetch own runs --> [engine budget] --> own pieces of window k --> slot k % 2
+                                                status all-reduce (gloo, 4 bytes)
+             tensors out <-- others' pieces of window k <-- slot k % 2 (/dev/shm, shared)
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 
-from ..errors import DistributedLoadError, SafetensorsError
+from ..errors import DistributedLoadError, SafetensorsError, UsageError
 from ..plan import PlannedFile
 from ..uri import ObjectURI
+from . import shm
 from .engine import StreamStats, _FetchLoop, read_layouts, stream_plan_tensors
 from .layout import ShardLayout, TensorEntry
 from .options import TensorStreamOptions
@@ -58,6 +72,11 @@ log = logging.getLogger(__name__)
 _EXACT_HEADER_PROBE = 8
 # Runs per rank the assignment aims at (more runs: finer balance, more, shorter reads).
 _RUNS_PER_RANK = 16
+# Windows in the shared-memory ring: a rank fills the next while the others read this one.
+_SLOTS = 2
+
+Exchange = Literal["auto", "shm", "group"]
+EXCHANGES: tuple[str, ...] = ("auto", "shm", "group")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,11 +89,24 @@ class Peers:
         control: a gloo group over the same ranks for the small control messages
             (``None``: ``group``, which must then be gloo).
         timeout: seconds any one collective may wait before the load fails.
+        exchange: how the tensors go from their owner to the other ranks: ``auto`` (through
+            shared memory when every rank is on this host and the tensors are CPU tensors,
+            else broadcasts over ``group``), ``shm`` (shared memory, or the load fails),
+            ``group`` (broadcasts over ``group``: gloo, or NCCL for CUDA tensors).
+        shm_dir: where the shared-memory segment lives (a tmpfs every rank sees).
     """
 
     group: Any = None
     control: Any = None
     timeout: float = 600.0
+    exchange: Exchange = "auto"
+    shm_dir: str = shm.SHM_DIR
+
+    def __post_init__(self) -> None:
+        if self.exchange not in EXCHANGES:
+            raise UsageError(
+                f"exchange must be one of {', '.join(EXCHANGES)}, got {self.exchange!r}"
+            )
 
     @property
     def size(self) -> int:
@@ -187,7 +219,7 @@ def stream_shared(
     stats = stats if stats is not None else StreamStats()
     started = time.perf_counter()
     me, size = peers.rank, peers.size
-    layouts = _shared_layouts(source, open_reader, peers, shards)
+    layouts, run_id = _shared_layouts(source, open_reader, peers, shards)
     ordered = [
         (s, t)
         for s, layout in enumerate(layouts)
@@ -197,14 +229,16 @@ def stream_shared(
     _check_unique_names(ordered, layouts)
     sizes = [t.nbytes for _, t in ordered]
     total = sum(sizes)
-    # Half the budget for the engine's buffers, half for one exchange batch.
+    # Half the budget for the engine's buffers, half for the exchange (one batch of
+    # broadcasts per rank, or the shared-memory ring once per node).
     local_options = replace(options, max_memory=max(options.max_memory // 2, 8192))
     budget = local_options.budget(remote=not source.is_local)
     stripe = max(1, min(budget.buffer_size, total // (size * _RUNS_PER_RANK) or 1))
     owners = assign_owners(sizes, size, stripe=stripe)
     owned = {(s, t.name) for (s, t), o in zip(ordered, owners, strict=True) if o == me and t.nbytes}
     nonempty = [i for i, n in enumerate(sizes) if n]
-    batches = plan_batches(nonempty, sizes, batch_bytes=max(1, options.max_memory // 2))
+    window = max(1, min(options.max_memory // (2 * _SLOTS), total))
+    segment = _open_segment(peers, device, run_id, window * _SLOTS if total else 0)
     local = _OwnStream(stream_plan_tensors(
         source=source,
         reader=open_reader(),
@@ -216,7 +250,8 @@ def stream_shared(
         keep=lambda s, t: (s, t.name) in owned,
         in_order=True,
     ))  # fmt: skip
-    exchange = _Exchange(peers, device)
+    windows = 0
+    exchanged: Iterator[Item] | None = None
     try:
         local.start()
         for _, t in ordered:
@@ -224,25 +259,203 @@ def stream_shared(
                 stats.tensors += 1
                 empty = torch.empty(0, dtype=torch.uint8, device=device)
                 yield t.name, empty.view(t.dtype).view(t.shape)
-        for batch in batches:
-            entries = [ordered[i][1] for i in batch.tensors]
-            batch_owners = [owners[i] for i in batch.tensors]
-            for entry, tensor in exchange.run(entries, batch_owners, local):
-                stats.tensors += 1
-                stats.bytes += entry.nbytes
-                yield entry.name, tensor
+        if segment is not None:
+            exchanged = _exchange_shm(
+                peers, segment, window,
+                [ordered[i][1] for i in nonempty], [owners[i] for i in nonempty], local,
+            )  # fmt: skip
+        else:
+            exchanged = _exchange_group(peers, device, ordered, owners, nonempty, options, local)
+        for entry, tensor in exchanged:
+            if entry is None:  # a window or batch went by
+                windows += 1
+                continue
+            stats.tensors += 1
+            stats.bytes += entry.nbytes
+            yield entry.name, tensor
     finally:
+        if exchanged is not None:
+            exchanged.close()  # lets go of its views of the segment
         local.close()
+        if segment is not None:
+            segment.close()
         stats.shards = len(layouts)
         stats.fetched = local_stats.fetched
         stats.retries = local_stats.retries
         stats.buffers, stats.buffer_size = local_stats.buffers, local_stats.buffer_size
         stats.seconds = time.perf_counter() - started
-        stats.extra.update(rank=me, ranks=size, model_bytes=total)
+        stats.extra.update(rank=me, ranks=size, model_bytes=total, shm=float(segment is not None))
     log.info(
-        "rank %d of %d: fetched %d of %d bytes, exchanged %d batches in %.2fs",
-        me, size, stats.fetched, total, len(batches), stats.seconds,
+        "rank %d of %d: fetched %d of %d bytes, exchanged %d %s in %.2fs",
+        me, size, stats.fetched, total, windows,
+        "shared-memory windows" if segment is not None else "broadcast batches", stats.seconds,
     )  # fmt: skip
+
+
+Item = tuple[TensorEntry | None, torch.Tensor | None]
+
+
+def _exchange_group(
+    peers: Peers,
+    device: torch.device,
+    ordered: list[tuple[int, TensorEntry]],
+    owners: list[int],
+    nonempty: list[int],
+    options: TensorStreamOptions,
+    local: _OwnStream,
+) -> Iterator[Item]:
+    """Broadcast each tensor from its owner over ``peers.group``, in batches of at most
+    half the budget; ``(None, None)`` after each batch."""
+    sizes = [t.nbytes for _, t in ordered]
+    exchange = _Exchange(peers, device)
+    for batch in plan_batches(nonempty, sizes, batch_bytes=max(1, options.max_memory // 2)):
+        entries = [ordered[i][1] for i in batch.tensors]
+        batch_owners = [owners[i] for i in batch.tensors]
+        yield from exchange.run(entries, batch_owners, local)
+        yield None, None
+
+
+def _exchange_shm(
+    peers: Peers,
+    segment: shm.Segment,
+    window: int,
+    entries: list[TensorEntry],
+    owners: list[int],
+    local: _OwnStream,
+) -> Iterator[Item]:
+    """Move the (non-empty) tensors through the node's shared-memory ring.
+
+    The tensors, in file order, make one byte stream cut into windows of ``window`` bytes;
+    window ``j`` uses slot ``j % 2``. For each window every rank copies its own pieces into
+    the slot, one all-reduce says that every rank did (or which failed), then every rank
+    copies the others' pieces out into tensors of its own and yields the tensors the
+    window completed. A rank writes window ``j + 2`` into a slot only after the all-reduce
+    of window ``j + 1``, which every rank enters only once it has read window ``j`` out:
+    the ring needs no other synchronisation. ``(None, None)`` after each window.
+    """
+    me = peers.rank
+    sizes = [e.nbytes for e in entries]
+    slots = [segment.data[k * window : (k + 1) * window] for k in range(_SLOTS)]
+    status = torch.zeros(1, dtype=torch.int32)
+    raws: dict[int, torch.Tensor] = {}  # tensors in progress: own ones, and ones being filled
+    tensors: dict[int, torch.Tensor] = {}  # own tensors as the engine gave them
+    first, offset, j = 0, 0, 0  # the window starts at byte ``offset`` of tensor ``first``
+    while first < len(entries):
+        slot = slots[j % _SLOTS]
+        pieces: list[tuple[int, int, int, int]] = []  # tensor, offset in it, in slot, bytes
+        at = 0
+        while first < len(entries) and at < window:
+            n = min(window - at, sizes[first] - offset)
+            pieces.append((first, offset, at, n))
+            at += n
+            offset += n
+            if offset == sizes[first]:
+                first, offset = first + 1, 0
+        error: BaseException | None = None
+        try:
+            for i, lo, pos, n in pieces:
+                if owners[i] != me:
+                    continue
+                raw = raws.get(i)
+                if raw is None:
+                    tensor = tensors[i] = local.take(entries[i].name)
+                    raw = raws[i] = tensor.reshape(-1).view(torch.uint8)
+                slot[pos : pos + n].copy_(raw[lo : lo + n])
+        except Exception as e:  # reported to every rank before anyone raises
+            error = e
+        _agree(peers, status, error, entries[pieces[0][0]].name)
+        done: list[int] = []
+        for i, lo, pos, n in pieces:
+            if owners[i] != me:
+                raw = raws.get(i)
+                if raw is None:
+                    raw = raws[i] = torch.empty(sizes[i], dtype=torch.uint8)
+                raw[lo : lo + n].copy_(slot[pos : pos + n])
+            if lo + n == sizes[i]:
+                done.append(i)
+        for i in done:
+            raw = raws.pop(i)
+            tensor = tensors.pop(i, None)
+            if tensor is None:
+                tensor = raw.view(entries[i].dtype).view(entries[i].shape)
+            yield entries[i], tensor
+        yield None, None
+        j += 1
+
+
+def _open_segment(peers: Peers, device: torch.device, run_id: str, size: int) -> shm.Segment | None:
+    """Map the node's shared-memory ring of ``size`` bytes on every rank, or on none.
+
+    Two collectives: every rank sends a hash of its host name (rank 0 also whether it could
+    make the segment); if all ranks are on one host, the others map it and one all-reduce
+    says whether all did. Rank 0 then unlinks the name, whatever happened (see
+    :mod:`.shm`). ``None``: broadcast over the group instead (``exchange="group"``, device
+    tensors, ranks on several hosts, or a segment that could not be made under ``auto``).
+
+    Raises:
+        UsageError: ``exchange="shm"`` with tensors that are not on the CPU.
+        DistributedLoadError: ``exchange="shm"`` and the ring could not be set up.
+    """
+    if peers.exchange == "group" or not size:
+        return None
+    if device.type != "cpu":
+        if peers.exchange == "shm":
+            raise UsageError(f"the shared-memory exchange moves CPU tensors, not {device}")
+        return None
+    me, path = peers.rank, shm.segment_path(peers.shm_dir, run_id)
+    segment: shm.Segment | None = None
+    why: str | None = None
+    try:
+        if me == 0:
+            shm.sweep(peers.shm_dir)
+            try:
+                segment = shm.Segment(path, size, create=True)
+            except OSError as e:
+                why = f"rank 0 could not make {path} ({size} bytes): {e}"
+        mine = torch.tensor([_host_key(), int(why is not None)], dtype=torch.int64)
+        every = [torch.zeros(2, dtype=torch.int64) for _ in range(peers.size)]
+        work = dist.all_gather(every, mine, group=peers.control_group, async_op=True)
+        _wait(work, peers, "the host names")
+        hosts = {int(t[0]) for t in every}
+        if len(hosts) > 1:
+            why = f"the ranks are on {len(hosts)} hosts"
+        elif int(every[0][1]):
+            why = why or "rank 0 could not make the shared-memory segment"
+        else:
+            failed = 0
+            if me != 0:
+                try:
+                    segment = shm.Segment(path, size, create=False)
+                except OSError as e:
+                    why, failed = f"rank {me} could not map {path}: {e}", 1
+            flags = torch.tensor([failed], dtype=torch.int32)
+            work = dist.all_reduce(
+                flags, op=dist.ReduceOp.MAX, group=peers.control_group, async_op=True
+            )
+            _wait(work, peers, "the shared-memory set-up")
+            if int(flags.item()):
+                why = why or "a rank could not map the shared-memory segment"
+    except BaseException:
+        if segment is not None:
+            segment.close()
+        raise
+    finally:
+        if me == 0 and segment is not None:
+            segment.unlink()
+    if why is None:
+        return segment
+    if segment is not None:
+        segment.close()
+    if peers.exchange == "shm":
+        raise DistributedLoadError(rank=me, failed={}, reason=f"no shared-memory exchange: {why}")
+    log.info("rank %d: tensors are broadcast over the group, not shared memory: %s", me, why)
+    return None
+
+
+def _host_key() -> int:
+    """This host's name as a signed 64-bit number (ranks with one key share /dev/shm)."""
+    digest = hashlib.blake2b(socket.gethostname().encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 def _check_unique_names(
@@ -262,8 +475,9 @@ def _shared_layouts(
     open_reader: Callable[[], ShardReader],
     peers: Peers,
     shards: list[PlannedFile] | None,
-) -> list[ShardLayout]:
-    """Rank 0 lists the source and reads the headers; every rank gets its result (or error)."""
+) -> tuple[list[ShardLayout], str]:
+    """Rank 0 lists the source and reads the headers; every rank gets its result (or error),
+    and the run id rank 0 made for this load."""
     payload: tuple[str, Any] | None = None
     error: Exception | None = None
     if peers.rank == 0:
@@ -278,7 +492,7 @@ def _shared_layouts(
 
         loop = _FetchLoop()
         try:
-            payload = ("ok", loop.submit(read()).result())
+            payload = ("ok", (loop.submit(read()).result(), shm.new_run_id()))
         except Exception as e:  # sent to every rank, raised everywhere below
             payload = ("error", f"{type(e).__name__}: {e}")
             error = e
@@ -382,7 +596,7 @@ class _Exchange:
                     mine[i] = local.take(entry.name)
         except Exception as e:  # reported to every rank before anyone raises
             error = e
-        self._agree(error, entries)
+        _agree(peers, self._status, error, entries[0].name if entries else "?")
         out: list[tuple[TensorEntry, torch.Tensor]] = []
         works = []
         for i, (entry, owner) in enumerate(zip(entries, owners, strict=True)):
@@ -399,23 +613,22 @@ class _Exchange:
             _wait(work, peers, "tensors")
         return out
 
-    def _agree(self, error: BaseException | None, entries: list[TensorEntry]) -> None:
-        """One all-reduce: did every rank get its tensors of this batch? If not, all raise."""
-        peers = self.peers
-        self._status.fill_(1 if error is not None else 0)
-        work = dist.all_reduce(
-            self._status, op=dist.ReduceOp.MAX, group=peers.control_group, async_op=True
-        )
-        _wait(work, peers, "the batch status")
-        if not int(self._status.item()):
-            return
-        message = f"{type(error).__name__}: {error}" if error is not None else None
-        messages: list[Any] = [None] * peers.size
-        dist.all_gather_object(messages, message, group=peers.control_group)
-        failed = {r: m for r, m in enumerate(messages) if m is not None}
-        first = entries[0].name if entries else "?"
-        reason = f"a rank could not fetch its tensors (batch from {first!r})"
-        err = DistributedLoadError(rank=peers.rank, failed=failed, reason=reason)
-        if error is not None:
-            raise err from error
-        raise err
+
+def _agree(peers: Peers, status: torch.Tensor, error: BaseException | None, first: str) -> None:
+    """One all-reduce: did every rank get its tensors of this step? If not, all raise.
+
+    ``first`` names the step's first tensor (for the error)."""
+    status.fill_(1 if error is not None else 0)
+    work = dist.all_reduce(status, op=dist.ReduceOp.MAX, group=peers.control_group, async_op=True)
+    _wait(work, peers, "the batch status")
+    if not int(status.item()):
+        return
+    message = f"{type(error).__name__}: {error}" if error is not None else None
+    messages: list[Any] = [None] * peers.size
+    dist.all_gather_object(messages, message, group=peers.control_group)
+    failed = {r: m for r, m in enumerate(messages) if m is not None}
+    reason = f"a rank could not fetch its tensors (batch from {first!r})"
+    err = DistributedLoadError(rank=peers.rank, failed=failed, reason=reason)
+    if error is not None:
+        raise err from error
+    raise err

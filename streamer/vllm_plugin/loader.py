@@ -112,7 +112,12 @@ class WeightstreamModelLoader(BaseModelLoader):
         if tp.world_size == 1:
             return None
         group = tp.cpu_group if device.type == "cpu" else tp.device_group
-        return Peers(group=group, control=tp.cpu_group, timeout=self.settings.distributed_timeout)
+        return Peers(
+            group=group,
+            control=tp.cpu_group,
+            timeout=self.settings.distributed_timeout,
+            exchange=self.settings.distributed_exchange,
+        )
 
     def _device(self, model: nn.Module) -> torch.device:
         if self.settings.device != "auto":

@@ -23,6 +23,9 @@ Keys (all optional):
 ``distributed`` share the reads between the tensor-parallel ranks (default true; see
                 :mod:`streamer.tensors.distributed`); false: every rank reads everything
 ``distributed_timeout`` seconds one exchange between the ranks may wait (default 600)
+``distributed_exchange`` how the tensors go between the ranks: ``auto`` (default: shared
+                memory when the ranks are on one host and the tensors on the CPU, else
+                the TP group: NCCL/gloo), ``shm`` (shared memory or fail), ``group``
 =============== ========================================================================
 
 This module does not import vLLM, so it is tested without it.
@@ -38,10 +41,11 @@ from ..errors import UsageError
 from ..retry import RetryPolicy
 from ..sizes import parse_size
 from ..tensors import TensorStreamOptions
+from ..tensors.distributed import EXCHANGES, Exchange
 
 _SIZES = ("max_memory", "buffer_size", "chunk_size")
 _COUNTS = ("concurrency", "max_attempts")
-_STRINGS = ("source", "cache_dir", "engine", "device")
+_STRINGS = ("source", "cache_dir", "engine", "device", "distributed_exchange")
 _SECONDS = ("retry_base_delay", "retry_max_delay", "distributed_timeout")
 _FLAGS = ("distributed",)
 KEYS = frozenset(_SIZES + _COUNTS + _STRINGS + _SECONDS + _FLAGS)
@@ -56,6 +60,7 @@ class LoaderSettings:
     device: str = "auto"
     distributed: bool = True
     distributed_timeout: float = 600.0
+    distributed_exchange: Exchange = "auto"
     options: TensorStreamOptions = field(default_factory=TensorStreamOptions)
 
     @classmethod
@@ -82,6 +87,11 @@ class LoaderSettings:
         for key in _FLAGS:
             if key in extra and not isinstance(extra[key], bool):
                 raise UsageError(f"{key} must be true or false, got {extra[key]!r}")
+        if extra.get("distributed_exchange", "auto") not in EXCHANGES:
+            raise UsageError(
+                f"distributed_exchange must be one of {', '.join(EXCHANGES)}, "
+                f"got {extra['distributed_exchange']!r}"
+            )
         if extra.get("distributed_timeout", 1) == 0:
             raise UsageError("distributed_timeout must be more than 0 seconds")
         for key in _SECONDS:
@@ -120,5 +130,6 @@ class LoaderSettings:
             device=extra.get("device", "auto"),
             distributed=extra.get("distributed", True),
             distributed_timeout=float(extra.get("distributed_timeout", 600.0)),
+            distributed_exchange=extra.get("distributed_exchange", "auto"),
             options=TensorStreamOptions(**opts),
         )

@@ -1,14 +1,17 @@
 """Shared loads: N ranks of a gloo group split the reads of one model and exchange tensors.
 
 Every rank is a real process (``tests/support/tp_worker.py``) in one ``torch.distributed``
-gloo group on loopback. Each rank reads through an origin of its own (all serving the same
-directory), so the bytes each rank fetched are counted at the origin, apart. Every test
-bounds its processes in time and kills what is left.
+gloo group on loopback. The ranks are on one host, so by default (``exchange="auto"``) the
+tensors go through a shared-memory segment in /dev/shm; ``exchange="group"`` broadcasts
+them over gloo (the path between hosts). Each rank reads through an origin of its own (all
+serving the same directory), so the bytes each rank fetched are counted at the origin,
+apart. Every test bounds its processes in time and kills what is left.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from streamer import synth
+from streamer.tensors import shm
 from tests.support.origin import Fault, OriginProcess
 from tests.support.process import REPO_ROOT, clean_env
 
@@ -57,6 +61,7 @@ def run_ranks(
     reference: Path,
     per_rank: dict[int, list[str]] | None = None,
     args: list[str] | None = None,
+    pids: list[int] | None = None,
 ) -> tuple[list[dict | None], float]:
     """Run one worker per source; return each rank's result (None if it wrote none), seconds."""
     world = len(sources)
@@ -82,6 +87,8 @@ def run_ranks(
                 stderr=subprocess.STDOUT,
             )
         )
+    if pids is not None:
+        pids.extend(p.pid for p in procs)
     started = time.monotonic()
     outputs = []
     try:
@@ -104,15 +111,24 @@ def run_ranks(
     return results, seconds
 
 
-@pytest.mark.parametrize("world", [2, 4])
+def _segments_of(pids: list[int]) -> list[str]:
+    """The shared-memory names the loads of these processes left in /dev/shm."""
+    mine = tuple(f"{shm.PREFIX}{pid}-" for pid in pids)
+    return [n for n in os.listdir(shm.SHM_DIR) if n.startswith(mine)]
+
+
+@pytest.mark.parametrize(("world", "exchange"), [(2, "auto"), (4, "auto"), (4, "group")])
 def test_ranks_split_the_reads_and_get_identical_tensors(
-    tmp_path, model, origin_process, world
+    tmp_path, model, origin_process, world, exchange
 ) -> None:
     root = _origin_root(tmp_path, model.path)
     origins = [origin_process(root) for _ in range(world)]
     sources = [o.http_url("models/llama") for o in origins]
+    pids: list[int] = []
 
-    results, _ = run_ranks(tmp_path, sources=sources, reference=model.path)
+    results, _ = run_ranks(
+        tmp_path, sources=sources, reference=model.path, args=["--exchange", exchange], pids=pids
+    )
 
     reference = {}
     for shard in sorted(model.path.glob("*.safetensors")):
@@ -131,6 +147,10 @@ def test_ranks_split_the_reads_and_get_identical_tensors(
     # What the ranks say they fetched is what the origins served (minus the headers).
     data = sum(r["fetched"] for r in results)
     assert data == sum(t.numel() * t.element_size() for t in reference.values())
+    # Same host: shared memory unless told otherwise (4 MiB budget: 1 MiB windows, so the
+    # ~5 MiB model takes several turns of the ring, tensors crossing windows).
+    assert [r["shm"] for r in results] == [exchange == "auto"] * world
+    assert _segments_of(pids) == []
 
 
 def test_mixed_dtypes_and_empty_tensors_from_a_local_directory(tmp_path) -> None:
@@ -200,25 +220,32 @@ def test_a_rank_failing_mid_load_fails_every_rank(tmp_path, model, origin_proces
         assert r["failed_ranks"] == [1], r
         assert "rank 1: AccessDeniedError" in r["error"], r
         assert 0 < r["tensors"] < 39, r  # stopped mid-load
+        assert r["shm"], r  # through the same-node exchange
 
 
+@pytest.mark.parametrize(("lost", "exchange"), [(2, "auto"), (0, "shm"), (2, "group")])
 def test_a_rank_lost_mid_load_fails_the_others_within_the_timeout(
-    tmp_path, model, origin_process
+    tmp_path, model, origin_process, lost, exchange
 ) -> None:
     root = _origin_root(tmp_path, model.path)
     origins = [origin_process(root) for _ in range(3)]
     sources = [o.http_url("models/llama") for o in origins]
+    pids: list[int] = []
 
     results, _ = run_ranks(
         tmp_path,
         sources=sources,
         reference=model.path,
-        per_rank={2: ["--exit-after", "5"]},
-        args=["--timeout", "10"],
+        per_rank={lost: ["--exit-after", "5"]},  # rank 0: the one that made the segment
+        args=["--timeout", "10", "--exchange", exchange],
+        pids=pids,
     )
 
-    assert results[2] is None  # it died
-    for r in results[:2]:
+    assert results[lost] is None  # it died (os._exit, mid-exchange)
+    for r in (r for rank, r in enumerate(results) if rank != lost):
         assert r is not None and r["error_type"] == "DistributedLoadError", r
         assert "failed or timed out" in r["error"], r
         assert r["seconds"] < 10 + 30, r
+    # Whoever died, nothing is left in /dev/shm: the segment's name went once all had
+    # mapped it, and its memory went with the last mapping.
+    assert _segments_of(pids) == []

@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--max-memory", type=int, default=4 << 20)
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--exit-after", type=int, default=None)
+    ap.add_argument("--exchange", default="auto", choices=["auto", "shm", "group"])
     ap.add_argument("--skip-prefix", default=None, help="keep only tensors not starting so")
     args = ap.parse_args()
 
@@ -72,7 +73,11 @@ def main() -> int:
     started = time.perf_counter()
     try:
         for name, tensor in stream_tensors(
-            source, options=options, stats=stats, peers=Peers(timeout=args.timeout), keep=keep
+            source,
+            options=options,
+            stats=stats,
+            peers=Peers(timeout=args.timeout, exchange=args.exchange),
+            keep=keep,
         ):
             got[name] = tensor
             if args.exit_after is not None and len(got) >= args.exit_after:
@@ -100,6 +105,7 @@ def main() -> int:
         ),
         "fetched": stats.fetched,
         "bytes": stats.bytes,
+        "shm": bool(stats.extra.get("shm")),
     }
     Path(args.out).write_text(json.dumps(result))
     # Skip the group's teardown barrier after a failure: the other ranks may be gone.

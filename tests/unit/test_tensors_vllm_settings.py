@@ -34,6 +34,9 @@ def test_distributed_keys() -> None:
     assert LoaderSettings.from_extra_config(None).distributed is True
     s = LoaderSettings.from_extra_config({"distributed": False, "distributed_timeout": 30})
     assert (s.distributed, s.distributed_timeout) == (False, 30.0)
+    assert LoaderSettings.from_extra_config(None).distributed_exchange == "auto"
+    s = LoaderSettings.from_extra_config({"distributed_exchange": "group"})
+    assert s.distributed_exchange == "group"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +55,8 @@ def test_distributed_keys() -> None:
         {"distributed": 1},
         {"distributed_timeout": 0},
         {"distributed_timeout": "10"},
+        {"distributed_exchange": "tcp"},
+        {"distributed_exchange": 1},
     ],
 )
 def test_bad_values_are_usage_errors(extra) -> None:
