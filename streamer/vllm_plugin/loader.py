@@ -14,12 +14,16 @@ Storage credentials and endpoint come from the process environment, read once pe
 
 Under tensor parallelism (vLLM's TP group has more than one rank) the ranks share the reads
 (:mod:`streamer.tensors.distributed`): each fetches about 1/N of the bytes and the tensors
-are broadcast over the TP group vLLM created (its device group, NCCL on GPUs, for device
-tensors; its gloo group for CPU tensors and the control messages), so the TP group reads
-the checkpoint once. ``"distributed": false`` in the extra config, a single rank, or no
-initialised process group: every rank reads the whole checkpoint, as before. Checkpoint
-tensors the model says it does not load (``model.is_unused_checkpoint_weight``, the rule
-vLLM's own loaders filter shards with) are not read at all.
+go to the other ranks through a shared-memory ring when they are CPU tensors and every rank
+is on this host, else they are broadcast over the TP group vLLM created (its device group,
+NCCL on GPUs, for device tensors; its gloo group for CPU tensors); the control messages go
+over its gloo group. The TP group reads the checkpoint once. ``"distributed": false`` in
+the extra config, a single rank, or no initialised process group: every rank reads the
+whole checkpoint, as before. Checkpoint tensors the model does not load are not read at
+all: those it calls unused (``model.is_unused_checkpoint_weight``, the rule vLLM's own
+loaders filter shards with), and under pipeline parallelism those of the layers other
+stages hold (see :func:`_keep`), so a pod with PP stages reads each stage's layers once,
+not the whole model per stage.
 """
 
 from __future__ import annotations
@@ -129,8 +133,44 @@ class WeightstreamModelLoader(BaseModelLoader):
 
 
 def _keep(model: nn.Module) -> Callable[[str], bool] | None:
-    """The checkpoint tensors to read: all but those the model says it does not load."""
+    """The checkpoint tensors to read: all but those the model will not load.
+
+    Two rules, both vLLM's own: the model says a weight is unused
+    (``model.is_unused_checkpoint_weight``, what vLLM's loaders filter shards with), or,
+    under pipeline parallelism, the weight belongs to a layer of another stage (vLLM's
+    ``is_pp_missing_parameter`` on the name as the model's ``hf_to_vllm_mapper`` maps it:
+    ``AutoWeightsLoader`` drops every weight under a ``PPMissingLayer``). A name the mapper
+    drops or cannot place is kept: the model decides.
+    """
     is_unused = getattr(model, "is_unused_checkpoint_weight", None)
-    if not callable(is_unused):
+    is_unused = is_unused if callable(is_unused) else None
+    other_stage = _other_stage(model)
+    if is_unused is None and other_stage is None:
         return None
-    return lambda name: not is_unused(name)
+
+    def keep(name: str) -> bool:
+        if is_unused is not None and is_unused(name):
+            return False
+        return other_stage is None or not other_stage(name)
+
+    return keep
+
+
+def _other_stage(model: nn.Module) -> Callable[[str], bool] | None:
+    """Whether a checkpoint weight belongs to a layer another pipeline stage holds
+    (None: this model holds every layer)."""
+    from vllm.model_executor.models.utils import (
+        get_pp_missing_layer_names,
+        is_pp_missing_parameter,
+    )
+
+    if not get_pp_missing_layer_names(model):
+        return None
+    mapper = getattr(model, "hf_to_vllm_mapper", None)
+    map_name = getattr(mapper, "map_name", None)
+
+    def other_stage(name: str) -> bool:
+        mapped = map_name(name) if callable(map_name) else name
+        return mapped is not None and is_pp_missing_parameter(mapped, model)
+
+    return other_stage

@@ -1,4 +1,4 @@
-"""One tensor-parallel rank of vLLM 0.33 on CPU: load a model twice, compare the shards.
+"""One tensor- or pipeline-parallel rank of vLLM 0.33 on CPU: load a model twice, compare.
 
 Run by ``test_vllm_tp.py``, one process per rank::
 
@@ -6,9 +6,10 @@ Run by ``test_vllm_tp.py``, one process per rank::
         --model DIR --source URL --results OUT.json
 
 Joins vLLM's distributed state (gloo, ``init_distributed_environment`` +
-``initialize_model_parallel(N, 1)``), then loads ``--model`` into vLLM's own
-``LlamaForCausalLM`` at TP=N twice: with vLLM's ``safetensors`` load format from the local
-directory (the reference: vLLM's own loader and its TP slicing), and with ``weightstream``
+``initialize_model_parallel(N / PP, PP)``), then loads ``--model`` into vLLM's own
+``LlamaForCausalLM`` at TP=N/PP, PP=``--pp`` (default 1) twice: with vLLM's ``safetensors``
+load format from the local directory (the reference: vLLM's own loader, its TP slicing and
+pipeline stages), and with ``weightstream``
 from a folder of the config files only (as after the init container's stream mode) and
 ``--source`` (``{"source": URL}``: each rank streams through its own origin, and the
 ranks share the reads over vLLM's TP group). Every parameter of this rank's shard of the
@@ -37,7 +38,9 @@ def main() -> int:
     ap.add_argument("--configs", required=True, help="the same without shards (stream mode)")
     ap.add_argument("--source", required=True)
     ap.add_argument("--results", required=True)
+    ap.add_argument("--pp", type=int, default=1, help="pipeline stages (TP = world / pp)")
     args = ap.parse_args()
+    tp = args.world // args.pp
 
     from vllm.config import set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
@@ -60,7 +63,8 @@ def main() -> int:
             dtype="bfloat16",
             max_model_len=128,
             enforce_eager=True,
-            tensor_parallel_size=args.world,
+            tensor_parallel_size=tp,
+            pipeline_parallel_size=args.pp,
         )
         vc = engine_args.create_engine_config()
         with set_current_vllm_config(vc):
@@ -69,7 +73,7 @@ def main() -> int:
                     world_size=args.world, rank=args.rank, local_rank=args.rank,
                     backend="gloo", distributed_init_method=args.init,
                 )  # fmt: skip
-                initialize_model_parallel(args.world, 1)
+                initialize_model_parallel(tp, args.pp)
             loader = get_model_loader(vc.load_config)
             model = loader.load_model(vllm_config=vc, model_config=vc.model_config)
         params[load_format] = {n: p.detach().clone() for n, p in model.named_parameters()}

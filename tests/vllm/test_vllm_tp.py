@@ -1,11 +1,12 @@
-"""Real vLLM 0.33 (CPU) at tensor parallelism 2: the ``weightstream`` format shares the reads.
+"""Real vLLM 0.33 (CPU) at TP=2 and at PP=2: the ``weightstream`` format reads the model once.
 
-Two processes, one per TP rank, in one gloo group made by vLLM's own
+Two processes, one per rank, in one gloo group made by vLLM's own
 ``init_distributed_environment`` / ``initialize_model_parallel`` (``load_tp.py``). Each
-rank loads a generated Llama twice at TP=2: through vLLM's ``safetensors`` format (the
-reference: vLLM's loader and its TP slicing) and through ``weightstream`` from a plain-HTTP
-origin of its own, so the bytes each rank read are counted apart. Every parameter of each
-rank's shard must be equal, and the two origins together must have served the shards once.
+rank loads a generated Llama twice: through vLLM's ``safetensors`` format (the reference:
+vLLM's loader, its TP slicing, its pipeline stages) and through ``weightstream`` from a
+plain-HTTP origin of its own, so the bytes each rank read are counted apart. Every
+parameter of each rank's part must be equal. At TP=2 the two ranks share the reads (the
+origins together serve the shards once); at PP=2 each stage reads only its own layers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from streamer import synth
 from tests.support.origin import start_origin_process
@@ -29,13 +31,10 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1260)]
 HELPER = Path(__file__).with_name("load_tp.py")
 
 
-def test_tp2_weightstream_reads_the_model_once_and_matches_vllm(tmp_path) -> None:
-    # heads and kv heads divisible by 2 (TP=2), vocab a multiple of 64 (vLLM pads to it).
-    spec = synth.llama(hidden=128, layers=2, vocab=512, heads=4, kv_heads=2, shards=2)
-    model = synth.generate(spec, tmp_path / "llama")
+def _run_two_ranks(tmp_path: Path, model: synth.SynthModel, *, pp: int) -> tuple[list, list]:
+    """Run load_tp.py as two ranks (TP = 2 / pp); each rank's result and origin bytes."""
     root = tmp_path / "origin"
     shutil.copytree(model.path, root / "models" / "llama")
-    shard_bytes = sum(p.stat().st_size for p in model.path.glob("*.safetensors"))
     configs = tmp_path / "configs"  # what stream mode leaves in /mnt/models: no shards
     shutil.copytree(model.path, configs, ignore=shutil.ignore_patterns("*.safetensors"))
     env = clean_env(
@@ -62,6 +61,8 @@ def test_tp2_weightstream_reads_the_model_once_and_matches_vllm(tmp_path) -> Non
                     origin.http_url("models/llama"),
                     "--results",
                     str(tmp_path / f"rank{rank}.json"),
+                    "--pp",
+                    str(pp),
                 ],
                 env=env,
                 cwd=REPO_ROOT,
@@ -89,6 +90,19 @@ def test_tp2_weightstream_reads_the_model_once_and_matches_vllm(tmp_path) -> Non
         if not path.exists():
             pytest.fail(f"rank {rank} wrote no result:\n{logs[rank][-4000:]}")
         results.append(json.loads(path.read_text()))
+    return results, served
+
+
+def _model(tmp_path: Path) -> synth.SynthModel:
+    # heads and kv heads divisible by 2 (TP=2), vocab a multiple of 64 (vLLM pads to it).
+    spec = synth.llama(hidden=128, layers=2, vocab=512, heads=4, kv_heads=2, shards=2)
+    return synth.generate(spec, tmp_path / "llama")
+
+
+def test_tp2_weightstream_reads_the_model_once_and_matches_vllm(tmp_path) -> None:
+    model = _model(tmp_path)
+    shard_bytes = sum(p.stat().st_size for p in model.path.glob("*.safetensors"))
+    results, served = _run_two_ranks(tmp_path, model, pp=1)
     for r in results:
         assert r["parameters"] > 0 and r["mismatched"] == [], r
         assert r["ranks"] == 2, r
@@ -97,3 +111,25 @@ def test_tp2_weightstream_reads_the_model_once_and_matches_vllm(tmp_path) -> Non
     # The pod read the shards once (headers + data), each rank about half of it.
     assert sum(served) == shard_bytes, (served, shard_bytes)
     assert all(abs(n - shard_bytes / 2) <= 0.25 * shard_bytes for n in served), served
+
+
+def test_pp2_each_stage_reads_only_its_layers(tmp_path) -> None:
+    model = _model(tmp_path)
+    results, _ = _run_two_ranks(tmp_path, model, pp=2)
+    stage_of = {  # 2 layers, 2 stages: vLLM puts layer 0 and the embedding on the first
+        "model.embed_tokens.": 0, "model.layers.0.": 0,
+        "model.layers.1.": 1, "model.norm.": 1, "lm_head.": 1,
+    }  # fmt: skip
+    want = [0, 0]
+    for shard in model.path.glob("*.safetensors"):
+        for name, t in load_file(shard).items():
+            stage = next(s for prefix, s in stage_of.items() if name.startswith(prefix))
+            want[stage] += t.numel() * t.element_size()
+    for r in results:
+        assert r["parameters"] > 0 and r["mismatched"] == [], r
+        assert r["ranks"] is None, r  # TP=1 per stage: nothing to share
+    # Stage 0 holds no lm_head, stage 1 no embedding: vLLM really split the model.
+    assert "lm_head.weight" not in results[0]["shapes"], results[0]["shapes"]
+    assert "model.embed_tokens.weight" not in results[1]["shapes"], results[1]["shapes"]
+    # Each stage fetched exactly its own layers' bytes: the pod read every tensor once.
+    assert [r["fetched"] for r in results] == want, (results, want)
