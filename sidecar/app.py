@@ -28,6 +28,7 @@ from .errors import classify
 from .keys import CONFIG, LISTENER, METRICS, REGISTRY, S3, SERVICE
 from .kube import PodDirectory
 from .metrics import CacheMetrics
+from .peers.service import open_directory
 from .s3.credentials import ScopedKeys
 from .s3.handlers import create_s3_app, issue_credentials
 from .s3.service import S3Objects
@@ -61,7 +62,8 @@ def create_app(
         pods = None
         if service is None:
             pods = open_pod_directory(config)
-            svc = CacheService(config, metrics=metrics, clock=clock, pods=pods)
+            svc = CacheService(config, metrics=metrics, clock=clock, pods=pods,
+                               peer_directory=open_directory(config))
         else:
             svc = service
         app[SERVICE] = svc

@@ -151,7 +151,8 @@ def run_evict(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def render_table(models: list[views.Model], *, now: float) -> str:
-    rows = [("ID", "STATE", "SIZE", "LAST USED", "LEASES", "S3 READERS", "SOURCE")]
+    rows = [("ID", "STATE", "SIZE", "LAST USED", "LEASES", "S3 READERS", "FROM ORIGIN",
+             "FROM PEERS", "SOURCE")]
     for m in models:
         state = m["state"]
         if state in ("pending", "pulling"):
@@ -161,7 +162,11 @@ def render_table(models: list[views.Model], *, now: float) -> str:
         elif state == "failed":
             state = f"failed ({(m.get('error') or {}).get('code', '?')})"
         rows.append((m["id"], state, format_size(m["size"]), _ago(now - m["last_used"]),
-                     str(len(m["leases"])), str(m.get("readers", 0)), m["source"]))
+                     str(len(m["leases"])), str(m.get("readers", 0)),
+                     format_size(m.get("bytes_from", {}).get("origin", 0)),
+                     format_size(m.get("bytes_from", {}).get("peers", 0))
+                     + (" (origin only: no checksum)" if m.get("peer_note") else ""),
+                     m["source"]))
     if len(rows) == 1:
         return "no models in the node cache"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -27,7 +27,19 @@ flag                       environment                     default
 ``--housekeeping``         --                              ``30`` seconds
 ``--node-name``            ``WEIGHTSTREAM_NODE_NAME``      unset (no pod awareness)
 ``--kube-api``             ``KUBERNETES_SERVICE_HOST/PORT`` in-cluster API server
+``--peer-listen``          ``WEIGHTSTREAM_PEER_LISTEN``    ``off`` (peer listener)
+``--peers``                ``WEIGHTSTREAM_PEERS``          none (``name=url,...``)
+``--peer-secret-file``     ``WEIGHTSTREAM_PEER_SECRET_FILE`` unset (required by peers)
+``--peer-rate``            ``WEIGHTSTREAM_PEER_RATE``      ``0`` (bytes/s, no cap)
+``--peer-rate-per-peer``   ``WEIGHTSTREAM_PEER_RATE_PER_PEER`` ``0``
+``--peer-connections``     ``WEIGHTSTREAM_PEER_CONNECTIONS`` ``64``
+``--peer-timeout``         --                              ``10`` seconds
 =========================  ==============================  ==========================
+
+Peers (:mod:`sidecar.peers`): the daemon's own name among its peers is ``--node-name``
+(else the host name); a daemon with ``--peers`` reads ranges from them, a daemon with
+``--peer-listen`` serves its models and running pulls to them; both need the cluster
+secret (``--peer-secret-file``).
 
 Pod awareness (leases follow the pods that hold them) is on when a node name and an API
 server are known and the service account token file exists.
@@ -98,6 +110,13 @@ class DaemonConfig(TransferOptions):
         max_request_bytes: largest request body accepted.
         node_name, kube_api, kube_token_file, kube_ca_file: pod awareness (the node this
             daemon serves and how to reach the API server); off without a node or an API.
+            The node name is also this daemon's name among its peers (:attr:`own_name`).
+        peer_listen: ``(host, port)`` of the peer listener (:mod:`sidecar.peers.http`).
+        peers: the static peer directory (``--peers``; :class:`~sidecar.peers.directory.Peer`).
+        peer_secret_file: the cluster secret peers sign their requests with.
+        peer_rate, peer_rate_per_peer: bytes/s caps of peer traffic (0: none).
+        peer_connections: peer connections at once, each way.
+        peer_timeout: seconds a peer read may send nothing before it falls back.
     """
 
     cache_root: Path = Path(DEFAULT_ROOT)
@@ -128,6 +147,13 @@ class DaemonConfig(TransferOptions):
     kube_api: str | None = None
     kube_token_file: Path = SA_DIR / "token"
     kube_ca_file: Path = SA_DIR / "ca.crt"
+    peer_listen: tuple[str, int] | None = None
+    peers: tuple[Any, ...] = ()  # sidecar.peers.directory.Peer
+    peer_secret_file: Path | None = None
+    peer_rate: int = 0
+    peer_rate_per_peer: int = 0
+    peer_connections: int = 64
+    peer_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,6 +182,22 @@ class DaemonConfig(TransferOptions):
             parse_allowed_endpoint(endpoint)  # raises UsageError
         if self.grants_per_requester < 1 or self.max_grants < 1:
             raise UsageError("grant limits must be at least 1")
+        if (self.peer_listen is not None or self.peers) and self.peer_secret_file is None:
+            raise UsageError("peers need the cluster secret (--peer-secret-file)")
+        if self.peers and self.peer_listen is None:
+            raise UsageError("reading from peers needs a peer listener of its own "
+                             "(--peer-listen): the swarm rule expects every puller to serve")
+        if self.peer_rate < 0 or self.peer_rate_per_peer < 0:
+            raise UsageError("peer rates must not be negative")
+        if self.peer_connections < 1 or self.peer_timeout <= 0:
+            raise UsageError("peer connections and timeout must be positive")
+
+    @property
+    def own_name(self) -> str:
+        """This daemon's name among its peers (what the swarm rule hashes)."""
+        import socket
+
+        return self.node_name or socket.gethostname()
 
     @property
     def socket(self) -> Path:
@@ -215,10 +257,32 @@ class DaemonConfig(TransferOptions):
             kube_api=pick("kube_api", None, _in_cluster_api(environ)),
             kube_token_file=Path(pick("kube_token_file", None, SA_DIR / "token")),
             kube_ca_file=Path(pick("kube_ca_file", None, SA_DIR / "ca.crt")),
+            **_peer_values(pick),
             **resolve_transfer(environ, args).transfer_fields(),
         )
         values.update(overrides)
         return cls(**values)
+
+
+def _peer_values(pick: Any) -> dict[str, Any]:
+    from .peers.directory import parse_static
+
+    secret = pick("peer_secret_file", "WEIGHTSTREAM_PEER_SECRET_FILE", None)
+    try:
+        peers = tuple(parse_static(pick("peers", "WEIGHTSTREAM_PEERS", "") or ""))
+    except ValueError as e:
+        raise UsageError(f"--peers: {e}") from None
+    return dict(
+        peer_listen=parse_listen(pick("peer_listen", "WEIGHTSTREAM_PEER_LISTEN", "off")),
+        peers=peers,
+        peer_secret_file=Path(secret) if secret else None,
+        peer_rate=parse_size(pick("peer_rate", "WEIGHTSTREAM_PEER_RATE", 0), name="peer rate"),
+        peer_rate_per_peer=parse_size(pick("peer_rate_per_peer",
+                                           "WEIGHTSTREAM_PEER_RATE_PER_PEER", 0),
+                                      name="peer rate per peer"),
+        peer_connections=int(pick("peer_connections", "WEIGHTSTREAM_PEER_CONNECTIONS", 64)),
+        peer_timeout=float(pick("peer_timeout", None, 10.0)),
+    )
 
 
 def _in_cluster_api(environ: Mapping[str, str]) -> str | None:
@@ -296,6 +360,27 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kube-api", metavar="URL",
                    help="Kubernetes API server (default: in-cluster, from "
                         "KUBERNETES_SERVICE_HOST/PORT)")
+    p.add_argument("--peer-listen", metavar="HOST:PORT",
+                   help="TCP address of the peer listener (other daemons read model ranges "
+                        "here, authenticated by the cluster secret), or off "
+                        "(env WEIGHTSTREAM_PEER_LISTEN, default off)")
+    p.add_argument("--peers", metavar="NAME=URL,...",
+                   help="the other daemons (a static directory; env WEIGHTSTREAM_PEERS)")
+    p.add_argument("--peer-secret-file", metavar="PATH",
+                   help="file with the cluster secret peers authenticate with "
+                        "(env WEIGHTSTREAM_PEER_SECRET_FILE)")
+    p.add_argument("--peer-rate", metavar="BYTES",
+                   help="bytes/s this daemon moves to and from peers, e.g. 500Mi; 0: no cap "
+                        "(env WEIGHTSTREAM_PEER_RATE)")
+    p.add_argument("--peer-rate-per-peer", metavar="BYTES",
+                   help="bytes/s to and from any one peer; 0: no cap "
+                        "(env WEIGHTSTREAM_PEER_RATE_PER_PEER)")
+    p.add_argument("--peer-connections", type=int, metavar="N",
+                   help="peer connections at once, each way (env "
+                        "WEIGHTSTREAM_PEER_CONNECTIONS, default 64)")
+    p.add_argument("--peer-timeout", type=float, metavar="SECONDS",
+                   help="a peer read that sends nothing for this long falls back to the "
+                        "origin (default 10)")
     p.add_argument("--kube-token-file", metavar="PATH",
                    help=f"service account token (default {SA_DIR / 'token'})")
     p.add_argument("--kube-ca-file", metavar="PATH",

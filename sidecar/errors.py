@@ -149,6 +149,28 @@ class DaemonUnavailableError(CacheError, ConnectionError):
     http_status = 503
 
 
+class PeerAuthError(CacheError, PermissionError):
+    """A request on the peer listener not signed with the cluster secret (or stale, or
+    replayed): :mod:`sidecar.peers.auth`."""
+
+    code = "peer_auth"
+    http_status = 403
+    exit_code = 4
+
+
+class PeerReadError(CacheError, ConnectionError):
+    """A read from a peer failed (refused, stalled, short, wrong range): the range falls
+    back to the origin. ``kind`` is a bounded metrics label."""
+
+    code = "peer_read"
+    http_status = 502
+
+    def __init__(self, message: str, *, peer: str, kind: str) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.kind = kind
+
+
 class ApiError(CacheError):
     """Client side: the daemon answered with an error document.
 

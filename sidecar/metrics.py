@@ -76,6 +76,28 @@ class CacheMetrics:
             "Time an object read waited for its bytes (0 for a published model).",
             buckets=(0.001, 0.005, 0.02, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry)
+        # Peers (sidecar.peers): where pulls' bytes came from, what peers got wrong, what
+        # this daemon served them. ``peer`` is a peer's name (bounded by the fleet).
+        self.fill_bytes = Counter(
+            f"{PREFIX}_fill_bytes_total",
+            "Bytes written into pulls that read through peers, by source (origin, peer; "
+            "peer bytes that failed verification are not counted).",
+            ["source"], registry=registry)
+        self.peer_errors = Counter(
+            f"{PREFIX}_peer_errors_total",
+            "Failed peer reads, by peer and kind (connect, timeout, status, short, "
+            "corrupt: bytes that failed verification).", ["peer", "kind"], registry=registry)
+        self.peer_served_bytes = Counter(
+            f"{PREFIX}_peer_served_bytes_total", "Bytes served to peers, by peer.",
+            ["peer"], registry=registry)
+        self.peer_disabled = Counter(
+            f"{PREFIX}_peer_reads_disabled_total",
+            "Pulls whose files were read from the origin only, by reason (no_checksum: "
+            "the pinned version has no content checksum to verify peers' bytes with).",
+            ["reason"], registry=registry)
+        self.peer_auth_failures = Counter(
+            f"{PREFIX}_peer_auth_failures_total",
+            "Requests on the peer listener refused for their signature.", registry=registry)
         self._collector: _StateCollector | None = None
 
     def observe_state(self, stats: Callable[[], CacheStats]) -> None:

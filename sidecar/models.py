@@ -83,6 +83,9 @@ class Entry:
     seq: int = field(default_factory=next_seq)
     dirty: bool = False  # last_used changed since the record was written
     readers: int = 0  # object reads in progress on the S3 endpoint (not persisted)
+    bytes_origin: int = 0  # where the last pull's bytes came from (sidecar.peers)
+    bytes_peers: int = 0
+    peer_note: str | None = None  # why peers were not used, when they were not
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _by_rel: dict[str, PlannedFile] = field(default_factory=dict, repr=False)
 
@@ -145,7 +148,10 @@ class Entry:
             "leases": [{"holder": h, "expires_at": t}
                        for h, t in sorted(self.live_leases(now).items())],
             "readers": self.readers,
+            "bytes_from": {"origin": self.bytes_origin, "peers": self.bytes_peers},
         }
+        if self.peer_note:
+            doc["peer_note"] = self.peer_note
         if self.state in (State.PENDING, State.PULLING):
             doc["progress"] = self.progress.to_json()
         if self.state is State.READY and path is not None:
@@ -171,6 +177,8 @@ class Entry:
             "created_at": self.created_at,
             "last_used": self.last_used,
             "leases": dict(self.leases),
+            "bytes_from": {"origin": self.bytes_origin, "peers": self.bytes_peers},
+            **({"peer_note": self.peer_note} if self.peer_note else {}),
         }
 
     @classmethod
@@ -188,6 +196,9 @@ class Entry:
             state=State.READY, created_at=float(doc["created_at"]),
             last_used=float(doc["last_used"]),
             leases={str(h): float(t) for h, t in dict(doc.get("leases", {})).items()},
+            bytes_origin=int(dict(doc.get("bytes_from") or {}).get("origin", 0)),
+            bytes_peers=int(dict(doc.get("bytes_from") or {}).get("peers", 0)),
+            peer_note=str(doc["peer_note"]) if doc.get("peer_note") else None,
         )
 
 

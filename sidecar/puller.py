@@ -11,10 +11,13 @@ attempt to resume unless it cannot be trusted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 from streamer import DownloadOptions, ObjectURI, StorageSettings, download
+from streamer.backends.base import Backend
 from streamer.plan import Plan
 from streamer.progress import ProgressSnapshot
 from streamer.sizes import format_size
@@ -24,10 +27,12 @@ from .access import BackendPool
 from .blocking import Blocking
 from .config import DaemonConfig
 from .errors import classify
-from .flights import Flights
+from .flights import Flight, Flights
 from .layout import CacheLayout
 from .metrics import CacheMetrics
 from .models import Entry, State
+from .peers.fill import Fill
+from .peers.service import PeerService
 from .space import Space
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ class Puller:
         monotonic: Callable[[], float],
         on_failed: Callable[[Entry], None],
         flights: Flights,
+        peers: PeerService | None = None,
     ) -> None:
         self._config = config
         self._layout = layout
@@ -58,6 +64,7 @@ class Puller:
         self._monotonic = monotonic
         self._on_failed = on_failed
         self._flights = flights
+        self._peers = peers
         self._slots = asyncio.Semaphore(config.max_pulls)
 
     async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings,
@@ -86,12 +93,18 @@ class Puller:
                 # from before a reboot is not resumed (disk.adopt_staging).
                 options = DownloadOptions(fsync=False, **self._config.transfer_fields())
                 # Exactly the files that proved access, each pinned to its version.
-                async with self._backends.use(uri, storage) as backend:
+                async with self._backends.use(uri, storage) as backend, \
+                        self._fill(entry, proved, backend, flight) as fill:
                     report = await download(
                         uri, staging.path, options=options, storage=storage, plan=proved,
-                        progress=self._progress_to(entry), backend=backend,
+                        progress=self._progress_to(entry),
+                        backend=fill.backend if fill is not None else backend,
                         schedule=flight.schedule if flight is not None else None)
-                self._metrics.upstream_bytes.inc(report.bytes_fetched)
+                    if fill is not None and flight is not None:
+                        flight.schedule.release_all()  # every file passed its checksum
+                if fill is None:
+                    entry.bytes_origin, entry.bytes_peers = report.bytes_fetched, 0
+                self._metrics.upstream_bytes.inc(entry.bytes_origin)
                 await self._blocking.state(disk.publish, self._layout, entry, staging)
                 staging = None
         except asyncio.CancelledError:
@@ -128,6 +141,13 @@ class Puller:
         finally:
             self._space.release(entry.id)
             entry.bump()
+
+    def _fill(self, entry: Entry, proved: Plan, backend: Backend,
+              flight: Flight | None) -> AbstractAsyncContextManager[Fill | None]:
+        """Peers' part in this pull (:mod:`sidecar.peers.fill`), when there are peers."""
+        if self._peers is None or flight is None:
+            return contextlib.nullcontext(None)
+        return self._peers.fill(entry, proved, backend, flight.schedule)
 
     def _progress_to(self, entry: Entry) -> Callable[[ProgressSnapshot], None]:
         last = [0.0]

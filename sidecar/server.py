@@ -29,7 +29,8 @@ from .app import create_app, create_public_app, create_s3_listener_app
 from .config import DaemonConfig
 from .keys import SERVICE
 from .layout import CacheLayout
-from .listeners import KEEPALIVE_TIMEOUT, listen_tcp, listen_unix
+from .listeners import KEEPALIVE_TIMEOUT, Limits, listen_tcp, listen_unix
+from .peers.http import create_peer_app
 
 log = logging.getLogger("sidecar")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
@@ -85,6 +86,7 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
         await runner.setup()  # recovery runs here
         public: web.AppRunner | None = None
         s3: web.AppRunner | None = None
+        peer: web.AppRunner | None = None
         listeners: list[asyncio.Server] = []  # bounded (sidecar/listeners.py)
         bound = None
         try:
@@ -107,6 +109,17 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
                                    keepalive_timeout=KEEPALIVE_TIMEOUT)
                 await s3.setup()
                 listeners.append(await listen_tcp(s3, *config.s3_listen))
+            if config.peer_listen is not None:
+                peers = app[SERVICE].peers
+                assert peers is not None
+                peer = web.AppRunner(create_peer_app(peers), handler_cancellation=True,
+                                     shutdown_timeout=5.0, access_log=None,
+                                     handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT)
+                await peer.setup()
+                listeners.append(await listen_tcp(
+                    peer, *config.peer_listen,
+                    limits=Limits(max_connections=config.peer_connections)))
+                log.info("peer listener on %s:%d as %s", *config.peer_listen, peers.own_name)
             log.info("node cache serving %s on %s%s%s", config.cache_root, config.socket,
                      f" and {bound[0]}:{bound[1]}" if bound else "",
                      f"; S3 endpoint on {config.s3_listen[0]}:{config.s3_listen[1]}"
@@ -116,6 +129,8 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
         finally:
             for listener in listeners:
                 listener.close()
+            if peer is not None:
+                await peer.cleanup()
             if s3 is not None:
                 await s3.cleanup()
             if public is not None:

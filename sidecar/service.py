@@ -82,6 +82,8 @@ from .layout import CacheLayout, check_entry_id
 from .leases import Leases, Pods
 from .metrics import CacheMetrics, CacheStats
 from .models import DiskProbe, Ensured, EnsureRequest, Entry, State, real_disk_usage
+from .peers.directory import PeerDirectory
+from .peers.service import PeerService
 from .puller import Puller
 from .registry import Registry
 from .space import Space
@@ -105,6 +107,7 @@ class CacheService:
         backend_factory: BackendFactory | None = None,
         pods: Pods | None = None,
         resolve: Resolver = system_resolve,
+        peer_directory: PeerDirectory | None = None,
     ) -> None:
         self.config = config
         self.layout = CacheLayout(config.cache_root)
@@ -124,6 +127,12 @@ class CacheService:
         self._blocking = Blocking()
         self.registry = Registry()
         self.flights = Flights()
+        # Peers (sidecar.peers): on with a peer listener; the directory is injected (built
+        # from the configuration by sidecar.peers.service.open_directory).
+        self.peers = (PeerService(config, directory=peer_directory, registry=self.registry,
+                                  flights=self.flights, layout=self.layout, metrics=metrics,
+                                  clock=clock, monotonic=monotonic)
+                      if config.peer_listen is not None else None)
         self.space = Space(config, layout=self.layout, registry=self.registry,
                            metrics=metrics, blocking=self._blocking, clock=clock,
                            disk_usage=disk_usage,
@@ -131,7 +140,8 @@ class CacheService:
         self.puller = Puller(config, layout=self.layout, space=self.space,
                              backends=self._backends, metrics=metrics,
                              blocking=self._blocking, clock=clock, monotonic=monotonic,
-                             on_failed=self._forget_proofs, flights=self.flights)
+                             on_failed=self._forget_proofs, flights=self.flights,
+                             peers=self.peers)
         self.leases = Leases(config, layout=self.layout, registry=self.registry,
                              blocking=self._blocking, clock=clock, pods=pods)
         self.files_of = Files(layout=self.layout, authorize=self.authorize, clock=clock)
@@ -149,6 +159,8 @@ class CacheService:
         for entry in recovered.entries:
             self.registry.add(entry)
         self.space.orphans = recovered.orphans
+        if self.peers is not None:
+            await self.peers.start()
         log.info("cache %s: %d models ready (%s), %d partial pulls kept, %d leftovers removed",
                  self.layout.root, len(recovered.entries),
                  format_size(sum(e.size for e in recovered.entries)),
@@ -166,6 +178,8 @@ class CacheService:
         with contextlib.suppress(Exception):
             await self.leases.flush_dirty()
         await self._backends.close()
+        if self.peers is not None:
+            await self.peers.close()
         self._blocking.shutdown()
 
     @property

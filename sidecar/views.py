@@ -10,6 +10,11 @@ against these, key by key, required or not).
 from typing import NotRequired, TypedDict
 
 
+class BytesFrom(TypedDict):
+    origin: int
+    peers: int
+
+
 class Progress(TypedDict):
     bytes_done: int
     bytes_total: int
@@ -47,6 +52,8 @@ class Model(TypedDict):
     last_used: float
     leases: list[Lease]
     readers: int  # object reads in progress on the S3 endpoint
+    bytes_from: BytesFrom  # where the last pull's bytes came from
+    peer_note: NotRequired[str]  # why peers were not used for it
     path: NotRequired[str]  # ready only
     progress: NotRequired[Progress]  # pending or pulling only
     error: NotRequired[PullError]  # failed only

@@ -283,7 +283,8 @@ class Engine:
             if sink.sequential:
                 return  # cut short by the fallback: not written whole, not journaled
             expected = info.checksum
-            if expected is not None and expected.combinable:
+            if (expected is not None and expected.combinable
+                    and not self.backend.capabilities.rewrites):
                 # While the range is still in the page cache; combined when the file ends.
                 loop = asyncio.get_running_loop()
                 sink.crcs[index] = await loop.run_in_executor(
@@ -351,12 +352,27 @@ class _Picker:
         self._schedule = schedule
         self._by_rel = {s.planned.rel: s for s in sinks}
         self._dispatched: set[tuple[str, int]] = set()
-        self._order = ((s, i, b, e) for s in sinks if s.remaining for i, b, e in s.todo())
+        self._order = self._ordered(sinks)
         if schedule is not None:
             for s in sinks:  # what a resumed journal holds is readable already
                 assert s.journal is not None
                 for i in s.journal.done:
                     schedule.written(s.planned.rel, *s.ranges[i])
+
+    def _ordered(self, sinks: list[FileSink]) -> Iterator[tuple[FileSink, int, int, int]]:
+        """Plan order, except the ranges the schedule puts ``later`` (asked as each range
+        comes up, so a fill whose view changes while it runs is followed)."""
+        later = self._schedule.later if self._schedule is not None else None
+        deferred: list[tuple[FileSink, int, int, int]] = []
+        for s in sinks:
+            if not s.remaining:
+                continue
+            for i, b, e in s.todo():
+                if later is not None and later(s.planned.rel, b):
+                    deferred.append((s, i, b, e))
+                else:
+                    yield s, i, b, e
+        yield from deferred
 
     def next(self) -> tuple[FileSink, int, int, int] | None:
         while self._schedule is not None and (wanted := self._schedule.next_urgent()):

@@ -14,6 +14,16 @@ still running) do two things:
 The engine reports each written range (:meth:`written`), ranges a resumed journal already
 holds, and whole files; :meth:`fail` wakes every waiter with the run's error. Only the
 event loop touches a schedule.
+
+Two hooks for a fill that does not trust every byte it writes (the node cache reading
+ranges from peer daemons, :mod:`sidecar.peers`):
+
+* ``vet(rel, start, end) -> bool``: asked for every written range; False keeps the range
+  *held* (written, but no reader is answered from it) until :meth:`release` of its file,
+  once the whole file was verified;
+* ``later(rel, start) -> bool``: the engine requests ranges it says True for after every
+  other range (a daemon fetches the ranges it owns first, so that no daemon's window is
+  all spent waiting on ranges another daemon has not fetched yet).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import deque
+from collections.abc import Callable
 
 
 class Intervals:
@@ -50,6 +61,9 @@ class Intervals:
     def total(self) -> int:
         return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
 
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
+
 
 class RangeSchedule:
     def __init__(self) -> None:
@@ -57,7 +71,10 @@ class RangeSchedule:
         self._urgent: deque[tuple[str, int, int]] = deque()
         self._waiters: list[tuple[str, int, int, asyncio.Future[None]]] = []
         self._error: BaseException | None = None
+        self._held: dict[str, Intervals] = {}
         self.wake = asyncio.Event()  # set when urgent work arrives (the engine may wait)
+        self.vet: Callable[[str, int, int], bool] | None = None
+        self.later: Callable[[str, int], bool] | None = None
 
     # -- readers -----------------------------------------------------------------------
 
@@ -107,7 +124,33 @@ class RangeSchedule:
         if self._urgent:
             self._urgent.popleft()
 
+    def readable(self, rel: str) -> list[tuple[int, int]]:
+        """The byte spans of ``rel`` readers may be answered from now."""
+        done = self._done.get(rel)
+        return done.spans() if done is not None else []
+
     def written(self, rel: str, start: int, end: int) -> None:
+        if self.vet is not None and not self.vet(rel, start, end):
+            self._held.setdefault(rel, Intervals()).add(start, end)
+            return
+        self._mark(rel, start, end)
+
+    def release(self, rel: str) -> None:
+        """Every held range of ``rel`` becomes readable (its file was verified)."""
+        held = self._held.pop(rel, None)
+        for start, end in held.spans() if held is not None else []:
+            self._mark(rel, start, end)
+
+    def release_all(self) -> None:
+        for rel in list(self._held):
+            self.release(rel)
+
+    def is_held(self, rel: str, start: int, end: int) -> bool:
+        held = self._held.get(rel)
+        return held is not None and not self.has(rel, start, end) and any(
+            s < end and start < e for s, e in held.spans())
+
+    def _mark(self, rel: str, start: int, end: int) -> None:
         self._done.setdefault(rel, Intervals()).add(start, end)
         for item in [w for w in self._waiters if w[0] == rel]:
             if self.has(rel, item[1], item[2]) and not item[3].done():

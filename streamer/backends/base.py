@@ -56,12 +56,17 @@ class Capabilities:
             the engine's fallback for a server that ignores ``Range``.
         scatter_read: :meth:`Backend.read_into` fills a list of views from one ranged read
             (derived from ``iter_range`` unless the backend brings its own).
+        rewrites: :meth:`Backend.read_to_file` may rewrite *other* ranges of the file it
+            writes into (a fill that verifies untrusted bytes when a file completes and
+            refetches them on a mismatch, :mod:`sidecar.peers`): the engine keeps no
+            per-range checksum then, and the file's checksum is computed from disk.
     """
 
     list_prefix: bool = True
     ranged_read: bool = True
     whole_object: bool = False
     scatter_read: bool = True
+    rewrites: bool = False
 
 
 class Backend(ABC):

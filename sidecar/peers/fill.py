@@ -1,0 +1,284 @@
+"""One pull's fill from peers: which source each range is read from, and verification.
+
+A :class:`Fill` wraps the pull's origin backend (:class:`FillBackend`, what the engine
+reads every range through) and hooks the pull's :class:`~streamer.schedule.RangeSchedule`.
+For each range (``read_to_file``):
+
+1. a file whose pinned version has no usable content checksum (from the origin's listing:
+   an S3/GCS/HTTP full-object CRC or MD5, or the MD5 ETag of a single-part S3 object) is
+   read from the origin only (``Entry.peer_note`` says why);
+2. a peer that reports the range readable (ready, or written and verified in its pull) is
+   read from (ranked by rendezvous hashing, so holders share the load);
+3. otherwise the swarm rule (:mod:`.swarm`): the owner among this daemon and the peers
+   pulling the version reads it from the origin; the others read it from the owner (which
+   prioritises it). A range a peer asked this daemon for is read from the origin, so
+   waits never chain from peer to peer;
+4. any peer failure (refused, error, stall past ``--peer-timeout``, short or wrong range)
+   -> the range from the origin, pinned (``If-Match``) as always.
+
+Trust: bytes from a peer (and bytes of an earlier run, whose source is not recorded) are
+*held*: written into the file, but no reader of this daemon (S3 endpoint, file API, peers)
+is answered from them (``schedule.vet``) until the whole file is complete and its checksum,
+computed from disk, equals the origin's. On a mismatch every held range of the file is
+read again from the origin, each peer that sent some of it is counted (``corrupt``) and
+not used again for this version, and the file is checked again; publishing still goes
+through the download's own checksum check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from streamer import checksum
+from streamer.backends.base import Backend, Buffer, Capabilities, ObjectInfo
+from streamer.checksum import Checksum
+from streamer.plan import Plan
+from streamer.schedule import Intervals, RangeSchedule
+
+from ..errors import PeerReadError
+from . import swarm
+from .client import PeerClient, PeerStatus
+from .directory import Peer
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 8 << 20
+_ERRORS_BEFORE_BAN = 3
+
+
+def usable_checksum(scheme: str, info: ObjectInfo) -> Checksum | None:
+    """The origin's content checksum of a file peers' bytes can be verified against."""
+    if info.checksum is not None:
+        return info.checksum
+    if scheme == "s3":  # only S3 promises that a single-part ETag is the MD5
+        return checksum.from_md5_etag(info.etag)
+    return None
+
+
+def file_checksum(expected: Checksum, fd: int, size: int) -> str:
+    """The checksum of the whole file in ``expected``'s algorithm (blocking)."""
+    if expected.combinable:
+        parts = [(checksum.range_crc(expected.algorithm, fd, s, min(s + _BLOCK, size)),
+                  min(s + _BLOCK, size) - s) for s in range(0, size, _BLOCK)]
+        return checksum.encode(expected.algorithm, checksum.combine(expected.algorithm, parts))
+    h = hashlib.md5(usedforsecurity=False)
+    for s in range(0, size, _BLOCK):
+        h.update(os.pread(fd, min(_BLOCK, size - s), s))
+    import base64
+
+    return base64.b64encode(h.digest()).decode()
+
+
+class SwarmView:
+    """What the fill needs to know of the other daemons (implemented by the peer service)."""
+
+    own_name: str
+
+    def members(self, entry_id: str) -> set[str]: ...
+    def statuses(self, entry_id: str) -> dict[str, PeerStatus]: ...
+    def peer(self, name: str) -> Peer | None: ...
+
+
+@dataclass
+class _File:
+    rel: str
+    key: str
+    size: int
+    etag: str | None
+    expected: Checksum | None
+    origin: Intervals = field(default_factory=Intervals)
+    done: Intervals = field(default_factory=Intervals)
+    held: dict[int, tuple[int, str | None]] = field(default_factory=dict)  # start -> end, peer
+    verified: bool = False
+
+
+@dataclass
+class FillStats:
+    origin_bytes: int = 0
+    peer_bytes: int = 0
+    discarded_bytes: int = 0  # peer bytes that failed verification
+
+
+class Fill:
+    """The peer side of one pull (see the module docstring). Use on one event loop."""
+
+    def __init__(self, *, entry_id: str, plan: Plan, origin: Backend,
+                 schedule: RangeSchedule, view: SwarmView, client: PeerClient,
+                 on_error: Callable[[str, str], None], executor: Any = None) -> None:
+        self.entry_id = entry_id
+        self.stats = FillStats()
+        self.note: str | None = None
+        self._origin = origin
+        self._schedule = schedule
+        self._view = view
+        self._client = client
+        self._on_error = on_error
+        self._executor = executor
+        self._banned: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._wanted: dict[str, Intervals] = {}
+        self._files = {f.info.key: _File(f.rel, f.info.key, f.info.size, f.info.etag,
+                                         usable_checksum(plan.source.scheme, f.info))
+                       for f in plan.files}
+        self._by_rel = {f.rel: f for f in self._files.values()}
+        unusable = [f.rel for f in self._files.values() if f.expected is None]
+        if unusable:
+            self.note = (f"{len(unusable)} of {len(self._files)} files have no content "
+                         "checksum at the origin: read from the origin only")
+        self.backend = FillBackend(self)
+        schedule.vet = self._vet
+        schedule.later = self._later
+
+    # -- the schedule's hooks -----------------------------------------------------------
+
+    def _vet(self, rel: str, start: int, end: int) -> bool:
+        f = self._by_rel.get(rel)
+        if f is None or f.expected is None or f.verified or f.origin.covers(start, end):
+            return True
+        if not f.done.covers(start, end):  # written by an earlier run: source unknown
+            f.held[start] = (end, None)
+            f.done.add(start, end)
+        return False
+
+    def _later(self, rel: str, start: int) -> bool:
+        f = self._by_rel.get(rel)
+        return f is not None and f.expected is not None and self._owner(rel, start) is not None
+
+    def wanted(self, rel: str, start: int, end: int) -> None:
+        """A peer asked for these bytes: they are read from the origin (no wait chains)."""
+        self._wanted.setdefault(rel, Intervals()).add(start, end)
+
+    # -- choosing a source --------------------------------------------------------------
+
+    def _owner(self, rel: str, start: int) -> Peer | None:
+        """The peer that owns the range under the swarm rule; None: this daemon."""
+        members = (self._view.members(self.entry_id) - self._banned) | {self._view.own_name}
+        name = swarm.owner(members, self.entry_id, rel, start)
+        return None if name == self._view.own_name else self._view.peer(name)
+
+    def _source(self, f: _File, start: int, end: int) -> Peer | None:
+        if f.expected is None:
+            return None
+        holders = [n for n, s in self._view.statuses(self.entry_id).items()
+                   if n not in self._banned and s.has(f.rel, start, end)]
+        for name in swarm.rank(holders, self.entry_id, f.rel, start):
+            peer = self._view.peer(name)
+            if peer is not None:
+                return peer
+        wanted = self._wanted.get(f.rel)
+        if wanted is not None and wanted.covers(start, end):
+            return None
+        return self._owner(f.rel, start)
+
+    # -- reading a range ----------------------------------------------------------------
+
+    async def read_to_file(self, key: str, start: int, end: int, *, fd: int,
+                           etag: str | None) -> None:
+        f = self._files.get(key)
+        if f is None:
+            await self._origin.read_to_file(key, start, end, fd=fd, etag=etag)
+            return
+        peer = self._source(f, start, end)
+        if peer is not None:
+            try:
+                await self._client.read_to_file(peer, self.entry_id, f.rel, start, end,
+                                                size=f.size, fd=fd)
+            except PeerReadError as e:
+                self._failed(e.peer, e.kind)
+                log.info("pull %s: %s bytes %d-%d from peer %s failed (%s); from the origin",
+                         self.entry_id, f.rel, start, end - 1, e.peer, e.kind)
+                peer = None
+            else:
+                f.held[start] = (end, peer.name)
+                self.stats.peer_bytes += end - start
+        if peer is None:
+            await self._origin.read_to_file(key, start, end, fd=fd, etag=etag)
+            f.origin.add(start, end)
+            self.stats.origin_bytes += end - start
+            f.held.pop(start, None)
+        f.done.add(start, end)
+        if f.held and not f.verified and f.done.covers(0, f.size):
+            await self._verify(f, fd)
+
+    def _failed(self, peer: str, kind: str) -> None:
+        self._on_error(peer, kind)
+        self._failures[peer] = self._failures.get(peer, 0) + 1
+        if self._failures[peer] >= _ERRORS_BEFORE_BAN and peer not in self._banned:
+            self._banned.add(peer)
+            log.warning("pull %s: peer %s failed %d times; not used again for this version",
+                        self.entry_id, peer, self._failures[peer])
+
+    async def _check(self, f: _File, fd: int) -> bool:
+        assert f.expected is not None
+        loop = asyncio.get_running_loop()
+        actual = await loop.run_in_executor(self._executor, file_checksum, f.expected, fd,
+                                            f.size)
+        return actual == f.expected.value
+
+    async def _verify(self, f: _File, fd: int) -> None:
+        """The whole file against the origin's checksum; on a mismatch, every held range
+        again from the origin."""
+        if not await self._check(f, fd):
+            senders = sorted({p for _, p in f.held.values() if p is not None})
+            log.warning("pull %s: %s does not match the origin's checksum; %d ranges from "
+                        "peers %s (or an earlier run) read again from the origin",
+                        self.entry_id, f.rel, len(f.held), ", ".join(senders) or "-")
+            for name in senders:
+                self._on_error(name, "corrupt")
+                self._banned.add(name)
+            for start, (end, peer) in sorted(f.held.items()):
+                await self._origin.read_to_file(f.key, start, end, fd=fd, etag=f.etag)
+                f.origin.add(start, end)
+                self.stats.origin_bytes += end - start
+                if peer is not None:
+                    self.stats.discarded_bytes += end - start
+            f.held.clear()
+            if not await self._check(f, fd):  # only origin bytes now: the download decides
+                log.warning("pull %s: %s still differs from the origin's checksum",
+                            self.entry_id, f.rel)
+        f.held.clear()
+        f.verified = True
+        self._schedule.release(f.rel)
+
+
+class FillBackend(Backend):
+    """The origin backend, with ranges read through a :class:`Fill`."""
+
+    def __init__(self, fill: Fill) -> None:
+        self._fill = fill
+        self._inner = fill._origin
+        self.scheme = self._inner.scheme
+
+    @property  # type: ignore[override]
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        return replace(self._inner.capabilities, rewrites=True)
+
+    async def stat(self, key: str) -> ObjectInfo:
+        return await self._inner.stat(key)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        return await self._inner.list(prefix)
+
+    def iter_range(self, key: str, start: int, end: int, *,
+                   etag: str | None) -> AsyncIterator[Buffer]:
+        return self._inner.iter_range(key, start, end, etag=etag)
+
+    def iter_object(self, key: str, *, etag: str | None) -> AsyncIterator[Buffer]:
+        return self._inner.iter_object(key, etag=etag)
+
+    async def read_into(self, key: str, start: int, views: Sequence[memoryview], *,
+                        etag: str | None) -> None:
+        await self._inner.read_into(key, start, views, etag=etag)
+
+    async def read_to_file(self, key: str, start: int, end: int, *, fd: int,
+                           etag: str | None) -> None:
+        await self._fill.read_to_file(key, start, end, fd=fd, etag=etag)
+
+    async def close(self) -> None:
+        return None  # the origin backend belongs to the pull

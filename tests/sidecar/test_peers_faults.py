@@ -1,0 +1,184 @@
+"""Peers that fail: killed mid-transfer, lying (corrupt bytes), stalled; and the peer
+listener's authentication. Real daemon processes on loopback (:mod:`.peerfleet`), our
+origin in the test's loop, impostor peers from :mod:`tests.support.peer_impostor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from yarl import URL
+
+from sidecar.peers.auth import PeerSecret
+from sidecar.peers.client import entry_path, file_path
+from streamer import synth
+from tests.support.origin import Fault
+from tests.support.peer_impostor import serve_impostor
+
+from .conftest import OPERATOR_TOKEN, fetched_bytes
+from .peerfleet import SECRET, assert_identical, ensure_everywhere, start_fleet
+
+MODEL = synth.sized(4 << 20, shards=2)
+
+
+def _metric(text: str, prefix: str) -> float:
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith(prefix))
+
+
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
+        return await r.text()
+
+
+async def test_a_corrupt_peer_is_caught_and_never_served(daemon, origin, origin_root,
+                                                        short_dir, model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", MODEL)
+    async with serve_impostor(model.path, mode="corrupt") as evil:
+        (node,) = start_fleet(daemon, short_dir, 1, others={"evil": evil.url})
+        await node.daemon.ready()
+        served: list[tuple[str, int, int, bytes]] = []
+        stop = asyncio.Event()
+
+        async def watch(entry_id: str) -> None:
+            """Read, as a peer would, every span n1 calls readable while it pulls."""
+            secret = PeerSecret(SECRET)
+            async with aiohttp.ClientSession() as http:
+                while not stop.is_set():
+                    target = entry_path(entry_id)
+                    async with http.get(node.peer_url + target,
+                                        headers=secret.sign("GET", target, "watcher")) as r:
+                        doc = await r.json()
+                    for rel, spans in (doc.get("files") or {}).items():
+                        for start, end in spans:
+                            t = file_path(entry_id, rel)
+                            h = secret.sign("GET", t, "watcher")
+                            h["Range"] = f"bytes={start}-{end - 1}"
+                            async with http.get(node.peer_url + t, headers=h) as r:
+                                if r.status == 206:
+                                    served.append((rel, start, end, await r.read()))
+                    await asyncio.sleep(0.05)
+
+        async with node.daemon.client() as api:
+            answer = await api.ensure(model.uri, storage=model.storage)
+            watcher = asyncio.create_task(watch(answer["model"]["id"]))
+            last = answer["model"]
+            async for state in api.events(last["id"], timeout=90):
+                last = state
+        stop.set()
+        await watcher
+    assert evil.reads, "the impostor was never asked"
+    assert_identical(last, model)
+    for rel, start, end, data in served:
+        assert data == model.bytes_of(rel)[start:end], (rel, start, end)
+    assert fetched_bytes(srv, "llama") == model.size  # the peer's bytes, again from origin
+    assert last["bytes_from"] == {"origin": model.size, "peers": 0}
+    text = await _metrics(node.daemon.url)
+    assert _metric(text, 'weightstream_cache_peer_errors_total{kind="corrupt",peer="evil"}') >= 1
+
+
+async def test_a_stalled_peer_falls_back_to_the_origin(daemon, origin, origin_root,
+                                                      short_dir, model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", MODEL)
+    async with serve_impostor(model.path, mode="stall") as slow:
+        (node,) = start_fleet(daemon, short_dir, 1, others={"slow": slow.url}, timeout=1.5)
+        await node.daemon.ready()
+        started = time.monotonic()
+        (state,) = await ensure_everywhere([node], model)
+        took = time.monotonic() - started
+    assert_identical(state, model)
+    assert slow.reads
+    assert state["bytes_from"] == {"origin": model.size, "peers": 0}
+    text = await _metrics(node.daemon.url)
+    assert _metric(text, 'weightstream_cache_peer_errors_total{kind="timeout",peer="slow"}') >= 1
+    assert took < 60
+
+
+async def test_a_peer_killed_mid_transfer(daemon, origin, origin_root, short_dir,
+                                          model_on_origin):
+    # Slow ranges (a fifth of them stall 0.3 s) so that the pull is still running when
+    # one daemon is killed.
+    srv = await origin(origin_root, faults=[Fault(kind="stall", probability=0.2,
+                                                  stall_s=0.3, ranged_only=True)])
+    model = model_on_origin(srv, "llama", MODEL)
+    fleet = start_fleet(daemon, short_dir, 3, timeout=2.0)
+    for m in fleet:
+        await m.daemon.ready()
+    victim = fleet[2]
+
+    async def kill_when_moving() -> None:
+        async with victim.daemon.client() as api:
+            answer = await api.ensure(model.uri, storage=model.storage)
+            async for state in api.events(answer["model"]["id"], timeout=60):
+                if (state.get("progress") or {}).get("bytes_done", 0) > 0:
+                    break
+            assert state["state"] != "ready"
+        victim.daemon.kill()
+
+    survivors = ensure_everywhere(fleet[:2], model)
+    states, _ = await asyncio.gather(survivors, kill_when_moving())
+    for state in states:
+        assert_identical(state, model)
+    assert fetched_bytes(srv, "llama") <= 3 * model.size
+
+
+async def test_no_content_checksum_means_origin_only(daemon, origin, origin_root, short_dir,
+                                                    model_on_origin):
+    srv = await origin(origin_root, etag="mtime")  # no checksum, no MD5 ETag
+    model = model_on_origin(srv, "llama", MODEL)
+    first, late = start_fleet(daemon, short_dir, 2)
+    await first.daemon.ready()
+    await late.daemon.ready()
+    await ensure_everywhere([first], model)
+    srv.clear_log()
+    (state,) = await ensure_everywhere([late], model)
+    assert_identical(state, model)
+    assert fetched_bytes(srv, "llama") == model.size
+    assert state["bytes_from"] == {"origin": model.size, "peers": 0}
+    assert "no content checksum" in state["peer_note"]
+
+
+async def test_the_peer_listener_needs_the_cluster_secret(daemon, origin, origin_root,
+                                                         short_dir, model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", MODEL)
+    (node,) = start_fleet(daemon, short_dir, 1)
+    await node.daemon.ready()
+    async with node.daemon.client(operator=False) as api:
+        answer = await api.ensure(model.uri, storage=model.storage)
+        state = answer["model"]
+        async for event in api.events(state["id"], grant=answer["grant"], timeout=60):
+            state = event
+    entry_id, grant = state["id"], answer["grant"]
+    rel = model.files[0]
+    target = file_path(entry_id, rel)
+    good, wrong = PeerSecret(SECRET), PeerSecret(b"not-the-cluster-secret-0123456789")
+    async with aiohttp.ClientSession() as http:
+        async def get(headers: dict[str, str], path: str = target) -> int:
+            async with http.get(URL(node.peer_url + path, encoded=True),
+                                headers={"Range": "bytes=0-15", **headers}) as r:
+                return r.status
+
+        assert await get({}) == 403
+        assert await get({"Authorization": f"Bearer {grant}"}) == 403  # a pod's grant
+        assert await get({"Authorization": f"Bearer {OPERATOR_TOKEN}"}) == 403
+        assert await get(wrong.sign("GET", target, "n9")) == 403
+        stale = good.sign("GET", target, "n9", now=time.time() - 3600)
+        assert await get(stale) == 403
+        other = good.sign("GET", file_path(entry_id, model.files[1]), "n9")
+        assert await get(other) == 403  # signed for another path
+        fresh = good.sign("GET", target, "n9")
+        assert await get(fresh) == 206
+        assert await get(fresh) == 403  # replayed
+        escape = file_path(entry_id, "../../" + rel)
+        assert await get(good.sign("GET", escape, "n9"), escape) in (400, 404)
+        h = good.sign("GET", target, "n9")
+        h["Range"] = "bytes=0-15"
+        async with http.get(node.peer_url + target, headers=h) as r:
+            assert await r.read() == model.bytes_of(rel)[:16]
+    text = await _metrics(node.daemon.url)
+    assert _metric(text, "weightstream_cache_peer_auth_failures_total") >= 6
