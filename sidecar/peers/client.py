@@ -34,18 +34,27 @@ class PeerStatus:
 
     state: str
     files: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    fetching: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def has(self, rel: str, start: int, end: int) -> bool:
         if self.state == "ready":
             return True
         return any(s <= start and end <= e for s, e in self.files.get(rel, ()))
 
+    def fetches(self, rel: str, start: int, end: int) -> bool:
+        """The peer is reading these bytes from the origin now."""
+        return any(s <= start and end <= e for s, e in self.fetching.get(rel, ()))
+
     @classmethod
     def from_doc(cls, doc: Any) -> PeerStatus:
         state = str(doc.get("state", "absent"))
-        files = {str(rel): [(int(s), int(e)) for s, e in spans]
-                 for rel, spans in dict(doc.get("files") or {}).items()}
-        return cls(state if state in ("ready", "pulling") else "absent", files)
+
+        def spans(key: str) -> dict[str, list[tuple[int, int]]]:
+            return {str(rel): [(int(s), int(e)) for s, e in value]
+                    for rel, value in dict(doc.get(key) or {}).items()}
+
+        return cls(state if state in ("ready", "pulling") else "absent", spans("files"),
+                   spans("fetching"))
 
 
 def entry_path(entry_id: str) -> str:

@@ -123,6 +123,7 @@ class Fill:
         self._banned: set[str] = set()
         self._failures: dict[str, int] = {}
         self._wanted: dict[str, Intervals] = {}
+        self.fetching: set[tuple[str, int, int]] = set()  # origin reads in flight
         self._files = {f.info.key: _File(f.rel, f.info.key, f.info.size, f.info.etag,
                                          usable_checksum(plan.source.scheme, f.info))
                        for f in plan.files}
@@ -165,12 +166,16 @@ class Fill:
     def _source(self, f: _File, start: int, end: int) -> Peer | None:
         if f.expected is None:
             return None
-        holders = [n for n, s in self._view.statuses(self.entry_id).items()
-                   if n not in self._banned and s.has(f.rel, start, end)]
-        for name in swarm.rank(holders, self.entry_id, f.rel, start):
-            peer = self._view.peer(name)
-            if peer is not None:
-                return peer
+        statuses = {n: s for n, s in self._view.statuses(self.entry_id).items()
+                    if n not in self._banned}
+        # A peer that has the range, else one reading it from the origin right now (a
+        # daemon that joins a running swarm must not read those again from the origin).
+        for test in (PeerStatus.has, PeerStatus.fetches):
+            holders = [n for n, s in statuses.items() if test(s, f.rel, start, end)]
+            for name in swarm.rank(holders, self.entry_id, f.rel, start):
+                peer = self._view.peer(name)
+                if peer is not None:
+                    return peer
         wanted = self._wanted.get(f.rel)
         if wanted is not None and wanted.covers(start, end):
             return None
@@ -198,7 +203,11 @@ class Fill:
                 f.held[start] = (end, peer.name)
                 self.stats.peer_bytes += end - start
         if peer is None:
-            await self._origin.read_to_file(key, start, end, fd=fd, etag=etag)
+            self.fetching.add((f.rel, start, end))
+            try:
+                await self._origin.read_to_file(key, start, end, fd=fd, etag=etag)
+            finally:
+                self.fetching.discard((f.rel, start, end))
             f.origin.add(start, end)
             self.stats.origin_bytes += end - start
             f.held.pop(start, None)

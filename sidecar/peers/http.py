@@ -5,7 +5,9 @@
                                                           version: ``{"state": "ready"}``,
                                                           ``{"state": "pulling", "files":
                                                           {rel: [[start, end], ...]}}``
-                                                          (readable spans) or ``absent``;
+                                                          (readable spans; ``fetching``:
+                                                          the spans it reads from the
+                                                          origin now) or ``absent``;
                                                           ``pulling=1``: the caller pulls
                                                           it too (a swarm member)
 ``GET /v1/peer/entries/{id}/files/{rel}`` + ``Range``     ``206`` with exactly those bytes

@@ -175,9 +175,14 @@ class PeerService:
         if entry.state is State.FAILED or flight is None:
             return {"state": "absent"}
         schedule = flight.schedule
+        fetching: dict[str, list[tuple[int, int]]] = {}
+        fill = self._fills.get(entry_id)
+        for rel, start, end in sorted(fill.fetching) if fill is not None else ():
+            fetching.setdefault(rel, []).append((start, end))
         return {"state": "pulling",
                 "files": {rel: schedule.readable(rel) for rel, _, _ in entry.files
-                          if schedule.readable(rel)}}
+                          if schedule.readable(rel)},
+                "fetching": fetching}
 
     async def open_range(self, entry_id: str, rel: str, start: int, end: int) -> tuple[int, int]:
         """``(fd, file size)`` of ``rel`` once ``[start, end)`` is readable (verified).

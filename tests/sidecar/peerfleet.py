@@ -55,6 +55,11 @@ def start_fleet(daemon: Any, short_dir: Path, n: int, *, extra: tuple[str, ...] 
     return members
 
 
+async def all_ready(members: list[Member], timeout: float = 120.0) -> None:
+    """Every member answers on its socket (startup is slow on a loaded machine)."""
+    await asyncio.gather(*(m.daemon.ready(timeout=timeout) for m in members))
+
+
 async def ensure_everywhere(members: list[Member], model: Any) -> list[dict]:
     """Ensure ``model`` on every member at once; the ready states."""
     async def one(m: Member) -> dict:

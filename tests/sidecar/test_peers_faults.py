@@ -18,7 +18,7 @@ from tests.support.origin import Fault
 from tests.support.peer_impostor import serve_impostor
 
 from .conftest import OPERATOR_TOKEN, fetched_bytes
-from .peerfleet import SECRET, assert_identical, ensure_everywhere, start_fleet
+from .peerfleet import SECRET, all_ready, assert_identical, ensure_everywhere, start_fleet
 
 MODEL = synth.sized(4 << 20, shards=2)
 
@@ -39,7 +39,7 @@ async def test_a_corrupt_peer_is_caught_and_never_served(daemon, origin, origin_
     model = model_on_origin(srv, "llama", MODEL)
     async with serve_impostor(model.path, mode="corrupt") as evil:
         (node,) = start_fleet(daemon, short_dir, 1, others={"evil": evil.url})
-        await node.daemon.ready()
+        await all_ready([node])
         served: list[tuple[str, int, int, bytes]] = []
         stop = asyncio.Event()
 
@@ -86,7 +86,7 @@ async def test_a_stalled_peer_falls_back_to_the_origin(daemon, origin, origin_ro
     model = model_on_origin(srv, "llama", MODEL)
     async with serve_impostor(model.path, mode="stall") as slow:
         (node,) = start_fleet(daemon, short_dir, 1, others={"slow": slow.url}, timeout=1.5)
-        await node.daemon.ready()
+        await all_ready([node])
         started = time.monotonic()
         (state,) = await ensure_everywhere([node], model)
         took = time.monotonic() - started
@@ -106,8 +106,7 @@ async def test_a_peer_killed_mid_transfer(daemon, origin, origin_root, short_dir
                                                   stall_s=0.3, ranged_only=True)])
     model = model_on_origin(srv, "llama", MODEL)
     fleet = start_fleet(daemon, short_dir, 3, timeout=2.0)
-    for m in fleet:
-        await m.daemon.ready()
+    await all_ready(fleet)
     victim = fleet[2]
 
     async def kill_when_moving() -> None:
@@ -131,8 +130,7 @@ async def test_no_content_checksum_means_origin_only(daemon, origin, origin_root
     srv = await origin(origin_root, etag="mtime")  # no checksum, no MD5 ETag
     model = model_on_origin(srv, "llama", MODEL)
     first, late = start_fleet(daemon, short_dir, 2)
-    await first.daemon.ready()
-    await late.daemon.ready()
+    await all_ready([first, late])
     await ensure_everywhere([first], model)
     srv.clear_log()
     (state,) = await ensure_everywhere([late], model)
@@ -147,7 +145,7 @@ async def test_the_peer_listener_needs_the_cluster_secret(daemon, origin, origin
     srv = await origin(origin_root)
     model = model_on_origin(srv, "llama", MODEL)
     (node,) = start_fleet(daemon, short_dir, 1)
-    await node.daemon.ready()
+    await all_ready([node])
     async with node.daemon.client(operator=False) as api:
         answer = await api.ensure(model.uri, storage=model.storage)
         state = answer["model"]

@@ -10,6 +10,7 @@ came from.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 
@@ -17,7 +18,7 @@ from streamer import synth
 from tests.support.process import clean_env, run_cli
 
 from .conftest import fetched_bytes
-from .peerfleet import assert_identical, ensure_everywhere, start_fleet
+from .peerfleet import all_ready, assert_identical, ensure_everywhere, start_fleet
 
 MODEL = synth.sized(4 << 20, shards=2)
 
@@ -26,9 +27,8 @@ async def test_cold_fleet_reads_the_origin_about_once(daemon, origin, origin_roo
                                                       short_dir, model_on_origin):
     srv = await origin(origin_root, checksum="crc64nvme")
     model = model_on_origin(srv, "llama", MODEL)
-    fleet = start_fleet(daemon, short_dir, 4)
-    for m in fleet:
-        await m.daemon.ready()
+    fleet = start_fleet(daemon, short_dir, 4, timeout=10.0)
+    await all_ready(fleet)
     states = await ensure_everywhere(fleet, model)
     for state in states:
         assert_identical(state, model)
@@ -54,8 +54,7 @@ async def test_a_late_daemon_reads_everything_from_a_peer(daemon, origin, origin
     srv = await origin(origin_root)  # md5 ETags: the single-part S3 checksum
     model = model_on_origin(srv, "llama", MODEL)
     first, late = start_fleet(daemon, short_dir, 2)
-    await first.daemon.ready()
-    await late.daemon.ready()
+    await all_ready([first, late])
     (state,) = await ensure_everywhere([first], model)
     assert_identical(state, model)
     srv.clear_log()
@@ -63,3 +62,19 @@ async def test_a_late_daemon_reads_everything_from_a_peer(daemon, origin, origin
     assert_identical(state, model)
     assert fetched_bytes(srv, "llama") == 0
     assert state["bytes_from"] == {"origin": 0, "peers": model.size}
+
+
+async def test_the_peer_rate_caps_a_transfer(daemon, origin, origin_root, short_dir,
+                                             model_on_origin):
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", MODEL)
+    first, late = start_fleet(daemon, short_dir, 2, extra=("--peer-rate", "1Mi"))
+    await all_ready([first, late])
+    await ensure_everywhere([first], model)
+    started = time.monotonic()
+    (state,) = await ensure_everywhere([late], model)
+    took = time.monotonic() - started
+    assert_identical(state, model)
+    assert state["bytes_from"]["peers"] == model.size
+    # 1 MiB/s at the sender and at the receiver, a 256 KiB burst: at least this long.
+    assert took >= (model.size - (256 << 10)) / (1 << 20), took
