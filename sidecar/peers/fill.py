@@ -63,6 +63,9 @@ def usable_checksum(scheme: str, info: ObjectInfo) -> Checksum | None:
 
 def file_checksum(expected: Checksum, fd: int, size: int) -> str:
     """The checksum of the whole file in ``expected``'s algorithm (blocking)."""
+    if expected.parts:  # S3 COMPOSITE (multipart): the CRC of the parts' CRCs
+        blocks = [(s, min(s + _BLOCK, size)) for s in range(0, size, _BLOCK)]
+        return checksum.composite_value(expected.algorithm, fd, blocks, {}, expected.parts)
     if expected.combinable:
         parts = [(checksum.range_crc(expected.algorithm, fd, s, min(s + _BLOCK, size)),
                   min(s + _BLOCK, size) - s) for s in range(0, size, _BLOCK)]

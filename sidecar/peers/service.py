@@ -180,8 +180,8 @@ class PeerService:
         for rel, start, end in sorted(fill.fetching) if fill is not None else ():
             fetching.setdefault(rel, []).append((start, end))
         return {"state": "pulling",
-                "files": {rel: schedule.readable(rel) for rel, _, _ in entry.files
-                          if schedule.readable(rel)},
+                "files": {f.rel: schedule.readable(f.rel) for f in entry.files
+                          if schedule.readable(f.rel)},
                 "fetching": fetching}
 
     async def open_range(self, entry_id: str, rel: str, start: int, end: int) -> tuple[int, int]:
@@ -196,9 +196,10 @@ class PeerService:
         if entry is None or entry.state is State.FAILED:
             raise ModelNotFoundError("this daemon does not hold that version",
                                      model_id=entry_id)
-        size = next((s for r, s, _ in entry.files if r == rel), None)
-        if size is None:
+        planned = entry.file(rel)
+        if planned is None:
             raise FileNotInModelError("no such file in that version", model_id=entry_id)
+        size = planned.info.size
         if not (0 <= start < end <= size):
             raise NotReadyError("range outside the file", model_id=entry_id)
         if entry.state is not State.READY:
