@@ -81,7 +81,8 @@ async def _file(request: web.Request) -> web.StreamResponse:
                                   "message": "a peer read needs Range: bytes=START-END"},
                                  status=400)
     start, end = wanted
-    caller = request[CALLER]
+    # Metrics labels and per-peer buckets only for names in the directory (bounded).
+    caller = request[CALLER] if service.peer(request[CALLER]) is not None else "other"
     fd, size = await service.open_range(request.match_info["id"], request.match_info["path"],
                                         start, end)
     try:

@@ -4,9 +4,13 @@ wake no reader until released, and ``later`` ranges are requested after the othe
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
+from streamer.api import DownloadOptions, download
+from streamer.backends.local import LocalBackend
+from streamer.engine import MIN_CHUNK
 from streamer.schedule import RangeSchedule
 
 
@@ -37,3 +41,33 @@ async def test_release_all_and_failure():
     schedule.fail(ConnectionError("gone"))
     with pytest.raises(ConnectionError):
         await waiter
+
+
+class _Recording(LocalBackend):
+    """The local backend, recording the order ranges are asked in (one at a time)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    async def read_to_file(self, key: str, start: int, end: int, *, fd: int,
+                           etag: str | None) -> None:
+        self.calls.append((os.path.basename(key), start))
+        await super().read_to_file(key, start, end, fd=fd, etag=etag)
+
+
+async def test_later_ranges_are_requested_after_every_other(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (src / name).write_bytes(os.urandom(4 * MIN_CHUNK))
+    schedule = RangeSchedule()
+    schedule.later = lambda rel, start: rel == "a.bin" and start > 0
+    backend = _Recording()
+    options = DownloadOptions(chunk_size=MIN_CHUNK, concurrency=1)
+    await download(str(src), tmp_path / "dst", options=options, backend=backend,
+                   schedule=schedule)
+    first_b = backend.calls.index(("b.bin", 0))
+    assert backend.calls[:first_b] == [("a.bin", 0)]  # a's others wait for b
+    assert sorted(backend.calls[-3:]) == [("a.bin", MIN_CHUNK * i) for i in (1, 2, 3)]
+    for name in ("a.bin", "b.bin"):
+        assert (tmp_path / "dst" / name).read_bytes() == (src / name).read_bytes()
