@@ -9,6 +9,8 @@ import asyncio
 import time
 
 import aiohttp
+import boto3
+from botocore.config import Config
 from yarl import URL
 
 from sidecar.peers.auth import PeerSecret
@@ -16,6 +18,7 @@ from sidecar.peers.client import entry_path, file_path
 from streamer import synth
 from tests.support.origin import Fault
 from tests.support.peer_impostor import serve_impostor
+from tests.support.ports import LOOPBACK, free_port
 
 from .conftest import OPERATOR_TOKEN, fetched_bytes
 from .peerfleet import SECRET, all_ready, assert_identical, ensure_everywhere, start_fleet
@@ -37,8 +40,13 @@ async def test_a_corrupt_peer_is_caught_and_never_served(daemon, origin, origin_
                                                         short_dir, model_on_origin):
     srv = await origin(origin_root)
     model = model_on_origin(srv, "llama", MODEL)
-    async with serve_impostor(model.path, mode="corrupt") as evil:
-        (node,) = start_fleet(daemon, short_dir, 1, others={"evil": evil.url})
+    # Honest for the small files, lying (and slow) for the shards: many of a shard's
+    # ranges are on disk before it is complete and can be checked.
+    async with serve_impostor(model.path, mode="corrupt", delay=0.2,
+                              only=".safetensors") as evil:
+        s3_port = free_port()
+        (node,) = start_fleet(daemon, short_dir, 1, others={"evil": evil.url},
+                              extra=("--s3-listen", f"{LOOPBACK}:{s3_port}"))
         await all_ready([node])
         served: list[tuple[str, int, int, bytes]] = []
         stop = asyncio.Event()
@@ -62,20 +70,38 @@ async def test_a_corrupt_peer_is_caught_and_never_served(daemon, origin, origin_
                                     served.append((rel, start, end, await r.read()))
                     await asyncio.sleep(0.05)
 
+        def read_through_s3(creds: dict) -> dict[str, bytes]:
+            """Whole files through the S3 endpoint while the pull runs (read through)."""
+            s3 = boto3.client(
+                "s3", endpoint_url=f"http://{LOOPBACK}:{s3_port}", region_name="us-east-1",
+                aws_access_key_id=creds["access_key_id"],
+                aws_secret_access_key=creds["secret_access_key"],
+                config=Config(s3={"addressing_style": "path"},
+                              retries={"max_attempts": 20, "mode": "standard"}))
+            return {rel: s3.get_object(Bucket="models", Key=f"llama/{rel}")["Body"].read()
+                    for rel in model.files}
+
         async with node.daemon.client() as api:
             answer = await api.ensure(model.uri, storage=model.storage)
+            creds = await api.s3_credentials(answer["model"]["id"], grant=answer["grant"],
+                                             holder="reader", ttl=None)
             watcher = asyncio.create_task(watch(answer["model"]["id"]))
+            through_s3 = asyncio.create_task(asyncio.to_thread(read_through_s3, creds))
             last = answer["model"]
             async for state in api.events(last["id"], timeout=90):
                 last = state
+            read = await through_s3
         stop.set()
         await watcher
+        for rel in model.files:  # S3 readers were answered from verified bytes only
+            assert read[rel] == model.bytes_of(rel), rel
     assert evil.reads, "the impostor was never asked"
     assert_identical(last, model)
     for rel, start, end, data in served:
         assert data == model.bytes_of(rel)[start:end], (rel, start, end)
-    assert fetched_bytes(srv, "llama") == model.size  # the peer's bytes, again from origin
-    assert last["bytes_from"] == {"origin": model.size, "peers": 0}
+    assert fetched_bytes(srv, "llama") == last["bytes_from"]["origin"]
+    shards = sum(len(model.bytes_of(r)) for r in model.files if r.endswith(".safetensors"))
+    assert last["bytes_from"]["origin"] >= shards  # the lied-about shards, from the origin
     text = await _metrics(node.daemon.url)
     assert _metric(text, 'weightstream_cache_peer_errors_total{kind="corrupt",peer="evil"}') >= 1
 

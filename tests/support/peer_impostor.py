@@ -5,7 +5,8 @@ loop, and claims to hold every version complete. What it sends for a range depen
 ``mode``:
 
 * ``corrupt``: the right number of bytes, from the origin's copy of the file, with every
-  byte flipped (a compromised or broken node: right length, wrong content);
+  byte flipped (a compromised or broken node: right length, wrong content) for the
+  files whose name ends with ``only`` (every file by default), the true bytes for others;
 * ``stall``: the response head, then nothing (a peer that hangs mid-transfer).
 
 ``reads`` counts the file requests it answered.
@@ -31,8 +32,10 @@ class Impostor:
 
 
 @contextlib.asynccontextmanager
-async def serve_impostor(model_dir: Path, *, mode: str) -> AsyncIterator[Impostor]:
-    """``model_dir``: the origin's files of the model the fleet pulls (by relative path)."""
+async def serve_impostor(model_dir: Path, *, mode: str,
+                         delay: float = 0.0, only: str = "") -> AsyncIterator[Impostor]:
+    """``model_dir``: the origin's files of the model the fleet pulls (by relative path);
+    ``delay``: seconds before each range's bytes (a slow peer keeps a pull running)."""
     imp = Impostor(url="")
 
     async def status(request: web.Request) -> web.Response:
@@ -50,7 +53,9 @@ async def serve_impostor(model_dir: Path, *, mode: str) -> AsyncIterator[Imposto
         await resp.prepare(request)
         if mode == "stall":
             await asyncio.sleep(3600)
-        await resp.write(bytes(b ^ 0xFF for b in data[start:end]))
+        await asyncio.sleep(delay)
+        flip = 0xFF if rel.endswith(only) else 0
+        await resp.write(bytes(b ^ flip for b in data[start:end]))
         return resp
 
     app = web.Application()
