@@ -39,6 +39,10 @@ RUN test -x /opt/weightstream/bin/weightstream \
  && test -x /opt/weightstream/bin/weightstream-init
 # The same tree as a wheel, for the `vllm` target (no dependencies resolved here).
 RUN /opt/weightstream/bin/pip wheel --no-deps --wheel-dir /wheels .
+# The installers are done: the runtime venv keeps no pip/setuptools/wheel (nothing runs
+# them at run time; `python -m venv` put them there for the install above).
+RUN /opt/weightstream/bin/python -m pip uninstall --yes --quiet pip setuptools wheel \
+ && ! /opt/weightstream/bin/python -c "import pip" 2>/dev/null
 
 # --- vllm: vLLM with weightstream (and its vLLM plugin) installed -----------------------
 # Not the default image: the build's last stage is `runtime`. KServe's template runs
@@ -61,7 +65,11 @@ import streamer.vllm_plugin.loader, runai_model_streamer, vllm"
 # The venv's interpreter links to /usr/local/bin/python3.11 of the same base image.
 FROM ${PYTHON_IMAGE} AS runtime
 # UID/GID 1000, like KServe's storage initializer; the chart's DaemonSet runs as this user.
-RUN groupadd --system --gid 1000 weightstream \
+# The base's own pip/setuptools/wheel go too (the python images ship them; a base without
+# pip has nothing to remove): the image installs nothing at run time.
+RUN if python -m pip --version >/dev/null 2>&1; then \
+        python -m pip uninstall --yes --quiet pip setuptools wheel; fi \
+ && groupadd --system --gid 1000 weightstream \
  && useradd --system --uid 1000 --gid 1000 --home-dir /home/weightstream --create-home \
         --shell /usr/sbin/nologin weightstream
 COPY --from=builder /opt/weightstream /opt/weightstream
