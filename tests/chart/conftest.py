@@ -110,7 +110,7 @@ def crds() -> CrdValidators:
 class _CrdsByVersion(dict):
     """version -> CrdValidators, loaded on first use (each release's CRDs are ~4 MB)."""
 
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, cache: Path | None) -> None:
         super().__init__()
         self.cache = cache
 
@@ -124,8 +124,10 @@ class _CrdsByVersion(dict):
 @pytest.fixture(scope="session")
 def crds_by_version(request: pytest.FixtureRequest) -> dict[str, CrdValidators]:
     """CRD validators of each vendored KServe release (tests/fixtures/kserve/<version>);
-    parsed CRDs are kept as JSON in pytest's cache directory between runs."""
-    return _CrdsByVersion(request.config.cache.mkdir("kserve-crds"))
+    parsed CRDs are kept as JSON in pytest's cache directory between runs (parsed again
+    each run when the cache plugin is off, ``-p no:cacheprovider``)."""
+    cache = getattr(request.config, "cache", None)
+    return _CrdsByVersion(cache.mkdir("kserve-crds") if cache is not None else None)
 
 
 @pytest.fixture(scope="session")
