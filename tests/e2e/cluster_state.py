@@ -14,23 +14,35 @@ from tests.support.k8s import ControlPlane
 
 # Churn that is not the chart's: events and node heartbeats of the fake kubelet.
 _IGNORED = frozenset({"events", "events.events.k8s.io", "leases.coordination.k8s.io"})
+# Lists of metadata only: the KServe CRDs alone are megabytes of schema.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
-def _resources(cp: ControlPlane) -> list[str]:
-    out = cp.kubectl("api-resources", "--verbs=list", "-o", "name").stdout.split()
-    return sorted(r for r in out if r not in _IGNORED)
+def _resources(cp: ControlPlane) -> list[tuple[str, str, str]]:
+    """``(list path, apiVersion, kind)`` of every listable resource in the preferred version
+    of each API group (what ``kubectl api-resources --verbs=list`` lists)."""
+    bases = ["/api/v1"] + [f"/apis/{g['preferredVersion']['groupVersion']}"
+                           for g in cp.api("GET", "/apis")["groups"]]
+    found = []
+    for base in bases:
+        doc = cp.api("GET", base)
+        group_version = doc["groupVersion"]
+        group = group_version.split("/")[0] if "/" in group_version else ""
+        for r in doc["resources"]:
+            name = r["name"] + (f".{group}" if group else "")
+            if "/" in r["name"] or "list" not in r.get("verbs", []) or name in _IGNORED:
+                continue
+            found.append((f"{base}/{r['name']}", group_version, r["kind"]))
+    return sorted(found)
 
 
 def inventory(cp: ControlPlane) -> set[tuple[str, str, str]]:
-    resources = _resources(cp)
-    lines = cp.kubectl(
-        "get", ",".join(resources), "--all-namespaces", "--ignore-not-found", "-o",
-        'jsonpath={range .items[*]}{.apiVersion}/{.kind}|{.metadata.namespace}|'
-        '{.metadata.name}{"\\n"}{end}', timeout=120).stdout.splitlines()
+    """Every object of every listable resource as ``(apiVersion/kind, namespace, name)``."""
     found = set()
-    for line in lines:
-        kind, ns, name = line.split("|")
-        found.add((kind, ns, name))
+    for path, group_version, kind in _resources(cp):
+        for item in cp.api("GET", path, accept=METADATA_ONLY).get("items") or []:
+            meta = item["metadata"]
+            found.add((f"{group_version}/{kind}", meta.get("namespace", ""), meta["name"]))
     return found
 
 

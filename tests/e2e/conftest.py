@@ -42,6 +42,25 @@ PROMETHEUS_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "prometheus-operator"
 
 
 
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test's timeout here bounds the test function, not its fixtures: the session's
+    control plane and CRDs take 70-100 s on an idle machine and several minutes on a
+    loaded one, and must not be charged to whichever test happens to start them. The
+    fixtures bound themselves (every wait in :func:`start_control_plane` and :func:`crds`
+    has its own timeout, every kubectl/helm call one of run_cmd)."""
+    for item in items:
+        if E2E_DIR not in Path(item.path).resolve().parents:
+            continue
+        marker = item.get_closest_marker("timeout")
+        seconds = (marker.args[0] if marker.args else marker.kwargs.get("timeout")
+                   ) if marker is not None else None
+        item.add_marker(pytest.mark.timeout(seconds, func_only=True) if seconds is not None
+                        else pytest.mark.timeout(func_only=True), append=False)
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     with start_control_plane(tmp_path_factory.mktemp("k8s"), NODES) as cp:
@@ -93,7 +112,8 @@ def crds(cluster: ControlPlane) -> list[str]:
     """
     files = [*kserve_crd_files(), *sorted(PROMETHEUS_FIXTURES.glob("*.yaml"))]
     assert len(files) >= 4, files
-    names = []
+    names: list[str] = []
+    served: list[tuple[str, str]] = []
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     for path in files:
         crd = yaml.load(path.read_text(), Loader=loader)
@@ -101,17 +121,24 @@ def crds(cluster: ControlPlane) -> list[str]:
         cluster.kubectl("apply", "--server-side", "--field-manager=e2e", "-f", "-",
                         input_text=json.dumps(crd))
         names.append(crd["metadata"]["name"])
+        served += [(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["plural"])
+                   for v in crd["spec"]["versions"] if v.get("served")]
+
     def established() -> bool:
-        for name in names:
-            crd = cluster.api("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
-                                     f"{name}")
-            conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions")
-                     or []}
-            if conds.get("Established") != "True":
+        # The apiextensions discovery controller lists a CRD's resource in every served
+        # version once the CRD is Established (and helm maps kinds through discovery), so
+        # this asks the small discovery documents, not megabytes of CRD schema per poll.
+        for group_version, plural in served:
+            status, doc = cluster.request("GET", f"/apis/{group_version}")
+            if status != 200 or plural not in {r["name"] for r in doc["resources"]}:
                 return False
         return True
 
-    cluster.wait_for("the CRDs established", established, timeout=60)
+    cluster.wait_for("the CRDs established", established, timeout=180)
+    for crd in cluster.api("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                           timeout=60)["items"]:
+        conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions") or []}
+        assert crd["metadata"]["name"] not in names or conds.get("Established") == "True", crd
     return names
 
 

@@ -55,25 +55,40 @@ def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool
     return False
 
 
+def _tolerations(daemon: dict[str, Any]) -> list[dict[str, Any]]:
+    tolerations = list(daemon.get("tolerations") or [])
+    if daemon.get("gpuTolerations"):
+        tolerations += [{"key": "nvidia.com/gpu", "operator": "Exists"},
+                        {"key": "amd.com/gpu", "operator": "Exists"}]
+    return tolerations
+
+
+def _selects(daemon: dict[str, Any], node: FakeNode) -> bool:
+    """The node selector and, when gpuNodesOnly, the GPU node affinity."""
+    if any(node.labels.get(k) != v for k, v in (daemon.get("nodeSelector") or {}).items()):
+        return False
+    return not daemon.get("gpuNodesOnly") or any(
+        node.labels.get(rule["key"]) in rule["values"] for rule in daemon["gpuNodeLabels"])
+
+
 def expected_nodes(values: dict[str, Any]) -> set[str]:
     """Nodes the daemon should run on, from the rules docs/chart.md states for the values
     (node selector; GPU labels when gpuNodesOnly; GPU taints tolerated when gpuTolerations;
     extra tolerations)."""
     daemon = values["daemon"]
-    tolerations = list(daemon.get("tolerations") or [])
-    if daemon.get("gpuTolerations"):
-        tolerations += [{"key": "nvidia.com/gpu", "operator": "Exists"},
-                        {"key": "amd.com/gpu", "operator": "Exists"}]
+    tolerations = _tolerations(daemon)
+    return {n.name for n in NODES
+            if _selects(daemon, n) and all(_tolerates(tolerations, t) for t in n.taints)}
 
-    def admits(node: FakeNode) -> bool:
-        if any(node.labels.get(k) != v for k, v in (daemon.get("nodeSelector") or {}).items()):
-            return False
-        if daemon.get("gpuNodesOnly") and not any(
-                node.labels.get(rule["key"]) in rule["values"] for rule in daemon["gpuNodeLabels"]):
-            return False
-        return all(_tolerates(tolerations, t) for t in node.taints)
 
-    return {n.name for n in NODES if admits(n)}
+def keeps_running(values: dict[str, Any], node: FakeNode) -> bool:
+    """Whether a daemon pod already on ``node`` stays there under ``values`` (Kubernetes'
+    DaemonSet rule): the node must still match the selector and affinity, but a taint the
+    pod no longer tolerates evicts it only when it is NoExecute, not NoSchedule."""
+    daemon = values["daemon"]
+    tolerations = _tolerations(daemon)
+    return _selects(daemon, node) and all(
+        t["effect"] != "NoExecute" or _tolerates(tolerations, t) for t in node.taints)
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +214,69 @@ def _quotas(cluster: ControlPlane, namespace: str) -> list[str]:
         "GET", f"/api/v1/namespaces/{namespace}/resourcequotas")["items"]]
 
 
+def _daemonset(cluster: ControlPlane, namespace: str) -> dict[str, Any]:
+    (ds,) = cluster.api("GET", f"/apis/apps/v1/namespaces/{namespace}/daemonsets")["items"]
+    return dict(ds)
+
+
+def _by_generation(cluster: ControlPlane, namespace: str) -> dict[str, list[str]]:
+    """Live daemon pods: pod-template-generation -> sorted node names."""
+    out: dict[str, list[str]] = {}
+    for p in daemon_pods(cluster, namespace, RELEASE):
+        if not p["metadata"].get("deletionTimestamp"):
+            gen = p["metadata"]["labels"]["pod-template-generation"]
+            out.setdefault(gen, []).append(p["spec"].get("nodeName") or "")
+    return {g: sorted(n) for g, n in out.items()}
+
+
+def _upgrade(cluster: ControlPlane, chart: Path, namespace: str, value_set: str | None
+             ) -> tuple[dict[str, Any], list[str]]:
+    """``helm upgrade --wait`` (bounded), then the DaemonSet fully rolled out: every node
+    the values admit runs a Ready pod of the new template. Returns the DaemonSet and the
+    nodes whose pods still carry an older template."""
+    # --reset-values: without it, an upgrade given no values file (back to the defaults)
+    # silently reuses the previous release's values and changes nothing.
+    args = [*_install_args(chart, namespace, value_set), "--reset-values"]
+    args[0] = "upgrade"
+    cluster.helm(*args, timeout=240)
+    want = sorted(expected_nodes(effective_values(value_set)))
+
+    def rolled_out() -> tuple[dict[str, Any], list[str]] | None:
+        ds = _daemonset(cluster, namespace)
+        st, gen = ds["status"], str(ds["metadata"]["generation"])
+        pods = _by_generation(cluster, namespace)
+        if (st.get("observedGeneration") != ds["metadata"]["generation"]
+                or st.get("numberReady") != st.get("currentNumberScheduled")
+                or pods.get(gen) != want):
+            return None
+        return ds, sorted(n for g, nodes in pods.items() if g != gen for n in nodes)
+
+    try:
+        ds, stale = cluster.wait_for(f"the daemon rolled out on {want}", rolled_out,
+                                     timeout=120)
+    except AssertionError as e:
+        ds = _daemonset(cluster, namespace)
+        raise AssertionError(f"{e}; generation {ds['metadata']['generation']}, status "
+                             f"{ds['status']}, pods by generation "
+                             f"{_by_generation(cluster, namespace)}") from None
+    assert ds["status"]["desiredNumberScheduled"] == ds["status"]["updatedNumberScheduled"] \
+        == len(want), ds["status"]
+    return ds, stale
+
+
 @pytest.mark.timeout(600)
 def test_upgrade_moves_the_daemon_and_uninstall_leaves_nothing(
         cluster: ControlPlane, chart_copy: Path, kserve_namespaces: tuple[str, ...],
         namespace: str) -> None:
-    """defaults -> gpu-only (the rolling update moves the daemon to the GPU nodes and adds
-    the critical-pods quota) -> uninstall."""
+    """defaults -> gpu-only -> defaults with ``helm upgrade --wait``.
+
+    To gpu-only: the rolling update moves the daemon to the two GPU nodes (the CPU nodes
+    fail the new node affinity, so their pods go) and adds the critical-pods quota.
+    Back to the defaults: the daemon comes back on the CPU nodes and the quota goes; the
+    AMD node's `dedicated` taint is no longer tolerated, but it is NoSchedule, so
+    Kubernetes leaves the old pod running there (DaemonSet ``numberMisscheduled``), as
+    docs/chart.md ("Updates") warns; deleting it as documented removes it for good.
+    """
     before = _wait_settled(cluster, namespace)
     cluster.helm(*_install_args(chart_copy, namespace, None))
     first = sorted(expected_nodes(effective_values(None)))
@@ -212,16 +284,36 @@ def test_upgrade_moves_the_daemon_and_uninstall_leaves_nothing(
                      timeout=60)
     assert _quotas(cluster, namespace) == []
 
-    for value_set in ("gpu-only.yaml",):
-        args = _install_args(chart_copy, namespace, value_set)
-        args[0] = "upgrade"
-        cluster.helm(*args)
-        want = sorted(expected_nodes(effective_values(value_set)))
-        cluster.wait_for(f"the daemon on {want}",
-                         lambda w=want: _placement(cluster, namespace) == w, timeout=120)
-        assert bool(_quotas(cluster, namespace)) == (value_set == "gpu-only.yaml")
+    ds, stale = _upgrade(cluster, chart_copy, namespace, "gpu-only.yaml")
+    assert stale == [], stale  # the CPU nodes' pods no longer match the node affinity
+    assert _placement(cluster, namespace) == sorted(GPU_NODES)
+    assert _quotas(cluster, namespace) == ["ws-weightstream-critical-pods"]
+
+    on_gpu = set(_placement(cluster, namespace))
+    defaults = effective_values(None)
+    ds, stale = _upgrade(cluster, chart_copy, namespace, None)
+    want_stale = sorted(n.name for n in NODES if n.name in on_gpu
+                        and n.name not in expected_nodes(defaults) and keeps_running(defaults, n))
+    assert want_stale == ["gpu-amd"], want_stale  # the oracle agrees with the topology
+    assert stale == want_stale, stale
+    assert ds["status"].get("numberMisscheduled") == len(want_stale), ds["status"]
+    cluster.wait_for("the critical-pods quota gone", lambda: _quotas(cluster, namespace) == [],
+                     timeout=30)
+
+    # What docs/chart.md tells the operator to do: delete the stale pods; they stay gone.
+    for node in stale:
+        cluster.kubectl("delete", "pods", "-n", namespace, "--wait=true", "--timeout=60s",
+                        "-l", f"app.kubernetes.io/instance={RELEASE}",
+                        "--field-selector", f"spec.nodeName={node}")
+    want = sorted(expected_nodes(defaults))
+    cluster.wait_for(f"the daemon on {want} only", lambda: _placement(cluster, namespace) == want
+                     and not _daemonset(cluster, namespace)["status"].get("numberMisscheduled"),
+                     timeout=60)
+    gen = str(_daemonset(cluster, namespace)["metadata"]["generation"])
+    assert _by_generation(cluster, namespace) == {gen: want}
+
     history = cluster.helm("history", RELEASE, "-n", namespace, "-o", "json").stdout
-    assert [r["status"] for r in json.loads(history)] == ["superseded", "deployed"]
+    assert [r["status"] for r in json.loads(history)] == ["superseded", "superseded", "deployed"]
 
     cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "120s")
     cluster.wait_for("no leftovers", lambda: _wait_settled(cluster, namespace) == before,

@@ -92,13 +92,15 @@ class ControlPlane:
 
     # --- REST -------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                content_type: str = "application/json", timeout: float = 15.0
-                ) -> tuple[int, Any]:
-        """One API call -> (status, decoded JSON or text). Does not raise on 4xx/5xx."""
+                content_type: str = "application/json", accept: str = "application/json",
+                timeout: float = 60.0) -> tuple[int, Any]:
+        """One API call -> (status, decoded JSON or text). Does not raise on 4xx/5xx.
+        (60 s: a list answers in milliseconds on an idle machine, but took over 15 s on a
+        2-core one at load 25.)"""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.api_url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {token or self.admin_token}")
-        req.add_header("Accept", "application/json")
+        req.add_header("Accept", accept)
         if data is not None:
             req.add_header("Content-Type", content_type)
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
