@@ -11,7 +11,9 @@ name is resolved, and *every* address it resolves to must be an ordinary one (no
 loopback, link-local, unspecified, multicast, reserved or a cloud metadata address). A
 server named by an IP literal that the operator listed is taken as the operator's
 decision (a store on the node's loopback, in tests); the metadata addresses are refused
-even then. The check runs at every ensure and again before every pull starts.
+even then. The check runs at every ensure and again before every pull starts, and its
+answer is pinned: the connections of that proof or pull go to the address that passed
+(:attr:`streamer.StorageSettings.connect_to`), the name is not resolved again.
 """
 
 from __future__ import annotations
@@ -145,8 +147,11 @@ class EndpointPolicy:
     def listed(self, target: Target) -> bool:
         return any(a.matches(target.scheme, target.host, target.port) for a in self._allowed)
 
-    async def check(self, url: str, *, what: str, listed: bool | None = None) -> None:
-        """Raise unless the daemon may connect to the server ``url`` names.
+    async def check(self, url: str, *, what: str, listed: bool | None = None) -> dict[str, str]:
+        """Raise unless the daemon may connect to the server ``url`` names; return the
+        pin for :attr:`streamer.StorageSettings.connect_to` (``{"host:port": address}``,
+        the first address that passed; empty for an IP literal), so that every connection
+        goes to an address that passed the check, not to what the name resolves to later.
 
         ``listed``: the caller already decided that the operator allowed this URL (an
         ``http(s)://`` source under an ``--allow`` prefix); None: it must match an
@@ -166,7 +171,7 @@ class EndpointPolicy:
         if literal is not None:
             if literal in METADATA_ADDRESSES:
                 raise NotAllowedError(f"{what} {target} is a metadata service address")
-            return  # the operator named this very address
+            return {}  # the operator named this very address
         try:
             addresses = await self._resolve(target.host, target.port)
         except OSError:
@@ -180,6 +185,7 @@ class EndpointPolicy:
                     f"{what} {target} resolves to {address}, a loopback, link-local, "
                     "metadata or reserved address (name it by address in --allow-endpoint "
                     "if it really is a store)")
+        return {f"{target.host}:{target.port}": addresses[0].split("%", 1)[0]}
 
 
 def _special(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

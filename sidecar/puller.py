@@ -67,21 +67,21 @@ class Puller:
         self._peers = peers
         self._slots = asyncio.Semaphore(config.max_pulls)
 
-    async def pull(self, entry: Entry, uri: ObjectURI, storage: StorageSettings,
-                   proved: Plan, *, check: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def pull(self, entry: Entry, uri: ObjectURI, proved: Plan, *,
+                   check: Callable[[], Awaitable[StorageSettings]]) -> None:
         """Run one pull of the plan that proved access to its end (``ready`` or
         ``failed``); never raises but on cancel.
 
-        ``check``: awaited once the pull has its slot, before any byte moves (the
-        service re-checks the server a requester named: DNS may have changed).
+        ``check``: awaited once the pull has its slot, before any byte moves; it gives
+        the settings to pull with (the service re-checks the server a requester named,
+        as DNS may have changed, and pins the pull's connections to what passed).
         """
         staging = None
         started = self._monotonic()
         flight = self._flights.get(entry.id)
         try:
             async with self._slots:
-                if check is not None:
-                    await check()
+                storage = await check()
                 await self._space.reserve(entry)
                 entry.state = State.PULLING
                 entry.bump()

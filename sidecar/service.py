@@ -42,11 +42,11 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from streamer import ObjectURI, parse_uri
+from streamer import ObjectURI, StorageSettings, parse_uri
 from streamer.plan import Plan
 from streamer.plan import plan as plan_source
 from streamer.sizes import format_size
@@ -227,8 +227,8 @@ class CacheService:
         """Static checks, then the listing with the requester's credentials."""
         uri = parse_uri(request.uri)
         access = request.access
-        await self._check_access(uri, access)
-        storage = access.settings(uri)  # only what the message says: no paths, no env
+        # Only what the message says (no paths, no env), pinned to the checked address.
+        storage = await self._check_access(uri, access)
         include = normalise_patterns(request.include)
         exclude = normalise_patterns(request.exclude)
         key = model_key(uri, access.endpoint, include=include, exclude=exclude)
@@ -241,22 +241,26 @@ class CacheService:
             self._proofs.put(proof_key, the_plan)
         return _Proof(uri, key, the_plan, include, exclude)
 
-    async def _check_access(self, uri: ObjectURI, access: RequesterAccess) -> None:
+    async def _check_access(self, uri: ObjectURI, access: RequesterAccess) -> StorageSettings:
         """The static rules, then the server a requester names (resolved and checked
-        each time: at every ensure and again when a pull starts).
+        each time: at every ensure and again when a pull starts). Returns the settings
+        to connect with: the message's, pinned to the address that passed.
 
         Raises:
             NotAllowedError, CredentialsRequiredError, BadRequestError.
         """
         by_prefix = self._policy.check(uri, access)
         server = access.server_url(uri)
+        pins: dict[str, str] = {}
         if server is not None:
             what = "source" if uri.scheme in HTTP_SCHEMES else "endpoint"
-            await self._endpoints.check(server, what=what, listed=True if by_prefix else None)
+            pins = await self._endpoints.check(server, what=what,
+                                               listed=True if by_prefix else None)
+        return replace(access.settings(uri), connect_to=pins)
 
     def _start_pull(self, entry: Entry, uri: ObjectURI, access: RequesterAccess,
                     the_plan: Plan) -> None:
-        self._spawn(self.puller.pull(entry, uri, access.settings(uri), the_plan,
+        self._spawn(self.puller.pull(entry, uri, the_plan,
                                      check=lambda: self._check_access(uri, access)),
                     name=f"pull {entry.id}")
 

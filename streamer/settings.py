@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import UsageError
 from .retry import RetryPolicy
@@ -77,9 +78,14 @@ class StorageSettings:
     max_attempts: int = 5
     # Environment snapshot for other backends (gs, az, hf) and botocore's chain.
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # Pinned addresses, ``"host:port" -> address`` (set by the node cache for a server a
+    # requester named, with the address its endpoint check passed): connections to that
+    # server go to that address and the name is not resolved again (DNS rebinding).
+    connect_to: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        object.__setattr__(self, "connect_to", MappingProxyType(dict(self.connect_to)))
         if self.max_attempts < 1:
             raise UsageError(f"max attempts must be at least 1, got {self.max_attempts}")
 
@@ -151,10 +157,33 @@ class StorageSettings:
             changes["virtual_addressing"] = _truthy(str(spec["virtual_bucket"]))
         return replace(self, **changes)
 
+    def pinned(self, host: str, port: int) -> str | None:
+        """The pinned address of ``host:port`` (:attr:`connect_to`), if any."""
+        return self.connect_to.get(f"{host.lower().rstrip('.')}:{port}")
+
+    def connect_url(self, url: str | None) -> str | None:
+        """``url`` to hand a client that resolves names itself (botocore, obstore).
+
+        An ``http://`` URL of a pinned server names the pinned address instead of the
+        host (the ``Host`` header becomes the address; SigV4 and Shared Key sign what is
+        sent, so they still verify). ``https://`` keeps its name: SNI and the
+        certificate need it, and certificate verification (always on in the node cache)
+        binds the connection to that name whatever the name resolves to later.
+        """
+        if not url or not self.connect_to or not url.startswith("http://"):
+            return url
+        parts = urlsplit(url)
+        address = self.pinned(parts.hostname or "", parts.port or 80)
+        if address is None:
+            return url
+        host = f"[{address}]" if ":" in address else address
+        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port or 80}"))
+
     def to_dict(self) -> dict[str, Any]:
         """Serialise (credentials included) for handing to the node cache over its socket."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["env"] = dict(self.env)
+        data["connect_to"] = dict(self.connect_to)
         return data
 
     @classmethod

@@ -90,7 +90,7 @@ class AzureBackend(ObstoreBackend):
 
     def _build_store(self) -> Any:
         env = self.settings.env
-        endpoint = env.get("AZURE_STORAGE_ENDPOINT")
+        endpoint = self.settings.connect_url(env.get("AZURE_STORAGE_ENDPOINT"))
         config: dict[str, Any] = {"account_name": self.account}
         if endpoint:
             config["endpoint"] = endpoint

@@ -66,7 +66,8 @@ class GCSBackend(ObstoreBackend):
         emulator = self.settings.env.get("STORAGE_EMULATOR_HOST")
         if not emulator:
             return None
-        return (emulator if "://" in emulator else f"http://{emulator}").rstrip("/")
+        url = (emulator if "://" in emulator else f"http://{emulator}").rstrip("/")
+        return self.settings.connect_url(url)
 
     async def head_request(self, key: str) -> tuple[str, dict[str, str]] | None:
         """The XML API HEAD of ``key`` with the same credential the reads use."""

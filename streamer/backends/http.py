@@ -10,11 +10,14 @@ server that answers a range with the whole body (200) raises
 from __future__ import annotations
 
 import email.utils
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp.abc
+import aiohttp.resolver
 
 from .. import checksum
 from ..errors import (
@@ -48,8 +51,9 @@ def client_session(
         ca = settings.ca_bundle or env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE")
         if ca:
             ssl_ctx = ssl.create_default_context(cafile=ca)
+    resolver = PinnedResolver(settings) if settings.connect_to else None
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=ssl_ctx),
+        connector=aiohttp.TCPConnector(limit=0, ssl=ssl_ctx, resolver=resolver),
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
         ),
@@ -57,6 +61,28 @@ def client_session(
         auto_decompress=False,
         headers={"Accept-Encoding": "identity", **(headers or {})},
     )
+
+
+class PinnedResolver(aiohttp.abc.AbstractResolver):
+    """Pinned servers (:attr:`StorageSettings.connect_to`) resolve to their pinned
+    address, never through DNS again; ``Host`` and SNI keep the name. Other hosts (a
+    redirect's) go through aiohttp's default resolver."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._settings = settings
+        self._default = aiohttp.resolver.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+        address = self._settings.pinned(host, port)
+        if address is None:
+            return await self._default.resolve(host, port, family)
+        return [{"hostname": host, "host": address, "port": port,
+                 "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                 "proto": 0, "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        await self._default.close()
 
 
 class HTTPBackend(Backend):

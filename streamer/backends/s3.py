@@ -145,7 +145,7 @@ class S3Backend(Backend):
         with _shared_lock:  # botocore sessions are not thread-safe while creating clients
             client = session.create_client(
                 "s3",
-                endpoint_url=s.endpoint_url,
+                endpoint_url=s.connect_url(s.endpoint_url),
                 aws_access_key_id=s.access_key_id,
                 aws_secret_access_key=s.secret_access_key,
                 aws_session_token=s.session_token,
@@ -161,7 +161,7 @@ class S3Backend(Backend):
             "retry_config": NO_RETRIES,
         }
         if s.endpoint_url:
-            store_kwargs["endpoint"] = s.endpoint_url
+            store_kwargs["endpoint"] = s.connect_url(s.endpoint_url)
         if s.anonymous:
             store_kwargs["skip_signature"] = True
         else:

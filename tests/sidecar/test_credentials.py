@@ -26,7 +26,7 @@ from sidecar.credentials import RequesterAccess
 from sidecar.keys import SERVICE
 from sidecar.metrics import CacheMetrics
 from sidecar.service import CacheService
-from streamer import StorageSettings, parse_uri, synth
+from streamer import StorageSettings, open_backend, parse_uri, synth
 from streamer.backends.hf import HFBackend, hub_token
 from tests.kserve.fakehub import serve_fakehub
 from tests.support.gcs import serve_gcs
@@ -96,10 +96,24 @@ async def test_metadata_and_loopback_urls_are_refused_by_default(
     assert srv.requests() == []
 
 
+def _routed(seen: list[dict[str, str]], routes: dict[str, str]):
+    """A backend factory standing in for the network between the daemon and a store:
+    it records the pins each backend gets and routes the pinned (ordinary, unreachable
+    here) addresses to the loopback store, as a router would."""
+
+    def factory(uri, storage):
+        seen.append(dict(storage.connect_to))
+        routed = {k: routes[v] for k, v in storage.connect_to.items()}
+        return open_backend(uri, dataclasses.replace(storage, connect_to=routed))
+
+    return factory
+
+
 async def test_dns_is_checked_again_when_the_pull_starts(aiohttp_client, cache_config, origin,
                                                          origin_root, model_on_origin):
     """A name that resolved to an ordinary address for the proof but to the metadata
-    service when the pull starts (DNS rebinding) fails the pull."""
+    service when the pull starts (DNS rebinding) fails the pull. (Since the pins, the
+    proof connects to the checked address: ``_routed`` routes it to the loopback store.)"""
     srv = await origin(origin_root)
     model = model_on_origin(srv, "m")
     answers = iter([["10.1.2.3"], ["169.254.169.254"]])
@@ -108,8 +122,10 @@ async def test_dns_is_checked_again_when_the_pull_starts(aiohttp_client, cache_c
         assert host == "localhost"
         return next(answers)
 
+    seen: list[dict[str, str]] = []
     client = await _app(aiohttp_client, cache_config(
-        allow_endpoints=(f"http://localhost:{srv.port}",)), resolve=resolve)
+        allow_endpoints=(f"http://localhost:{srv.port}",)), resolve=resolve,
+        backend_factory=_routed(seen, {"10.1.2.3": "127.0.0.1"}))
     storage = dataclasses.replace(model.storage, endpoint_url=f"http://localhost:{srv.port}")
     r = await client.post("/v1/ensure", json=_body(model.uri, storage))
     doc = await r.json()
@@ -118,6 +134,37 @@ async def test_dns_is_checked_again_when_the_pull_starts(aiohttp_client, cache_c
     assert state["state"] == "failed" and state["error"]["code"] == "not_allowed"
     assert "169.254.169.254" in state["error"]["message"]
     assert fetched_bytes(srv, "m") == 0
+    assert seen == [{f"localhost:{srv.port}": "10.1.2.3"}]  # the proof's, pinned
+
+
+async def test_every_connection_goes_to_an_address_that_passed(
+        aiohttp_client, cache_config, origin, origin_root, model_on_origin):
+    """DNS rebinding after the check: the name answers one ordinary address to the check
+    and would answer another (here: the system's, loopback) to the clients. The proof
+    and the pull connect to what their own check passed, never to a new answer."""
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "m")
+    answers = iter([["10.1.2.3"], ["10.4.5.6", "10.7.8.9"]])
+    calls: list[str] = []
+
+    async def resolve(host, port):
+        calls.append(host)
+        return next(answers)
+
+    seen: list[dict[str, str]] = []
+    client = await _app(aiohttp_client, cache_config(
+        allow_endpoints=(f"http://localhost:{srv.port}",)), resolve=resolve,
+        backend_factory=_routed(seen, {"10.1.2.3": "127.0.0.1", "10.4.5.6": "127.0.0.1"}))
+    storage = dataclasses.replace(model.storage, endpoint_url=f"http://localhost:{srv.port}")
+    r = await client.post("/v1/ensure", json=_body(model.uri, storage))
+    doc = await r.json()
+    assert r.status == 202, doc
+    state = await _until_terminal(client, doc)
+    assert state["state"] == "ready", state
+    key = f"localhost:{srv.port}"
+    assert seen == [{key: "10.1.2.3"}, {key: "10.4.5.6"}]  # proof, then the pull
+    assert calls == ["localhost", "localhost"]  # one resolution per check, none after
+    assert fetched_bytes(srv, "m") == model.size
 
 
 @pytest.mark.parametrize("endpoint", [
