@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import BadRequestError
@@ -146,7 +147,36 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     """One file of a ready model; ``Range`` and ``HEAD`` supported (``FileResponse``)."""
     path = request.app[SERVICE].file_path(
         request.match_info["id"], request.match_info["path"], grant=bearer(request))
+    return _file_response(request, path)
+
+
+def _file_response(request: web.Request, path: Path) -> web.StreamResponse:
+    """``FileResponse``, except that an unsatisfiable ``Range`` is a typed JSON error
+    like every other (aiohttp answers it with an empty 416 of its own): the same
+    decision as ``FileResponse``'s, taken first, raised for the error middleware."""
+    st = path.stat()
+    if _range_unsatisfiable(request, st.st_size, st.st_mtime):
+        raise web.HTTPRequestRangeNotSatisfiable(
+            reason=f"range {request.headers.get(hdrs.RANGE, '')[:100]!r} is not satisfiable "
+                   f"for a file of {st.st_size} bytes",
+            headers={hdrs.CONTENT_RANGE: f"bytes */{st.st_size}"})
     return web.FileResponse(path, chunk_size=1 << 20)
+
+
+def _range_unsatisfiable(request: web.Request, size: int, mtime: float) -> bool:
+    if_range = request.if_range
+    if if_range is not None and mtime > if_range.timestamp():
+        return False  # the whole file is sent (200): the range does not apply
+    try:
+        rng = request.http_range
+    except ValueError:
+        return True
+    start = rng.start
+    if start is None:
+        return False
+    if start < 0 and rng.stop is None:  # a suffix: bytes=-N
+        start = max(start + size, 0)
+    return start >= size
 
 
 async def get_peer_file(request: web.Request) -> web.StreamResponse:
@@ -154,4 +184,4 @@ async def get_peer_file(request: web.Request) -> web.StreamResponse:
     callers holding the operator token (peers of one DaemonSet share it) or a grant."""
     path = request.app[SERVICE].file_path(
         request.match_info["id"], request.match_info["path"], grant=bearer(request))
-    return web.FileResponse(path, chunk_size=1 << 20)
+    return _file_response(request, path)

@@ -156,6 +156,29 @@ async def test_ensure_wait_files_and_ranges(aiohttp_client, cache_config, origin
     assert "s3://" not in text and state["id"] not in text
 
 
+async def test_unsatisfiable_ranges_are_typed_json_errors(aiohttp_client, cache_config, origin,
+                                                          origin_root, model_on_origin):
+    # Before: aiohttp's own empty 416 (no JSON body, no code) for a range past the end.
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama")
+    client = await _client(aiohttp_client, cache_config())
+    state, grant = await _ensure_ready(client, model)
+    shard = model.files[0]
+    size = len(model.bytes_of(shard))
+    url = f"/v1/models/{state['id']}/files/{shard}"
+    auth = {"Authorization": f"Bearer {grant}"}
+    for rng in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=abc", "pages=1-2"):
+        r = await client.get(url, headers=auth | {"Range": rng})
+        doc = await r.json()
+        assert r.status == 416 and doc["code"] == "range_not_satisfiable", (rng, doc)
+        assert str(size) in doc["message"] and r.headers["Content-Range"] == f"bytes */{size}"
+    # Satisfiable ones still work: the last byte, a suffix longer than the file.
+    r = await client.get(url, headers=auth | {"Range": f"bytes={size - 1}-"})
+    assert r.status == 206 and await r.read() == model.bytes_of(shard)[-1:]
+    r = await client.get(url, headers=auth | {"Range": f"bytes=-{size + 5}"})
+    assert r.status == 206 and await r.read() == model.bytes_of(shard)
+
+
 async def test_single_flight_one_transfer_for_many_requests(aiohttp_client, cache_config,
                                                            origin, origin_root, model_on_origin):
     srv = await origin(origin_root)
