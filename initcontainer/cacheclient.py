@@ -15,7 +15,9 @@ so the model is leased the moment it is ready), logs the daemon's progress, then
 ``dst`` ready: ``link`` mode symlinks every file into the cache (the chart mounts the cache
 read-only at the same path into the model server), ``copy`` mode copies each file through
 the daemon's file API (also the fallback when the cache path is not mounted here).
-It returns False, after logging why, whenever the daemon cannot provide the model.
+It returns False, after logging why, whenever the daemon cannot provide the model. A
+grant that stops being valid on the way (``grant_required``: expired, or pushed out by
+this requester's newer grants) is replaced by one more ensure before giving up.
 """
 
 from __future__ import annotations
@@ -83,14 +85,27 @@ class DaemonClient:
         try:
             storage = await asyncio.to_thread(portable_storage, src, storage)
             async with CacheAPIClient(self.socket_path) as api:
-                model, grant = await self._ready_model(api, src, storage, include, exclude)
-                if model["state"] != "ready":
-                    err = model.get("error") or {}
-                    self.log.warning("node cache could not provide %s: %s: %s", src,
-                                     err.get("code", model["state"]), err.get("message", ""))
-                    return False
-                files = await api.files(model["id"], grant=grant)
-                how = await self._materialise(api, model, grant, files, Path(dst))
+                for attempt in (1, 2):
+                    try:
+                        model, grant = await self._ready_model(api, src, storage, include,
+                                                               exclude)  # fmt: skip
+                        if model["state"] != "ready":
+                            err = model.get("error") or {}
+                            self.log.warning("node cache could not provide %s: %s: %s", src,
+                                             err.get("code", model["state"]),
+                                             err.get("message", ""))  # fmt: skip
+                            return False
+                        files = await api.files(model["id"], grant=grant)
+                        how = await self._materialise(api, model, grant, files, Path(dst))
+                        break
+                    except ApiError as e:
+                        # The grant ran out while we waited (its TTL, or this requester's
+                        # newer grants pushed it out): a new ensure is a hit with a fresh
+                        # one, cheaper than a direct download. Once.
+                        if e.code != "grant_required" or attempt == 2:
+                            raise
+                        self.log.info("node cache: the grant for %s is no longer valid (%s); "
+                                      "ensuring again", src, e.message)
         except DaemonUnavailableError as e:
             self.log.warning("node cache unavailable: %s", e)
             return False

@@ -429,3 +429,46 @@ async def test_lone_archive_through_the_node_cache_is_extracted(daemon, origin, 
     async with d.client() as api:  # the cache keeps the archive for the next pod
         (m,) = await api.models()
     assert m["state"] == "ready"
+
+
+async def test_init_container_ensures_again_when_its_grant_is_pushed_out(
+        cache_config, origin, origin_root, model_on_origin, tmp_path, short_dir, caplog):
+    """One live grant per requester: while the init container waits for the pull, the same
+    requester (same credentials, same pod) ensures again, which pushes the first grant
+    out. Before: ``grant_required`` on the files call, and a direct download instead."""
+    from aiohttp import web
+
+    from sidecar.app import create_app
+    from sidecar.client import CacheAPIClient
+
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama")
+    shard = next(f for f in model.files if f.endswith(".safetensors"))
+    srv.set_faults([Fault(kind="stall", path=f"models/llama/{shard}", nth=(1,),
+                          ranged_only=True, stall_s=3.0)])
+    runner = web.AppRunner(create_app(cache_config(grants_per_requester=1)))
+    await runner.setup()
+    sock = short_dir / "g.sock"
+    await web.UnixSite(runner, str(sock)).start()
+    caplog.set_level(logging.INFO)
+    try:
+        client = DaemonClient(str(sock), mode="copy", pod_uid="uid-1",
+                              log=logging.getLogger("test.init"))
+        task = asyncio.create_task(client.provide(model.uri, tmp_path / "mnt",
+                                                  storage=model.storage, include=(),
+                                                  exclude=()))  # fmt: skip
+        async with CacheAPIClient(sock) as api:
+            for _ in range(200):  # until the init container's pull runs
+                if srv.fired() and srv.fired()[0]:
+                    break
+                await asyncio.sleep(0.05)
+            assert srv.fired()[0] == 1
+            again = await api.ensure(model.uri, storage=model.storage, lease=("uid-1", None))
+            assert again["outcome"] == "joined", again
+            ok = await asyncio.wait_for(task, 60)
+    finally:
+        await runner.cleanup()
+    assert ok, caplog.text
+    assert "is no longer valid" in caplog.text and "ensuring again" in caplog.text
+    for rel in model.files:
+        assert (tmp_path / "mnt" / rel).read_bytes() == model.bytes_of(rel)
