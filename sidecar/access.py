@@ -31,7 +31,7 @@ from streamer import Backend, ObjectURI, StorageSettings, open_backend
 from streamer.errors import UsageError
 from streamer.uri import HTTP_SCHEMES
 
-from .credentials import SCHEME_KINDS, RequesterAccess
+from .credentials import SCHEME_KINDS, RequesterAccess, missing_credentials_message
 from .errors import (
     BadRequestError,
     CredentialsRequiredError,
@@ -74,9 +74,7 @@ class AccessPolicy:
         if kind == "none":
             sas_in_uri = uri.scheme == "az" and bool(uri.account and urlsplit(uri.raw).query)
             if accepted[0] != "anonymous" and not sas_in_uri:
-                raise CredentialsRequiredError(
-                    f"send the requester's own {uri.scheme} credentials (kind "
-                    f"{' or '.join(accepted)}); the node cache never uses its own")
+                raise CredentialsRequiredError(missing_credentials_message(uri.scheme))
         elif kind not in accepted:
             raise BadRequestError(f"credentials of kind {kind} do not apply to "
                                   f"{uri.scheme}:// (use {' or '.join(accepted)})")

@@ -46,6 +46,30 @@ SCHEME_KINDS: Mapping[str, tuple[str, ...]] = {
     "https": ("anonymous",),
     "file": ("anonymous",),
 }
+# What the credentials_required answer tells a requester that sent none, per scheme: the
+# kinds are what it may send; these are where a pod usually gets one.
+MISSING_HINTS: Mapping[str, str] = {
+    "s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN); IRSA or another "
+          "botocore chain is resolved to keys by the client before it asks",
+    "gs": "an OAuth access token in GOOGLE_OAUTH_ACCESS_TOKEN (from GKE Workload Identity, "
+          "a service account key or `gcloud auth print-access-token`)",
+    "az": "AZURE_STORAGE_ACCESS_KEY, or a SAS in AZURE_STORAGE_SAS_TOKEN (or on an https "
+          "blob URI); a pod that signs in with a service principal (AZURE_CLIENT_ID/"
+          "AZURE_CLIENT_SECRET/AZURE_TENANT_ID) or Azure workload identity "
+          "(AZURE_FEDERATED_TOKEN_FILE) sends a SAS made with that identity (a user "
+          "delegation SAS, e.g. `az storage container generate-sas --as-user "
+          "--auth-mode login`): the daemon does not sign in as the pod",
+}
+
+
+def missing_credentials_message(scheme: str) -> str:
+    """The ``credentials_required`` message for a request for ``scheme`` with none."""
+    kinds = " or ".join(SCHEME_KINDS.get(scheme, ("anonymous",)))
+    hint = MISSING_HINTS.get(scheme)
+    return (f"send the requester's own {scheme} credentials (kind {kinds}"
+            + (f": {hint}" if hint else "") + "); the node cache never uses its own")
+
+
 # Fields each kind carries (all required).
 KIND_FIELDS: Mapping[str, tuple[str, ...]] = {
     "none": (),  # nothing sent (never on the wire)
@@ -194,4 +218,5 @@ class RequesterAccess:
         return self.endpoint.url
 
 
-__all__ = ["KINDS", "SCHEME_KINDS", "Credentials", "Endpoint", "RequesterAccess"]
+__all__ = ["KINDS", "SCHEME_KINDS", "Credentials", "Endpoint", "RequesterAccess",
+           "missing_credentials_message"]

@@ -167,6 +167,24 @@ async def test_every_connection_goes_to_an_address_that_passed(
     assert fetched_bytes(srv, "m") == model.size
 
 
+@pytest.mark.parametrize(("uri", "names"), [
+    ("az://models/m", ("azure_key or azure_sas", "AZURE_STORAGE_SAS_TOKEN",
+                       "service principal", "AZURE_CLIENT_SECRET", "workload identity",
+                       "AZURE_FEDERATED_TOKEN_FILE", "user delegation SAS")),
+    ("gs://bucket/m", ("bearer", "GOOGLE_OAUTH_ACCESS_TOKEN", "Workload Identity")),
+])
+async def test_missing_credentials_name_the_ways_to_send_them(aiohttp_client, cache_config,
+                                                              uri, names):
+    client = await _app(aiohttp_client, cache_config())
+    r = await client.post("/v1/ensure", json={"uri": uri, "endpoint": {"account": "acct"}}
+                          if uri.startswith("az") else {"uri": uri})
+    doc = await r.json()
+    assert (r.status, doc["code"]) == (401, "credentials_required"), doc
+    for name in names:
+        assert name in doc["message"], (name, doc["message"])
+    assert "never uses its own" in doc["message"]
+
+
 @pytest.mark.parametrize("endpoint", [
     {"url": "http://a b"}, {"url": "ftp://127.0.0.1/"}, {"url": "http://x\r\nHost: y"},
     {"url": "http://user:pw@127.0.0.1:1/"}, {"url": "http://127.0.0.1:99999/"},
