@@ -34,6 +34,8 @@ flag                       environment                     default
 ``--peer-rate-per-peer``   ``WEIGHTSTREAM_PEER_RATE_PER_PEER`` ``0``
 ``--peer-connections``     ``WEIGHTSTREAM_PEER_CONNECTIONS`` ``64``
 ``--peer-timeout``         --                              ``10`` seconds
+--                         ``HTTP_PROXY``, ``HTTPS_PROXY``, none (origin traffic direct)
+                           ``NO_PROXY`` (and lowercase)
 =========================  ==============================  ==========================
 
 Peers (:mod:`sidecar.peers`): the daemon's own name among its peers is ``--node-name``
@@ -42,18 +44,21 @@ Peers (:mod:`sidecar.peers`): the daemon's own name among its peers is ``--node-
 secret (``--peer-secret-file``).
 
 Pod awareness (leases follow the pods that hold them) is on when a node name and an API
-server are known and the service account token file exists.
+server are known and the service account token file exists. The forward proxy for
+origin traffic comes from the daemon's own environment only (:mod:`streamer.proxy`); a
+requester's message never names one.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from streamer.errors import UsageError
+from streamer.proxy import ProxySettings
 from streamer.settings import (
     TransferOptions,
     add_transfer_arguments,
@@ -117,6 +122,8 @@ class DaemonConfig(TransferOptions):
         peer_rate, peer_rate_per_peer: bytes/s caps of peer traffic (0: none).
         peer_connections: peer connections at once, each way.
         peer_timeout: seconds a peer read may send nothing before it falls back.
+        proxy: the forward proxy of every pull's origin traffic (``HTTP(S)_PROXY``,
+            ``NO_PROXY`` of the daemon's environment).
     """
 
     cache_root: Path = Path(DEFAULT_ROOT)
@@ -126,6 +133,7 @@ class DaemonConfig(TransferOptions):
     listen: tuple[str, int] | None = ("0.0.0.0", 8470)
     s3_listen: tuple[str, int] | None = None
     s3_max_readers: int = 512
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     allow: tuple[str, ...] = ()
     allow_endpoints: tuple[str, ...] = ()
     operator_token_file: Path | None = None
@@ -258,6 +266,7 @@ class DaemonConfig(TransferOptions):
             kube_token_file=Path(pick("kube_token_file", None, SA_DIR / "token")),
             kube_ca_file=Path(pick("kube_ca_file", None, SA_DIR / "ca.crt")),
             **_peer_values(pick),
+            proxy=ProxySettings.from_env(environ),
             **resolve_transfer(environ, args).transfer_fields(),
         )
         values.update(overrides)

@@ -227,7 +227,8 @@ class CacheService:
         """Static checks, then the listing with the requester's credentials."""
         uri = parse_uri(request.uri)
         access = request.access
-        # Only what the message says (no paths, no env), pinned to the checked address.
+        # Only what the message says (no paths, no env), pinned to the checked address,
+        # through the daemon's own forward proxy.
         storage = await self._check_access(uri, access)
         include = normalise_patterns(request.include)
         exclude = normalise_patterns(request.exclude)
@@ -244,7 +245,8 @@ class CacheService:
     async def _check_access(self, uri: ObjectURI, access: RequesterAccess) -> StorageSettings:
         """The static rules, then the server a requester names (resolved and checked
         each time: at every ensure and again when a pull starts). Returns the settings
-        to connect with: the message's, pinned to the address that passed.
+        to connect with: the message's, pinned to the address that passed, through the
+        daemon's own forward proxy (its environment's ``HTTP(S)_PROXY``; never the message's).
 
         Raises:
             NotAllowedError, CredentialsRequiredError, BadRequestError.
@@ -256,7 +258,7 @@ class CacheService:
             what = "source" if uri.scheme in HTTP_SCHEMES else "endpoint"
             pins = await self._endpoints.check(server, what=what,
                                                listed=True if by_prefix else None)
-        return replace(access.settings(uri), connect_to=pins)
+        return replace(access.settings(uri), connect_to=pins, proxy=self.config.proxy)
 
     def _start_pull(self, entry: Entry, uri: ObjectURI, access: RequesterAccess,
                     the_plan: Plan) -> None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import UsageError
+from .proxy import ProxySettings
 from .retry import RetryPolicy
 from .sizes import format_size, parse_size
 
@@ -76,6 +77,8 @@ class StorageSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_attempts: int = 5
+    # Forward proxy for origin traffic (HTTP(S)_PROXY, NO_PROXY): see streamer.proxy
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     # Environment snapshot for other backends (gs, az, hf) and botocore's chain.
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # Pinned addresses, ``"host:port" -> address`` (set by the node cache for a server a
@@ -122,6 +125,7 @@ class StorageSettings:
             connect_timeout=env_number(environ, "S3_CONNECT_TIMEOUT", 10.0),
             read_timeout=env_number(environ, "S3_READ_TIMEOUT", 60.0),
             max_attempts=int(env_number(environ, "S3_MAX_ATTEMPTS", 5)),
+            proxy=ProxySettings.from_env(environ),
             env=env,
         )
         spec = _storage_spec(environ)
@@ -184,6 +188,7 @@ class StorageSettings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["env"] = dict(self.env)
         data["connect_to"] = dict(self.connect_to)
+        data["proxy"] = asdict(self.proxy)
         return data
 
     @classmethod
@@ -193,7 +198,10 @@ class StorageSettings:
         unknown = set(data) - known
         if unknown:
             raise UsageError(f"unknown storage settings: {', '.join(sorted(unknown))}")
-        return cls(**dict(data))
+        values = dict(data)
+        if isinstance(values.get("proxy"), Mapping):
+            values["proxy"] = ProxySettings(**values["proxy"])
+        return cls(**values)
 
 
 def _verify(value: str | None) -> bool:

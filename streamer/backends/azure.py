@@ -100,7 +100,7 @@ class AzureBackend(ObstoreBackend):
         return obstore.store.AzureStore(
             self.container,
             client_options=client_options(
-                self.settings, allow_http=bool(endpoint and endpoint.startswith("http://"))
+                self.settings, url=endpoint or f"https://{self.account}.blob.core.windows.net"
             ),
             retry_config=NO_RETRIES,
             **config,

@@ -97,7 +97,7 @@ class GCSBackend(ObstoreBackend):
         return obstore.store.GCSStore(
             self.bucket,
             client_options=client_options(
-                self.settings, allow_http=bool(emulator and emulator.startswith("http://"))
+                self.settings, url=emulator or PUBLIC_ENDPOINT
             ),
             retry_config=NO_RETRIES,
             **config,

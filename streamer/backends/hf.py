@@ -75,7 +75,7 @@ class HFBackend(Backend):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = client_session(self.settings)
+            self._session = client_session(self.settings, url=self.endpoint)
         return self._session
 
     def _headers(self) -> dict[str, str]:

@@ -34,9 +34,11 @@ _READ_BLOCK = 1 << 20
 
 
 def client_session(
-    settings: StorageSettings, *, headers: dict[str, str] | None = None
+    settings: StorageSettings, *, url: str, headers: dict[str, str] | None = None
 ) -> aiohttp.ClientSession:
-    """An aiohttp session with the settings' timeouts and TLS (CA bundle, verify off).
+    """An aiohttp session to the origin ``url`` with the settings' timeouts, TLS (CA
+    bundle, verify off) and forward proxy (:mod:`streamer.proxy`; aiohttp's own reading of
+    the environment, ``trust_env``, stays off).
 
     Bytes are stored as the object holds them, on every data plane: the session asks for
     ``identity`` and never decodes a ``Content-Encoding`` (a range of an encoded object is
@@ -60,6 +62,8 @@ def client_session(
         read_bufsize=_READ_BLOCK,
         auto_decompress=False,
         headers={"Accept-Encoding": "identity", **(headers or {})},
+        proxy=settings.proxy.for_url(url),
+        trust_env=False,
     )
 
 
@@ -117,7 +121,7 @@ class HTTPBackend(Backend):
             token = hub_token(self.origin, self.settings)  # https to the Hub's host only
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-            self._session = client_session(self.settings, headers=headers)
+            self._session = client_session(self.settings, url=self.origin, headers=headers)
         return self._session
 
     async def stat(self, key: str) -> ObjectInfo:

@@ -133,8 +133,10 @@ def check_total(uri: str, result: Any, size: int | None) -> None:
 _PROBE_KEY = ".weightstream-probe"
 
 
-def client_options(settings: StorageSettings, *, allow_http: bool) -> dict[str, Any]:
-    """obstore client options from the shared settings (timeouts, TLS)."""
+def client_options(settings: StorageSettings, *, url: str) -> dict[str, Any]:
+    """obstore client options for the store at ``url`` from the shared settings (timeouts,
+    TLS, the forward proxy of :mod:`streamer.proxy`)."""
+    allow_http = url.startswith("http://")
     opts: dict[str, Any] = {
         "allow_http": allow_http,
         "connect_timeout": dt.timedelta(seconds=settings.connect_timeout),
@@ -142,6 +144,9 @@ def client_options(settings: StorageSettings, *, allow_http: bool) -> dict[str, 
         "timeout": dt.timedelta(hours=1),
         "pool_max_idle_per_host": "64",
     }
+    proxy = settings.proxy.for_url(url)
+    if proxy:
+        opts["proxy_url"] = proxy
     if not settings.verify_ssl:
         opts["allow_invalid_certificates"] = True
         return opts
@@ -251,7 +256,7 @@ class ObstoreBackend(Backend):
             return info
         url, headers = request  # never logged: a signed URL is a credential
         if self._http is None:
-            self._http = client_session(self.settings)
+            self._http = client_session(self.settings, url=url)  # one host per store
         try:
             async with self._http.head(url, headers=headers, allow_redirects=False) as r:
                 raise_for_status(uri, r.status, r.headers)

@@ -130,6 +130,8 @@ class S3Backend(Backend):
         s = self.settings
         session, _ = _control_plane()
         region = s.region or "us-east-1"
+        url = s.endpoint_url or f"https://s3.{region}.amazonaws.com"
+        proxy = s.proxy.for_url(url)  # the same for botocore and obstore (streamer.proxy)
         config = Config(
             region_name=region,
             connect_timeout=s.connect_timeout,
@@ -140,6 +142,7 @@ class S3Backend(Backend):
                 "use_accelerate_endpoint": s.use_accelerate,
             },
             signature_version=_unsigned() if s.anonymous else None,
+            proxies={"http": proxy, "https": proxy} if proxy else None,
         )
         verify: bool | str = (s.ca_bundle or True) if s.verify_ssl else False
         with _shared_lock:  # botocore sessions are not thread-safe while creating clients
@@ -155,9 +158,7 @@ class S3Backend(Backend):
         store_kwargs: dict[str, Any] = {
             "region": region,
             "virtual_hosted_style_request": s.virtual_addressing,
-            "client_options": client_options(
-                s, allow_http=bool(s.endpoint_url and s.endpoint_url.startswith("http://"))
-            ),
+            "client_options": client_options(s, url=url),
             "retry_config": NO_RETRIES,
         }
         if s.endpoint_url:
