@@ -27,7 +27,7 @@ async def _download(uri: str, dest: Path, env: dict[str, str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", CLI_MODULE, "download", uri, str(dest), "-q", env=env,
         cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=90)
     assert proc.returncode == 0, err.decode()
 
 
@@ -83,7 +83,7 @@ async def test_no_proxy_names_the_origin_so_it_goes_direct(origin, model, tmp_pa
 
 async def test_a_dead_proxy_fails_the_download(origin, model, tmp_path):
     """The proxy is really used: with it gone, nothing reaches the origin."""
-    root, m = model
+    root, _ = model
     srv = await origin(root)
     async with serve_forward_proxy() as proxy:
         url = proxy.url
