@@ -5,6 +5,10 @@
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh tests/unit -x   # extra arguments go to pytest
+#   PYTEST_WORKERS=2 scripts/test.sh   # 2 pytest-xdist workers (default: 1, one process)
+#
+# With workers, tests that share an expensive server stay on one worker (tests/conftest.py:
+# one group per module, one for the Kubernetes control plane, one for vLLM).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,4 +19,8 @@ echo "test: ruff"
 echo "test: lint-imports"
 .venv/bin/lint-imports
 echo "test: pytest"
-exec .venv/bin/python -m pytest "$@"
+workers="${PYTEST_WORKERS:-1}"
+if [[ "$workers" == 1 ]]; then
+    exec .venv/bin/python -m pytest "$@"
+fi
+exec .venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"

@@ -118,6 +118,35 @@ def run_cli() -> Callable[..., ProcResult]:
     return _run_cli
 
 
+# Parallel runs (pytest-xdist, ``-n N --dist loadgroup`` as scripts/test.sh runs them):
+# each module runs whole on one worker (its module fixtures start once), and the tests
+# that share one expensive server run on the same worker: every tests/e2e module that
+# uses the session's Kubernetes control plane, and every vLLM module (one vLLM at a time;
+# each takes GiBs). The image build (tests/e2e/test_image.py) is its own group, so it
+# runs beside the control plane. Session fixtures (moto, Azurite) start once per worker,
+# each on its own free port; buckets and directories are per test.
+_TESTS = Path(__file__).resolve().parent
+_SHARED_GROUPS = {"e2e": "k8s-control-plane", "vllm": "vllm"}
+_OWN_GROUP = frozenset({"e2e/test_image.py"})
+
+
+def xdist_group(path: Path) -> str:
+    """The xdist group of a test file (a path relative to tests/, or the shared group)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(_TESTS):
+        return resolved.as_posix()
+    rel = resolved.relative_to(_TESTS).as_posix()
+    if rel in _OWN_GROUP:
+        return rel
+    return _SHARED_GROUPS.get(rel.split("/", 1)[0], rel)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(xdist_group(Path(item.path))))
+
+
 # Tests require what they use (scripts/test.sh installs all of it) instead of skipping
 # without it. The one skip is for hardware CI machines do not have (a CUDA device); in CI
 # any other skip, say one a new test adds, fails instead of passing silently.
