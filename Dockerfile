@@ -32,8 +32,9 @@ COPY streamer ./streamer
 COPY initcontainer ./initcontainer
 COPY sidecar ./sidecar
 # Same command as the README's install: a wheel built from this tree (every scheme is in
-# the core package). The tensors/vllm extras belong to the model server, not here.
-RUN /opt/weightstream/bin/pip install .
+# the core package; `daemon` adds the daemon's Kubernetes client). The tensors/vllm extras
+# belong to the model server, not here.
+RUN /opt/weightstream/bin/pip install '.[daemon]'
 # Fail the build if an entry point the chart and KServe rely on is missing.
 RUN test -x /opt/weightstream/bin/weightstream \
  && test -x /opt/weightstream/bin/weightstream-init

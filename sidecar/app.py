@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -26,13 +27,15 @@ from . import handlers as h
 from .config import DaemonConfig
 from .errors import classify
 from .keys import CONFIG, LISTENER, METRICS, REGISTRY, S3, SERVICE
-from .kube import PodDirectory
 from .metrics import CacheMetrics
 from .peers.service import open_directory
 from .s3.credentials import ScopedKeys
 from .s3.handlers import create_s3_app, issue_credentials
 from .s3.service import S3Objects
 from .service import CacheService
+
+if TYPE_CHECKING:
+    from .kube import PodDirectory
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ def create_app(
         pods = None
         if service is None:
             pods = open_pod_directory(config)
+            if pods is not None:
+                await pods.start()
             svc = CacheService(config, metrics=metrics, clock=clock, pods=pods,
                                peer_directory=open_directory(config))
         else:
@@ -101,6 +106,8 @@ def open_pod_directory(config: DaemonConfig) -> PodDirectory | None:
         log.info("no service account token at %s: leases only expire by TTL",
                  config.kube_token_file)
         return None
+    from .kube import PodDirectory  # kubernetes_asyncio: only with pod awareness
+
     log.info("leases follow the pods of node %s (%s)", config.node_name, config.kube_api)
     return PodDirectory(config.kube_api, config.node_name, token_file=config.kube_token_file,
                         ca_file=config.kube_ca_file)

@@ -25,6 +25,9 @@ flag                       environment                     default
 ``--peer-files``           --                              off
 ``--proof-ttl``            --                              ``30`` seconds
 ``--housekeeping``         --                              ``30`` seconds
+``--peer-discovery``       ``WEIGHTSTREAM_PEER_DISCOVERY`` ``static`` (or ``kubernetes``)
+``--peer-service``         ``WEIGHTSTREAM_PEER_SERVICE``   unset (kubernetes discovery)
+``--kube-namespace``       ``WEIGHTSTREAM_NAMESPACE``      the service account's namespace
 ``--node-name``            ``WEIGHTSTREAM_NODE_NAME``      unset (no pod awareness)
 ``--kube-api``             ``KUBERNETES_SERVICE_HOST/PORT`` in-cluster API server
 ``--peer-listen``          ``WEIGHTSTREAM_PEER_LISTEN``    ``off`` (peer listener)
@@ -44,9 +47,11 @@ Peers (:mod:`sidecar.peers`): the daemon's own name among its peers is ``--node-
 secret (``--peer-secret-file``).
 
 Pod awareness (leases follow the pods that hold them) is on when a node name and an API
-server are known and the service account token file exists. The forward proxy for
-origin traffic comes from the daemon's own environment only (:mod:`streamer.proxy`); a
-requester's message never names one.
+server are known and the service account token file exists. Kubernetes peer discovery
+(``--peer-discovery kubernetes``) watches the EndpointSlices of ``--peer-service`` in the
+daemon's namespace and needs the node name (a daemon's name among its peers) and an API
+server. The forward proxy for origin traffic comes from the daemon's own environment only
+(:mod:`streamer.proxy`); a requester's message never names one.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ DEFAULT_MIN_FREE = 10 << 30
 MAX_SOCKET_PATH = 107
 MAX_REQUEST_BYTES = 1 << 20
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DISCOVERY = ("static", "kubernetes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +119,10 @@ class DaemonConfig(TransferOptions):
         max_wait: upper bound on one long-poll or event stream, seconds.
         progress_interval: minimum seconds between progress events of one pull.
         max_request_bytes: largest request body accepted.
+        peer_discovery: where the candidate peers come from: ``static`` (a fixed list) or
+            ``kubernetes`` (the EndpointSlices of ``peer_service``).
+        peer_service: the headless Service of the daemons (kubernetes discovery).
+        kube_namespace: the daemon's namespace; None: the service account's namespace file.
         node_name, kube_api, kube_token_file, kube_ca_file: pod awareness (the node this
             daemon serves and how to reach the API server); off without a node or an API.
             The node name is also this daemon's name among its peers (:attr:`own_name`).
@@ -151,6 +161,9 @@ class DaemonConfig(TransferOptions):
     max_wait: float = 300.0
     progress_interval: float = 0.5
     max_request_bytes: int = MAX_REQUEST_BYTES
+    peer_discovery: str = "static"
+    peer_service: str | None = None
+    kube_namespace: str | None = None
     node_name: str | None = None
     kube_api: str | None = None
     kube_token_file: Path = SA_DIR / "token"
@@ -199,6 +212,17 @@ class DaemonConfig(TransferOptions):
             raise UsageError("peer rates must not be negative")
         if self.peer_connections < 1 or self.peer_timeout <= 0:
             raise UsageError("peer connections and timeout must be positive")
+
+        if self.peer_discovery not in DISCOVERY:
+            raise UsageError(f"peer discovery must be one of {', '.join(DISCOVERY)}, "
+                             f"got {self.peer_discovery!r}")
+        if self.peer_discovery == "kubernetes" and not (
+                self.peer_service and self.node_name and self.kube_api):
+            raise UsageError("kubernetes peer discovery needs --peer-service, the node name "
+                             "(--node-name) and an API server (--kube-api or in-cluster)")
+        if self.peer_discovery == "kubernetes" and self.peer_listen is None:
+            raise UsageError("kubernetes peer discovery needs a peer listener of its own "
+                             "(--peer-listen)")
 
     @property
     def own_name(self) -> str:
@@ -261,6 +285,9 @@ class DaemonConfig(TransferOptions):
             s3_max_readers=int(pick("s3_max_readers", None, 512)),
             housekeeping_interval=float(pick("housekeeping", None, 30.0)),
             proof_ttl=float(pick("proof_ttl", None, 30.0)),
+            peer_discovery=pick("peer_discovery", "WEIGHTSTREAM_PEER_DISCOVERY", "static"),
+            peer_service=pick("peer_service", "WEIGHTSTREAM_PEER_SERVICE", None),
+            kube_namespace=pick("kube_namespace", "WEIGHTSTREAM_NAMESPACE", None),
             node_name=pick("node_name", "WEIGHTSTREAM_NODE_NAME", None),
             kube_api=pick("kube_api", None, _in_cluster_api(environ)),
             kube_token_file=Path(pick("kube_token_file", None, SA_DIR / "token")),
@@ -362,6 +389,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "of access for this long; 0: list on every request (default 30)")
     p.add_argument("--housekeeping", type=float, metavar="SECONDS",
                    help="seconds between lease-expiry and capacity passes (default 30)")
+    p.add_argument("--peer-discovery", choices=DISCOVERY,
+                   help="where the candidate peers come from: static (--peers) or "
+                        "kubernetes (the EndpointSlices of --peer-service); env "
+                        "WEIGHTSTREAM_PEER_DISCOVERY, default static")
+    p.add_argument("--peer-service", metavar="NAME",
+                   help="headless Service of the daemons, for kubernetes discovery "
+                        "(env WEIGHTSTREAM_PEER_SERVICE)")
+    p.add_argument("--kube-namespace", metavar="NAME",
+                   help="the daemon's namespace (env WEIGHTSTREAM_NAMESPACE, default: the "
+                        f"service account's, {SA_DIR / 'namespace'})")
     p.add_argument("--node-name", metavar="NAME",
                    help="this node's name, for pod awareness: leases of pods gone from the "
                         "node are released, those of running pods renewed "

@@ -142,6 +142,20 @@ class InsufficientCapacityError(CacheError, OSError):
         return self.message
 
 
+class KubeApiError(CacheError, ConnectionError):
+    """The Kubernetes API server could not be reached or answered an error (``status`` 0
+    when no answer came); ``what`` names the request (``list pods``), never a token. The
+    daemon's own business (pod awareness, peer discovery): never an API answer, so it has
+    no code of its own."""
+
+    def __init__(self, what: str, *, status: int = 0, reason: str = "") -> None:
+        self.what = what
+        self.status = status
+        self.reason = reason
+        answer = f"HTTP {status} {reason}".strip() if status else reason or "no answer"
+        super().__init__(f"{what}: {answer}")
+
+
 class DaemonUnavailableError(CacheError, ConnectionError):
     """Client side: no daemon answers on the socket."""
 

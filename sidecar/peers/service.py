@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from streamer.backends.base import Backend
+from streamer.errors import UsageError
 from streamer.plan import Plan
 from streamer.schedule import RangeSchedule
 
@@ -44,10 +45,37 @@ FRESH_SECONDS = 3.0
 
 
 def open_directory(config: DaemonConfig) -> PeerDirectory | None:
-    """The peer directory the configuration names (the one place it is chosen)."""
+    """The peer directory the configuration names (the one place it is chosen).
+
+    Raises:
+        UsageError: kubernetes discovery without a namespace (flag, env or the service
+            account's file).
+    """
+    if config.peer_discovery == "kubernetes":
+        from .kubernetes import KubernetesPeers  # kubernetes_asyncio: only when used
+
+        assert config.kube_api and config.node_name and config.peer_service  # (config)
+        namespace = config.kube_namespace or _service_account_namespace(config)
+        log.info("peers: the ready endpoints of service %s/%s", namespace,
+                 config.peer_service)
+        return KubernetesPeers(config.kube_api, namespace=namespace,
+                               service=config.peer_service, own_name=config.node_name,
+                               token_file=config.kube_token_file, ca_file=config.kube_ca_file)
     if config.peers:
         return StaticPeers(config.peers, own_name=config.own_name)
     return None
+
+
+def _service_account_namespace(config: DaemonConfig) -> str:
+    path = config.kube_token_file.parent / "namespace"
+    try:
+        namespace = path.read_text().strip()
+    except OSError as e:
+        raise UsageError(f"no namespace for peer discovery: give --kube-namespace "
+                         f"(cannot read {path}: {type(e).__name__})") from None
+    if not namespace:
+        raise UsageError(f"no namespace for peer discovery: {path} is empty")
+    return namespace
 
 
 class PeerService:

@@ -68,7 +68,8 @@ def test_every_error_code_is_documented():
                                   "--listen", "--allow", "--log-format", "--proof-ttl",
                                   "--peer-files", "--max-pulls", "--housekeeping",
                                   "--node-name", "--kube-api", "--allow-endpoint",
-                                  "--operator-token-file"])
+                                  "--operator-token-file", "--peer-discovery",
+                                  "--peer-service", "--kube-namespace"])
 def test_serve_flags_are_documented(flag):
     assert f"`{flag}" in (DOCS / "sidecar.md").read_text()
 

@@ -76,6 +76,24 @@ def test_pod_awareness_settings():
     assert DaemonConfig.from_sources({}, {}).node_name is None
 
 
+def test_peer_discovery_settings():
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "WEIGHTSTREAM_NODE_NAME": "gpu-1",
+           "WEIGHTSTREAM_PEER_DISCOVERY": "kubernetes", "WEIGHTSTREAM_PEER_SERVICE": "ws",
+           "WEIGHTSTREAM_NAMESPACE": "weightstream-system"}
+    c = DaemonConfig.from_sources({}, env)
+    assert (c.peer_discovery, c.peer_service, c.kube_namespace) == (
+        "kubernetes", "ws", "weightstream-system")
+    assert DaemonConfig.from_sources({"peer_discovery": "static"}, env).peer_discovery == (
+        "static")
+    assert DaemonConfig.from_sources({}, {}).peer_discovery == "static"
+    for missing in ("WEIGHTSTREAM_PEER_SERVICE", "WEIGHTSTREAM_NODE_NAME",
+                    "KUBERNETES_SERVICE_HOST"):
+        with pytest.raises(UsageError):
+            DaemonConfig.from_sources({}, {k: v for k, v in env.items() if k != missing})
+    with pytest.raises(UsageError):
+        DaemonConfig.from_sources({"peer_discovery": "dns"}, env)
+
+
 def test_listen_and_client_socket():
     assert parse_listen("[::]:8470") == ("::", 8470)
     assert parse_listen(":8470") == ("0.0.0.0", 8470)
