@@ -53,6 +53,7 @@ VALUE_SETS: tuple[str | None, ...] = (
     "networkpolicy.yaml",
     "minimal.yaml",
     "no-streamer.yaml",
+    "peers.yaml",
 )
 
 _COMBINATORS = ("allOf", "anyOf", "oneOf")

@@ -56,9 +56,12 @@ def _values(values: str | None) -> dict[str, Any]:
 
 
 def _kubelet_env(c: dict[str, Any], base: dict[str, str] | None = None) -> dict[str, str]:
-    """The container's environment with the downward API filled in."""
-    env = dict(base or {})
-    fields = {"metadata.uid": POD_UID, "spec.nodeName": NODE}
+    """The container's environment with the downward API filled in, and the API server's
+    address, which the kubelet gives every container (service links or not)."""
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+           **(base or {})}
+    fields = {"metadata.uid": POD_UID, "spec.nodeName": NODE,
+              "metadata.namespace": "weightstream-system"}
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = e["value"]
@@ -94,6 +97,10 @@ def test_daemon_accepts_rendered_config(render, values):
         assert config.concurrency == transfer["concurrency"]
     if "maxMemory" in transfer:
         assert config.max_memory == parse_size(transfer["maxMemory"])
+    peers = v["peers"]["enabled"]
+    assert config.peer_discovery == ("kubernetes" if peers else "static")
+    assert config.kube_namespace == ("weightstream-system" if peers else None)
+    assert (config.peer_service == find(render(values), "Service")["metadata"]["name"]) == peers
 
 
 @pytest.mark.parametrize("values", [v for v in VALUE_SETS if v != "minimal.yaml"], ids=_ids)

@@ -42,6 +42,11 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 VLLM_LOADER_KEYS = {"concurrency", "memory_limit", "distributed"}
 CACHE_VOLUME = "weightstream-cache"
 PRESET_SETS = tuple(v for v in VALUE_SETS if v != "minimal.yaml")  # minimal: no preset
+# What peers.enabled adds to the daemon's ConfigMap (tests/chart/test_chart_peers.py).
+PEER_ENV = ("WEIGHTSTREAM_PEER_LISTEN", "WEIGHTSTREAM_PEER_DISCOVERY",
+            "WEIGHTSTREAM_PEER_SERVICE", "WEIGHTSTREAM_PEER_SECRET_FILE",
+            "WEIGHTSTREAM_PEER_RATE", "WEIGHTSTREAM_PEER_RATE_PER_PEER",
+            "WEIGHTSTREAM_PEER_CONNECTIONS")
 
 pytestmark = pytest.mark.helm
 
@@ -249,7 +254,9 @@ def test_configmap_matches_interfaces(render, values):
         "WEIGHTSTREAM_CACHE_ROOT", "WEIGHTSTREAM_CACHE_CAPACITY", "WEIGHTSTREAM_CACHE_MIN_FREE",
         "WEIGHTSTREAM_CACHE_LISTEN", "WEIGHTSTREAM_CACHE_ALLOW", "WEIGHTSTREAM_LOG_FORMAT",
         "WEIGHTSTREAM_CONCURRENCY", "WEIGHTSTREAM_CHUNK_SIZE", "WEIGHTSTREAM_MAX_MEMORY",
+        *PEER_ENV,
     }
+    assert (set(PEER_ENV) <= set(data)) == v.get("peers", {}).get("enabled", False)
     transfer = v["daemon"].get("transfer", {})
     for key, env in (("concurrency", "WEIGHTSTREAM_CONCURRENCY"),
                      ("chunkSize", "WEIGHTSTREAM_CHUNK_SIZE"),
@@ -283,7 +290,10 @@ def test_daemon_probes_security_and_rollout(render, values):
     ds = find(objs, "DaemonSet")
     spec, daemon = _daemon(objs)
     port = _values(values)["daemon"]["port"]
-    assert daemon["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    peers = _values(values)["peers"]
+    assert daemon["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}] + (
+        [{"name": "peer", "containerPort": peers["port"], "protocol": "TCP"}]
+        if peers["enabled"] else [])
     assert daemon["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert daemon["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert daemon["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}

@@ -10,7 +10,8 @@ capacity given, a Ready condition) and then, every ``--interval`` seconds:
   Unknown after 40 s and evict its pods) and removes the
   ``node.kubernetes.io/not-ready:NoSchedule`` taint that controller puts on new nodes
   (with it, a DaemonSet without a matching toleration stays at DESIRED 0);
-* marks every pod bound to the node Running and Ready (containers started, pod IP);
+* marks every pod bound to the node Running and Ready (containers started, a pod IP of its
+  own in 127.1.0.0/16, see :func:`pod_ip`; host-network pods get the node's 127.0.0.1);
 * finishes the deletion of pods the API server marked for deletion (a real kubelet stops
   the containers and deletes the pod with grace period 0; without that pods stay
   Terminating forever).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import signal
 import ssl
@@ -117,13 +119,22 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
     return st.get("phase") == "Running" and conds.get("Ready") == "True"
 
 
+def pod_ip(uid: str) -> str:
+    """A pod's own address, as a real network gives each pod one: a loopback address
+    (127.1.0.0/16) derived from its UID. Nothing listens there; it is a number in the pod's
+    status, distinct per pod so that Endpoints and EndpointSlices list every pod."""
+    n = int(hashlib.sha256(uid.encode()).hexdigest(), 16) % (254 * 254)
+    return f"127.1.{n // 254 + 1}.{n % 254 + 1}"
+
+
 def run_pod(api: Api, pod: dict[str, Any]) -> None:
     meta, spec = pod["metadata"], pod["spec"]
     now = _now()
     started = {"running": {"startedAt": now}}
+    ip = "127.0.0.1" if spec.get("hostNetwork") else pod_ip(meta["uid"])
     status = {
-        "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-        "podIPs": [{"ip": "127.0.0.1"}], "startTime": now,
+        "phase": "Running", "hostIP": "127.0.0.1", "podIP": ip,
+        "podIPs": [{"ip": ip}], "startTime": now,
         "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
                        for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
         "initContainerStatuses": [

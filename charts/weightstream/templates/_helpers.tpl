@@ -165,3 +165,8 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The Secret holding the peers' cluster secret (an existing one, or the chart's). */}}
+{{- define "weightstream.peerSecretName" -}}
+{{- default (printf "%s-peer-secret" (include "weightstream.fullname" .)) .Values.peers.secret.existingSecret }}
+{{- end }}
