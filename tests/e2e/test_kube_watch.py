@@ -235,9 +235,14 @@ def test_daemon_lists_its_kubernetes_peers(cluster: ControlPlane, namespace: str
         _endpoint(version, "127.0.0.21", node=NODE),
         _endpoint(version, "127.0.0.22", node=OTHER_NODE)]))
     token = _token_file(cluster, tmp_path / "token")
+    secret = tmp_path / "peer-secret"
+    secret.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+    secret.chmod(0o600)
     sock = Path("/tmp") / f"wsk-{uuid.uuid4().hex[:8]}.sock"
     argv = cli_argv("--cache-root", str(tmp_path / "cache"), "--socket", str(sock),
                     "--listen", f"{LOOPBACK}:{free_port()}", "--min-free", "0",
+                    "--peer-listen", f"{LOOPBACK}:{free_port()}",
+                    "--peer-secret-file", str(secret),
                     "--peer-discovery", "kubernetes", "--peer-service", "wsd",
                     "--kube-namespace", namespace, "--node-name", NODE,
                     "--kube-api", cluster.api_url, "--kube-token-file", str(token),
@@ -258,7 +263,7 @@ def test_daemon_lists_its_kubernetes_peers(cluster: ControlPlane, namespace: str
         cluster.wait_for("the daemon's updated peers",
                          lambda: want in log_path.read_text(errors="replace"), timeout=60)
         logs = log_path.read_text(errors="replace")
-        assert cluster.admin_token not in logs
+        assert cluster.admin_token not in logs and secret.read_text() not in logs
     finally:
         proc.terminate()
         try:

@@ -79,7 +79,9 @@ def test_pod_awareness_settings():
 def test_peer_discovery_settings():
     env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "WEIGHTSTREAM_NODE_NAME": "gpu-1",
            "WEIGHTSTREAM_PEER_DISCOVERY": "kubernetes", "WEIGHTSTREAM_PEER_SERVICE": "ws",
-           "WEIGHTSTREAM_NAMESPACE": "weightstream-system"}
+           "WEIGHTSTREAM_NAMESPACE": "weightstream-system",
+           "WEIGHTSTREAM_PEER_LISTEN": "0.0.0.0:8473",
+           "WEIGHTSTREAM_PEER_SECRET_FILE": "/var/run/weightstream/peer/secret"}
     c = DaemonConfig.from_sources({}, env)
     assert (c.peer_discovery, c.peer_service, c.kube_namespace) == (
         "kubernetes", "ws", "weightstream-system")
@@ -87,7 +89,7 @@ def test_peer_discovery_settings():
         "static")
     assert DaemonConfig.from_sources({}, {}).peer_discovery == "static"
     for missing in ("WEIGHTSTREAM_PEER_SERVICE", "WEIGHTSTREAM_NODE_NAME",
-                    "KUBERNETES_SERVICE_HOST"):
+                    "KUBERNETES_SERVICE_HOST", "WEIGHTSTREAM_PEER_LISTEN"):
         with pytest.raises(UsageError):
             DaemonConfig.from_sources({}, {k: v for k, v in env.items() if k != missing})
     with pytest.raises(UsageError):
