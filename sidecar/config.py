@@ -12,7 +12,8 @@ flag                       environment                     default
 ``--socket``               (daemon) --                     ``<cache-root>/daemon.sock``
 ``--listen``               ``WEIGHTSTREAM_CACHE_LISTEN``   ``0.0.0.0:8470`` (``off``)
 ``--s3-listen``            ``WEIGHTSTREAM_CACHE_S3_LISTEN`` ``off`` (S3 read endpoint)
-``--s3-max-readers``       --                              ``512``
+``--s3-max-connections``   --                              ``4096`` (fit to ``ulimit -n``)
+``--s3-max-readers``       --                              ``4096``
 ``--allow`` (repeatable)   ``WEIGHTSTREAM_CACHE_ALLOW``    any (comma separated)
 ``--allow-endpoint`` (rep.) ``WEIGHTSTREAM_CACHE_ALLOW_ENDPOINTS`` none (comma separated)
 ``--operator-token-file``  ``WEIGHTSTREAM_CACHE_OPERATOR_TOKEN_FILE`` unset (grants only)
@@ -73,6 +74,7 @@ from streamer.settings import (
 from streamer.sizes import parse_size
 
 from .layout import SOCKET_NAME
+from .listeners import S3_MAX_CONNECTIONS
 
 DEFAULT_ROOT = "/var/lib/weightstream"
 DEFAULT_LISTEN = "0.0.0.0:8470"
@@ -97,6 +99,8 @@ class DaemonConfig(TransferOptions):
         listen: ``(host, port)`` of the TCP API (health, metrics, peers); None: off.
         s3_listen: ``(host, port)`` of the S3 read endpoint (scoped credentials, read
             through running pulls); None: off.
+        s3_max_connections: open connections on the S3 endpoint (fit to the descriptor
+            limit at startup); past it a connection is answered ``503 SlowDown``.
         s3_max_readers: object reads at once on the S3 endpoint; more get ``SlowDown``.
         allow: URI prefixes the daemon may fetch; empty: any object store on its default
             endpoint (``file://`` and ``http(s)://`` only if listed).
@@ -142,7 +146,8 @@ class DaemonConfig(TransferOptions):
     socket_path: Path | None = None
     listen: tuple[str, int] | None = ("0.0.0.0", 8470)
     s3_listen: tuple[str, int] | None = None
-    s3_max_readers: int = 512
+    s3_max_connections: int = S3_MAX_CONNECTIONS
+    s3_max_readers: int = S3_MAX_CONNECTIONS
     proxy: ProxySettings = field(default_factory=ProxySettings)
     allow: tuple[str, ...] = ()
     allow_endpoints: tuple[str, ...] = ()
@@ -201,6 +206,8 @@ class DaemonConfig(TransferOptions):
 
         for endpoint in self.allow_endpoints:
             parse_allowed_endpoint(endpoint)  # raises UsageError
+        if self.s3_max_connections < 1 or self.s3_max_readers < 1:
+            raise UsageError("S3 connection and reader limits must be at least 1")
         if self.grants_per_requester < 1 or self.max_grants < 1:
             raise UsageError("grant limits must be at least 1")
         if (self.peer_listen is not None or self.peers) and self.peer_secret_file is None:
@@ -282,7 +289,8 @@ class DaemonConfig(TransferOptions):
             max_pulls=int(pick("max_pulls", None, 2)),
             peer_files=bool(args.get("peer_files") or False),
             s3_listen=parse_listen(pick("s3_listen", "WEIGHTSTREAM_CACHE_S3_LISTEN", "off")),
-            s3_max_readers=int(pick("s3_max_readers", None, 512)),
+            s3_max_connections=int(pick("s3_max_connections", None, S3_MAX_CONNECTIONS)),
+            s3_max_readers=int(pick("s3_max_readers", None, S3_MAX_CONNECTIONS)),
             housekeeping_interval=float(pick("housekeeping", None, 30.0)),
             proof_ttl=float(pick("proof_ttl", None, 30.0)),
             peer_discovery=pick("peer_discovery", "WEIGHTSTREAM_PEER_DISCOVERY", "static"),
@@ -363,8 +371,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="TCP address of the S3 read endpoint (path-style HEAD/GET/"
                         "ListObjectsV2, SigV4 with scoped credentials), or off "
                         "(env WEIGHTSTREAM_CACHE_S3_LISTEN, default off)")
+    p.add_argument("--s3-max-connections", type=int, metavar="N",
+                   help="open connections on the S3 endpoint; more are answered 503 "
+                        f"SlowDown (default {S3_MAX_CONNECTIONS}, fit to the descriptor limit)")
     p.add_argument("--s3-max-readers", type=int, metavar="N",
-                   help="object reads at once on the S3 endpoint (default 512)")
+                   help=f"object reads at once on the S3 endpoint (default {S3_MAX_CONNECTIONS})")
     p.add_argument("--allow", action="append", metavar="PREFIX",
                    help="URI prefix the daemon may fetch; repeatable "
                         "(env WEIGHTSTREAM_CACHE_ALLOW, comma separated; default any object "

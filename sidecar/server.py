@@ -29,8 +29,16 @@ from .app import create_app, create_public_app, create_s3_listener_app
 from .config import DaemonConfig
 from .keys import SERVICE
 from .layout import CacheLayout
-from .listeners import KEEPALIVE_TIMEOUT, Limits, listen_tcp, listen_unix
+from .listeners import (
+    KEEPALIVE_TIMEOUT,
+    Limits,
+    listen_tcp,
+    listen_unix,
+    raise_nofile,
+    size_s3_limits,
+)
 from .peers.http import create_peer_app
+from .s3.xml import slow_down_response
 
 log = logging.getLogger("sidecar")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
@@ -78,6 +86,7 @@ def _clear_stale_socket(path: Path) -> None:
 async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
     stop = stop or _stop_on_signals()
+    nofile = raise_nofile()
     with cache_lock(config.cache_root):
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0,
@@ -108,7 +117,10 @@ async def serve(config: DaemonConfig, *, stop: asyncio.Event | None = None) -> N
                                    shutdown_timeout=5.0, access_log=None, handle_signals=False,
                                    keepalive_timeout=KEEPALIVE_TIMEOUT)
                 await s3.setup()
-                listeners.append(await listen_tcp(s3, *config.s3_listen))
+                limits = size_s3_limits(config.s3_max_connections, nofile=nofile,
+                                        busy=slow_down_response(),
+                                        busy_head=slow_down_response(head=True))
+                listeners.append(await listen_tcp(s3, *config.s3_listen, limits=limits))
             if config.peer_listen is not None:
                 peers = app[SERVICE].peers
                 assert peers is not None

@@ -99,7 +99,7 @@ class S3Objects:
         keys: ScopedKeys,
         *,
         clock: Callable[[], float] = time.time,
-        max_readers: int = 512,
+        max_readers: int = 4096,
         read_wait: float = 600.0,
     ) -> None:
         self.cache = cache

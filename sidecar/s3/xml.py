@@ -50,3 +50,14 @@ def list_v2(*, bucket: str, prefix: str, delimiter: str, max_keys: int,
 
 def location(region: str) -> bytes:
     return f'{_HEAD}<LocationConstraint xmlns="{NS}">{_e(region)}</LocationConstraint>'.encode()
+
+
+def slow_down_response(*, head: bool = False) -> bytes:
+    """A whole HTTP/1.1 ``503 SlowDown`` answer that closes its connection: what the S3
+    endpoint sends a connection past its cap (the AWS SDKs back off and retry it)."""
+    body = error("SlowDown", "too many connections to this node cache; reduce your "
+                 "request rate")
+    head_lines = ("HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                  f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n"
+                  "\r\n").encode()
+    return head_lines if head else head_lines + body
