@@ -15,8 +15,13 @@ vLLM's ``runai_streamer`` loader drives it (``bench/tensors_bench.py``'s child):
 (e) runai from the published local directory (the floor);
 (f) weightstream's own stream (``streamer.tensors``, what the ``weightstream`` load format
     uses) through the daemon's S3 endpoint, cold;
-(g) 4 runai readers at once through a cold daemon (a TP=4 stand-in): origin bytes and
-    each reader's time.
+(g) 4 runai readers at once through a cold daemon (a TP=4 stand-in; ``--readers``):
+    origin bytes and each reader's time.
+
+Every runai contender runs with the same settings (``RUNAI_ENV``: what the chart gives
+vLLM's main container, plus ``--runai-env NAME=VALUE``), so (a) and (c)/(d) compare the
+same client. A contender that fails is a ``FAILED`` row with its error, not the end of
+the run.
 
 Times are from the ensure (or the first request) to the last tensor, imports excluded.
 The daemon's peak RSS (VmHWM) is reported per daemon. Results: stdout,
@@ -151,13 +156,24 @@ async def wait_ready(api: CacheAPIClient, answer: dict) -> dict:
     return last
 
 
-def env_for(endpoint: str, creds: dict | None) -> dict[str, str]:
+# runai's settings, the same for every contender (from the origin, through the daemon,
+# from a local directory): what the chart gives vLLM's main container in the
+# stream-through-cache mode (docs/sidecar.md, "runai's settings"). A cold read waits for
+# the pull, so the first byte may take long (runai gives up after 1 s by default), and a
+# connection past the daemon's cap is answered SlowDown, which runai retries.
+RUNAI_ENV = {
+    "RUNAI_STREAMER_S3_REQUEST_TIMEOUT_MS": "600000",
+    "RUNAI_STREAMER_S3_MAX_RETRIES": "30",
+}
+
+
+def env_for(endpoint: str, creds: dict | None, knobs: dict[str, str]) -> dict[str, str]:
     env = tb.child_env(endpoint)
     if creds is not None:
         env.update({"AWS_ACCESS_KEY_ID": creds["access_key_id"],
                     "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"]})
     env["PYTHONPATH"] = str(REPO)
-    env["RUNAI_STREAMER_S3_REQUEST_TIMEOUT_MS"] = "600000"
+    env.update(knobs)
     return env
 
 
@@ -169,10 +185,17 @@ async def child(name: str, url: str, prefix: str, env: dict, log: Path,
     with open(log, "wb") as out:
         proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=out,
                                                     stderr=subprocess.STDOUT)
-        rc = await asyncio.wait_for(proc.wait(), 900)
+        try:
+            rc = await asyncio.wait_for(proc.wait(), 900)
+        except TimeoutError:
+            proc.kill()
+            rc = await proc.wait()
     result = tb._last_json(log)
     if rc != 0 or not result:
-        raise RuntimeError(f"{name} failed (rc {rc}), see {log}")
+        # One failed contender is a row of the table, not the end of the run.
+        last = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        print(f"    {name} FAILED (rc {rc}): {last[0][:200]} (see {log})", flush=True)
+        return {"error": f"rc {rc}: {last[0][:300]}", "log": str(log)}
     return result
 
 
@@ -185,95 +208,129 @@ def origin_bytes(access_log: Path, prefix: str) -> int:
     return total
 
 
+def _secs(r: dict, add: float = 0.0) -> float | None:
+    """A contender's seconds (plus ``add``), None when it failed."""
+    return None if "error" in r else add + r["seconds"]
+
+
+def _fmt(sec: float | None) -> str:
+    return "FAILED" if sec is None else f"{sec:.2f}s"
+
+
 async def scenarios(args, url: str, prefix: str, work: Path, access_log: Path,
                     shard_bytes: int) -> dict:
     uri = f"s3://models/{prefix}"
-    out: dict = {}
+    knobs = dict(RUNAI_ENV, **args.runai_env)
+    out: dict = {"runai_env": knobs}
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
 
     def mark() -> int:
         return origin_bytes(access_log, prefix)
 
+    def failed(r: dict) -> dict:
+        return {"error": r["error"], "log": r["log"]} if "error" in r else {}
+
     # (a) runai directly from the origin
-    r = await child("runai", url, prefix, env_for(url, None), logs / "a.log")
-    out["a_runai_origin"] = {"seconds": r["seconds"]}
-    print(f"(a) runai from the origin: {r['seconds']:.2f}s", flush=True)
+    r = await child("runai", url, prefix, env_for(url, None, knobs), logs / "a.log")
+    out["a_runai_origin"] = {"seconds": _secs(r), **failed(r)}
+    print(f"(a) runai from the origin: {_fmt(_secs(r))}", flush=True)
 
     # (b) today's preset: daemon download, then runai from the local directory
     d = Daemon(work, "b")
-    await d.ready()
-    t0 = time.perf_counter()
-    answer, _ = await ensure(d, uri, url, wait=True)
-    pulled = time.perf_counter() - t0
-    local = answer["model"]["path"]
-    r = await child("runai-local", url, prefix, env_for(url, None), logs / "b.log", local)
-    out["b_preset"] = {"seconds": pulled + r["seconds"], "pull_s": pulled,
-                       "local_s": r["seconds"], "daemon_rss_mib": d.peak_rss_mib()}
-    print(f"(b) preset: pull {pulled:.2f}s + local {r['seconds']:.2f}s", flush=True)
-    # (e) runai from the published directory (the floor)
-    r = await child("runai-local", url, prefix, env_for(url, None), logs / "e.log", local)
-    out["e_runai_local"] = {"seconds": r["seconds"]}
-    print(f"(e) runai from a local directory: {r['seconds']:.2f}s", flush=True)
-    d.stop()
+    try:
+        await d.ready()
+        t0 = time.perf_counter()
+        answer, _ = await ensure(d, uri, url, wait=True)
+        pulled = time.perf_counter() - t0
+        local = answer["model"]["path"]
+        r = await child("runai-local", url, prefix, env_for(url, None, knobs), logs / "b.log",
+                        local)
+        out["b_preset"] = {"seconds": _secs(r, pulled), "pull_s": pulled,
+                           "local_s": _secs(r), "daemon_rss_mib": d.peak_rss_mib(), **failed(r)}
+        print(f"(b) preset: pull {pulled:.2f}s + local {_fmt(_secs(r))}", flush=True)
+        # (e) runai from the published directory (the floor)
+        r = await child("runai-local", url, prefix, env_for(url, None, knobs), logs / "e.log",
+                        local)
+        out["e_runai_local"] = {"seconds": _secs(r), **failed(r)}
+        print(f"(e) runai from a local directory: {_fmt(_secs(r))}", flush=True)
+    finally:
+        d.stop()
 
     # (c) runai through the daemon, cold; (d) warm
     d = Daemon(work, "c")
-    await d.ready()
-    before = mark()
-    t0 = time.perf_counter()
-    answer, creds = await ensure(d, uri, url, wait=False)
-    setup = time.perf_counter() - t0
-    pub = asyncio.create_task(published(d, answer, t0))
-    r = await child("runai", d.endpoint, prefix, env_for(d.endpoint, creds), logs / "c.log")
-    pub_s = await pub
-    out["c_runai_daemon_cold"] = {"seconds": setup + r["seconds"], "published_s": pub_s,
-                                  "origin_ratio": (mark() - before) / shard_bytes,
-                                  "daemon_rss_mib": d.peak_rss_mib()}
-    ratio = out["c_runai_daemon_cold"]["origin_ratio"]
-    print(f"(c) runai through the daemon, cold: {setup + r['seconds']:.2f}s (published "
-          f"{pub_s:.2f}s after the ensure, origin {ratio:.2f}x)", flush=True)
-    r = await child("runai", d.endpoint, prefix, env_for(d.endpoint, creds), logs / "d.log")
-    out["d_runai_daemon_warm"] = {"seconds": r["seconds"], "daemon_rss_mib": d.peak_rss_mib()}
-    print(f"(d) runai through the daemon, warm: {r['seconds']:.2f}s", flush=True)
-    d.stop()
+    try:
+        await d.ready()
+        before = mark()
+        t0 = time.perf_counter()
+        answer, creds = await ensure(d, uri, url, wait=False)
+        setup = time.perf_counter() - t0
+        pub = asyncio.create_task(published(d, answer, t0))
+        r = await child("runai", d.endpoint, prefix, env_for(d.endpoint, creds, knobs),
+                        logs / "c.log")
+        pub_s = await pub
+        ratio = (mark() - before) / shard_bytes
+        out["c_runai_daemon_cold"] = {"seconds": _secs(r, setup), "published_s": pub_s,
+                                      "origin_ratio": ratio,
+                                      "daemon_rss_mib": d.peak_rss_mib(), **failed(r)}
+        print(f"(c) runai through the daemon, cold: {_fmt(_secs(r, setup))} (published "
+              f"{pub_s:.2f}s after the ensure, origin {ratio:.2f}x)", flush=True)
+        r = await child("runai", d.endpoint, prefix, env_for(d.endpoint, creds, knobs),
+                        logs / "d.log")
+        out["d_runai_daemon_warm"] = {"seconds": _secs(r), "daemon_rss_mib": d.peak_rss_mib(),
+                                      **failed(r)}
+        print(f"(d) runai through the daemon, warm: {_fmt(_secs(r))}", flush=True)
+    finally:
+        d.stop()
 
     # (f) weightstream's stream through the daemon, cold
     d = Daemon(work, "f")
-    await d.ready()
-    before = mark()
-    t0 = time.perf_counter()
-    answer, creds = await ensure(d, uri, url, wait=False)
-    setup = time.perf_counter() - t0
-    pub = asyncio.create_task(published(d, answer, t0))
-    r = await child("weightstream", d.endpoint, prefix, env_for(d.endpoint, creds),
-                    logs / "f.log")
-    await pub
-    out["f_weightstream_daemon_cold"] = {"seconds": setup + r["seconds"],
-                                         "origin_ratio": (mark() - before) / shard_bytes,
-                                         "daemon_rss_mib": d.peak_rss_mib()}
-    print(f"(f) weightstream through the daemon, cold: {setup + r['seconds']:.2f}s", flush=True)
-    d.stop()
+    try:
+        await d.ready()
+        before = mark()
+        t0 = time.perf_counter()
+        answer, creds = await ensure(d, uri, url, wait=False)
+        setup = time.perf_counter() - t0
+        pub = asyncio.create_task(published(d, answer, t0))
+        r = await child("weightstream", d.endpoint, prefix, env_for(d.endpoint, creds, knobs),
+                        logs / "f.log")
+        await pub
+        out["f_weightstream_daemon_cold"] = {"seconds": _secs(r, setup),
+                                             "origin_ratio": (mark() - before) / shard_bytes,
+                                             "daemon_rss_mib": d.peak_rss_mib(), **failed(r)}
+        print(f"(f) weightstream through the daemon, cold: {_fmt(_secs(r, setup))}",
+              flush=True)
+    finally:
+        d.stop()
 
-    # (g) 4 runai readers of one cold model at once
+    # (g) N runai readers of one cold model at once
     d = Daemon(work, "g")
-    await d.ready()
-    before = mark()
-    t0 = time.perf_counter()
-    answer, creds = await ensure(d, uri, url, wait=False)
-    setup = time.perf_counter() - t0
-    pub = asyncio.create_task(published(d, answer, t0))
-    results = await asyncio.gather(*(
-        child("runai", d.endpoint, prefix, env_for(d.endpoint, creds), logs / f"g{i}.log")
-        for i in range(4)))
-    await pub
-    out["g_four_cold_readers"] = {"seconds": [setup + x["seconds"] for x in results],
-                                  "origin_ratio": (mark() - before) / shard_bytes,
-                                  "daemon_rss_mib": d.peak_rss_mib()}
-    print(f"(g) 4 cold readers: {[round(setup + x['seconds'], 2) for x in results]}s, "
-          f"origin {out['g_four_cold_readers']['origin_ratio']:.2f}x", flush=True)
-    d.stop()
+    try:
+        await d.ready()
+        before = mark()
+        t0 = time.perf_counter()
+        answer, creds = await ensure(d, uri, url, wait=False)
+        setup = time.perf_counter() - t0
+        pub = asyncio.create_task(published(d, answer, t0))
+        results = await asyncio.gather(*(
+            child("runai", d.endpoint, prefix, env_for(d.endpoint, creds, knobs),
+                  logs / f"g{i}.log")
+            for i in range(args.readers)))
+        await pub
+        out["g_cold_readers"] = {"seconds": [_secs(x, setup) for x in results],
+                                 "errors": [x["error"] for x in results if "error" in x],
+                                 "origin_ratio": (mark() - before) / shard_bytes,
+                                 "daemon_rss_mib": d.peak_rss_mib()}
+        g = out["g_cold_readers"]
+        print(f"(g) {args.readers} cold readers: {', '.join(_fmt(x) for x in g['seconds'])}, "
+              f"origin {g['origin_ratio']:.2f}x", flush=True)
+    finally:
+        d.stop()
     return out
+
+
+def _ratio(x: float | None, y: float | None) -> str:
+    return "n/a" if x is None or y is None else f"{x / y:.2f}x"
 
 
 def table(res: dict, meta: dict) -> str:
@@ -283,30 +340,43 @@ def table(res: dict, meta: dict) -> str:
     d = res["d_runai_daemon_warm"]["seconds"]
     e = res["e_runai_local"]["seconds"]
     f = res["f_weightstream_daemon_cold"]
-    g = res["g_four_cold_readers"]
+    g = res["g_cold_readers"]
+    ok = [x for x in g["seconds"] if x is not None]
+    slowest = max(ok) if len(ok) == len(g["seconds"]) else None
     rss = max(v.get("daemon_rss_mib", 0) for v in res.values() if isinstance(v, dict))
     gb = meta["shard_bytes"] / 1e9
     rows = [
         ("(a) runai from the origin", a, ""),
         ("(b) preset: daemon pull, then runai local", b,
-         f"pull {res['b_preset']['pull_s']:.2f}s + local {res['b_preset']['local_s']:.2f}s"),
+         f"pull {res['b_preset']['pull_s']:.2f}s + local {_fmt(res['b_preset']['local_s'])}"),
         ("(c) runai through the daemon, cold", c["seconds"],
-         f"{c['seconds'] / a:.2f}x (a), {c['seconds'] / b:.2f}x (b); origin "
+         f"{_ratio(c['seconds'], a)} (a), {_ratio(c['seconds'], b)} (b); origin "
          f"{c['origin_ratio']:.2f}x; published {c['published_s']:.2f}s after the ensure"),
-        ("(d) runai through the daemon, warm", d, f"{e / d:.2f}x the throughput of (e)"),
+        ("(d) runai through the daemon, warm", d,
+         f"{_ratio(e, d)} the throughput of (e)"),
         ("(e) runai from a local directory", e, "floor"),
         ("(f) weightstream stream via daemon, cold", f["seconds"],
-         f"{f['seconds'] / a:.2f}x (a); origin {f['origin_ratio']:.2f}x"),
-        ("(g) 4 runai readers via daemon, cold", max(g["seconds"]),
-         f"each {', '.join(f'{s:.2f}' for s in g['seconds'])}s; origin "
-         f"{g['origin_ratio']:.2f}x; slowest {max(g['seconds']) / c['seconds']:.2f}x (c)"),
+         f"{_ratio(f['seconds'], a)} (a); origin {f['origin_ratio']:.2f}x"),
+        (f"(g) {len(g['seconds'])} runai readers via daemon, cold", slowest,
+         f"each {', '.join(_fmt(x) for x in g['seconds'])}; origin "
+         f"{g['origin_ratio']:.2f}x; slowest {_ratio(slowest, c['seconds'])} (c)"),
     ]
+    knobs = " ".join(f"{k}={v}" for k, v in sorted(res["runai_env"].items()))
     lines = [f"{meta['shard_bytes'] / MiB:.0f} MiB of safetensors in {meta['shards']} shards, "
              f"nginx on loopback, {meta['cpus']} CPUs, one run; load average up to "
              f"{meta['max_load']:.1f} (a machine shared with seven other engineers)",
+             f"runai's settings, every contender: {knobs}",
              f"{'scenario':<44}{'seconds':>9}{'GB/s':>7}  notes"]
     for name, sec, note in rows:
-        lines.append(f"{name:<44}{sec:9.2f}{gb / sec:7.2f}  {note}")
+        if sec is None:
+            lines.append(f"{name:<44}{'FAILED':>9}{'':>7}  {note}")
+        else:
+            lines.append(f"{name:<44}{sec:9.2f}{gb / sec:7.2f}  {note}")
+    for key, v in res.items():
+        if isinstance(v, dict) and v.get("error"):
+            lines.append(f"{key} failed: {v['error']} ({v['log']})")
+    for err in g.get("errors", []):
+        lines.append(f"a (g) reader failed: {err}")
     lines.append(f"daemon peak RSS (VmHWM, any scenario): {rss:.0f} MiB")
     return "\n".join(lines)
 
@@ -319,16 +389,19 @@ def plot(res: dict, path: Path, title: str) -> None:
 
     names = ["(a) origin", "(b) preset", "(c) daemon cold", "(d) daemon warm", "(e) local",
              "(f) ws cold", "(g) 4 cold (max)"]
+    g = res["g_cold_readers"]["seconds"]
     secs = [res["a_runai_origin"]["seconds"], res["b_preset"]["seconds"],
             res["c_runai_daemon_cold"]["seconds"], res["d_runai_daemon_warm"]["seconds"],
             res["e_runai_local"]["seconds"], res["f_weightstream_daemon_cold"]["seconds"],
-            max(res["g_four_cold_readers"]["seconds"])]
+            None if None in g else max(g)]
+    names[-1] = f"(g) {len(g)} cold (max)"
+    secs = [0.0 if x is None else x for x in secs]  # a failed contender: an empty bar
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.barh(names[::-1], secs[::-1], color="#4a7bb7")
     ax.set_xlabel("seconds to CPU tensors (lower is better)")
     ax.set_title(title, fontsize=9)
     for i, s in enumerate(secs[::-1]):
-        ax.text(s, i, f" {s:.2f}s", va="center", fontsize=8)
+        ax.text(s, i, f" {s:.2f}s" if s else " FAILED", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -352,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="2GiB")
     p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--readers", type=int, default=4, help="cold readers at once in (g)")
+    p.add_argument("--runai-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a RUNAI_STREAMER_* setting for every runai contender (repeatable; "
+                        "on top of the chart's, RUNAI_ENV)")
     p.add_argument("--work", type=Path, default=REPO / ".work" / "bench")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     p.add_argument("--child", choices=("runai", "weightstream", "runai-local"),
@@ -360,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", help=argparse.SUPPRESS)
     p.add_argument("--local", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.runai_env = dict(kv.split("=", 1) for kv in args.runai_env)
     if args.child:
         return run_child(args)
     size = db.parse_size(args.size)

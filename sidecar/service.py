@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer import ObjectURI, StorageSettings, parse_uri
+from streamer.backends.registry import preload as preload_backends
 from streamer.plan import Plan
 from streamer.plan import plan as plan_source
 from streamer.sizes import format_size
@@ -155,6 +156,8 @@ class CacheService:
 
     async def start(self) -> None:
         """Recover the cache from disk, then start housekeeping."""
+        # The S3 backend's SDK imports, off the loop (a first ensure would stall it).
+        preloading = asyncio.ensure_future(self._blocking.bulk(preload_backends, "s3"))
         recovered = await self._blocking.bulk(disk.recover, self.layout, now=self._clock())
         for entry in recovered.entries:
             self.registry.add(entry)
@@ -165,6 +168,7 @@ class CacheService:
                  self.layout.root, len(recovered.entries),
                  format_size(sum(e.size for e in recovered.entries)),
                  len(recovered.orphans), recovered.discarded)
+        await preloading
         self._spawn(self._housekeeping(), name="housekeeping")
         self._started = True
 
