@@ -24,12 +24,13 @@ a step):
   against ``owner()`` itself, so a change to the rule shows here (or fails loudly). When a
   daemon issues a range it reads it, in this order of preference:
 
-  1. from a peer that can serve it: ``reshare="file"`` (as ``sidecar/peers/fill.py``
-     does) a daemon serves a range it read from the origin at once and a range it read
-     from a peer once that range's whole file is complete (verified against the origin's
-     checksum); ``"range"``: any range it has; ``"version"``: only complete copies. Among
-     them the highest-weighted (``holder="rank"``, ``swarm.rank`` as the daemon does) or
-     one at random (``holder="random"``);
+  1. from a peer that can serve it: ``reshare="range"`` (as ``sidecar/peers/fill.py``
+     does: held, unverified ranges are relayed to peers, who verify) any range it has;
+     ``"file"`` (the first implementation) a range it read from the origin at once and a
+     range it read from a peer once that range's whole file is complete (verified against
+     the origin's checksum); ``"version"``: only complete copies. Among them one at random
+     (``holder="random"``, as the daemon does) or the highest-weighted (``holder="rank"``,
+     ``swarm.rank``);
   2. with ``inflight`` (as the daemon does), else from the daemon reading it from the
      origin right now (once it has it), whoever owns it;
   3. else, if it is the range's owner, from the origin;
@@ -39,8 +40,9 @@ a step):
 
   A peer read fails with probability ``peer_failure_rate`` (a dead, stalled or corrupt
   peer: detected when the range is in, so its whole time is lost); that range is then read
-  from the origin (``fallback="origin"``, the rule as the issue states it) or first from
-  one other holder, then the origin (``fallback="peer"``).
+  first from one other holder, then the origin (``fallback="peer"``, as the daemon does:
+  ``fill.PEER_TRIES`` = 2 peers) or from the origin at once (``fallback="origin"``, the
+  rule as the issue states it).
 * **Late joiners.** ``join="member"``: a daemon is a member from the moment it starts
   pulling (the rule as stated; ownership of ranges not yet held moves to it, and a range
   the old owner is still fetching is then fetched twice). ``join="reader"``: only the
@@ -97,12 +99,12 @@ class Params:
     peer_rate_per_peer: float  # per (server, reader) pair; 0: none
     peer_failure_rate: float
     stall_timeout: float
-    reshare: str  # "file" | "range" | "version"
+    reshare: str  # "range" (the daemon) | "file" | "version"
     inflight: bool  # readers wait for a range a peer is reading from the origin
-    holder: str  # "rank": the highest-weighted holder (swarm.rank) | "random"
+    holder: str  # "random" (the daemon) | "rank": the highest-weighted holder (swarm.rank)
     join: str  # "member": late joiners are members at once | "reader": after join_window, not
     join_window: float
-    fallback: str  # "origin": a failed peer read goes to the origin | "peer": one other peer first
+    fallback: str  # "peer": one other peer first (the daemon) | "origin": the origin at once
     order: str  # "owned-first" | "file"
     start_spread: float
     gpus_per_node: int

@@ -227,21 +227,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="probability that one peer range read fails (then: origin)")
     engine.add_argument("--stall-timeout", type=float, default=10.0,
                         help="seconds a request waits on the owner before the origin")
-    engine.add_argument("--reshare", choices=("file", "range", "version"), default="file",
-                        help="what a daemon serves: origin ranges at once and peer ranges "
-                             "once their file verified (file), any range it has, or only "
-                             "a complete version")
+    engine.add_argument("--reshare", choices=("file", "range", "version"), default="range",
+                        help="what a daemon serves to peers: any range it has (range, as "
+                             "the daemon does: peers verify), origin ranges at once and "
+                             "peer ranges once their file verified (file), or only a "
+                             "complete version")
     engine.add_argument("--no-inflight", dest="inflight", action="store_false",
                         help="readers do not wait for a range a peer reads from the origin")
-    engine.add_argument("--holder", choices=("rank", "random"), default="rank",
+    engine.add_argument("--holder", choices=("rank", "random"), default="random",
                         help="which of several holders a reader asks")
     engine.add_argument("--order", choices=("owned-first", "file"), default="owned-first")
     engine.add_argument("--join", choices=("member", "reader"), default="member",
                         help="late joiners become swarm members, or only read")
     engine.add_argument("--join-window", type=float, default=1.0,
                         help="--join reader: members are the daemons started this soon")
-    engine.add_argument("--fallback", choices=("origin", "peer"), default="origin",
-                        help="after a failed peer read: the origin, or one other peer first")
+    engine.add_argument("--fallback", choices=("origin", "peer"), default="peer",
+                        help="after a failed peer read: one other peer first, then the "
+                             "origin (peer, as the daemon does), or the origin at once")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--docs-img", type=Path, default=Path("docs/img/fleet_sim.png"))

@@ -20,7 +20,8 @@ ranges from peer daemons, :mod:`sidecar.peers`):
 
 * ``vet(rel, start, end) -> bool``: asked for every written range; False keeps the range
   *held* (written, but no reader is answered from it) until :meth:`release` of its file,
-  once the whole file was verified;
+  once the whole file was verified. Only a reader that verifies the bytes itself (a peer
+  daemon) may ask for held ranges: :meth:`held`, ``wait(..., held=True)``;
 * ``later(rel, start) -> bool``: the engine requests ranges it says True for after every
   other range (a daemon fetches the ranges it owns first, so that no daemon's window is
   all spent waiting on ranges another daemon has not fetched yet).
@@ -69,7 +70,7 @@ class RangeSchedule:
     def __init__(self) -> None:
         self._done: dict[str, Intervals] = {}
         self._urgent: deque[tuple[str, int, int]] = deque()
-        self._waiters: list[tuple[str, int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[str, int, int, bool, asyncio.Future[None]]] = []
         self._error: BaseException | None = None
         self._held: dict[str, Intervals] = {}
         self.wake = asyncio.Event()  # set when urgent work arrives (the engine may wait)
@@ -88,18 +89,29 @@ class RangeSchedule:
         done = self._done.get(rel)
         return done is not None and done.covers(start, end)
 
-    async def wait(self, rel: str, start: int, end: int) -> None:
-        """Until ``[start, end)`` of ``rel`` is written.
+    def has_written(self, rel: str, start: int, end: int) -> bool:
+        """Readable or held: the bytes are in the file (verified or not)."""
+        if self.has(rel, start, end):
+            return True
+        written = Intervals()
+        for spans in (self.readable(rel), self.held(rel)):
+            for s, e in spans:
+                written.add(s, e)
+        return written.covers(start, end)
+
+    async def wait(self, rel: str, start: int, end: int, *, held: bool = False) -> None:
+        """Until ``[start, end)`` of ``rel`` is written and readable (``held``: or held,
+        for a reader that verifies the bytes itself).
 
         Raises:
             The run's error, if it failed before those bytes arrived.
         """
-        if self.has(rel, start, end):
+        if self.has_written(rel, start, end) if held else self.has(rel, start, end):
             return
         if self._error is not None:
             raise self._error
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        item = (rel, start, end, fut)
+        item = (rel, start, end, held, fut)
         self._waiters.append(item)
         try:
             await fut
@@ -129,9 +141,16 @@ class RangeSchedule:
         done = self._done.get(rel)
         return done.spans() if done is not None else []
 
+    def held(self, rel: str) -> list[tuple[int, int]]:
+        """The byte spans of ``rel`` written but not verified yet (never for this daemon's
+        own readers; a peer that verifies the whole file itself may be sent them)."""
+        held = self._held.get(rel)
+        return held.spans() if held is not None else []
+
     def written(self, rel: str, start: int, end: int) -> None:
         if self.vet is not None and not self.vet(rel, start, end):
             self._held.setdefault(rel, Intervals()).add(start, end)
+            self._wake(rel)
             return
         self._mark(rel, start, end)
 
@@ -152,9 +171,14 @@ class RangeSchedule:
 
     def _mark(self, rel: str, start: int, end: int) -> None:
         self._done.setdefault(rel, Intervals()).add(start, end)
-        for item in [w for w in self._waiters if w[0] == rel]:
-            if self.has(rel, item[1], item[2]) and not item[3].done():
-                item[3].set_result(None)
+        self._wake(rel)
+
+    def _wake(self, rel: str) -> None:
+        for r, start, end, held, fut in self._waiters:
+            if r != rel or fut.done():
+                continue
+            if self.has_written(rel, start, end) if held else self.has(rel, start, end):
+                fut.set_result(None)
 
     def fail(self, error: BaseException) -> None:
         self._error = error

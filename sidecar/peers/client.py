@@ -30,16 +30,20 @@ PIECE = 256 << 10
 @dataclass(frozen=True)
 class PeerStatus:
     """What a peer says of one version: ``ready`` (every byte, verified), ``pulling``
-    (the readable spans of each file) or ``absent``."""
+    (the verified spans of each file, ``files``, and the spans it holds unverified,
+    ``held``: both are sent to peers, who verify every file themselves) or ``absent``."""
 
     state: str
     files: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     fetching: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    held: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def has(self, rel: str, start: int, end: int) -> bool:
+        """The peer can send these bytes now (verified there or not: the reader verifies)."""
         if self.state == "ready":
             return True
-        return any(s <= start and end <= e for s, e in self.files.get(rel, ()))
+        return any(s <= start and end <= e
+                   for s, e in (*self.files.get(rel, ()), *self.held.get(rel, ())))
 
     def fetches(self, rel: str, start: int, end: int) -> bool:
         """The peer is reading these bytes from the origin now."""
@@ -54,7 +58,7 @@ class PeerStatus:
                     for rel, value in dict(doc.get(key) or {}).items()}
 
         return cls(state if state in ("ready", "pulling") else "absent", spans("files"),
-                   spans("fetching"))
+                   spans("fetching"), spans("held"))
 
 
 def entry_path(entry_id: str) -> str:

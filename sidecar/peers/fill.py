@@ -7,22 +7,30 @@ For each range (``read_to_file``):
 1. a file whose pinned version has no usable content checksum (from the origin's listing:
    an S3/GCS/HTTP full-object CRC or MD5, or the MD5 ETag of a single-part S3 object) is
    read from the origin only (``Entry.peer_note`` says why);
-2. a peer that reports the range readable (ready, or written and verified in its pull) is
-   read from (ranked by rendezvous hashing, so holders share the load);
+2. a peer that reports having the range (ready, or written in its pull: verified there
+   or held, see below) is read from, one chosen at random among those holders so that
+   readers spread over them instead of all asking the same one; then a peer reading it
+   from the origin right now;
 3. otherwise the swarm rule (:mod:`.swarm`): the owner among this daemon and the peers
    pulling the version reads it from the origin; the others read it from the owner (which
-   prioritises it). A range a peer asked this daemon for is read from the origin, so
-   waits never chain from peer to peer;
-4. any peer failure (refused, error, stall past ``--peer-timeout``, short or wrong range)
-   -> the range from the origin, pinned (``If-Match``) as always.
+   prioritises it). A range a peer asked this daemon for and no peer has is read from the
+   origin, so waits never chain from peer to peer;
+4. a peer failure (refused, error, stall past ``--peer-timeout``, short or wrong range)
+   -> the next candidate of 2-3 (another holder), at most :data:`PEER_TRIES` peers per
+   range; then the origin, pinned (``If-Match``) as always: the origin is the last resort.
 
 Trust: bytes from a peer (and bytes of an earlier run, whose source is not recorded) are
-*held*: written into the file, but no reader of this daemon (S3 endpoint, file API, peers)
-is answered from them (``schedule.vet``) until the whole file is complete and its checksum,
-computed from disk, equals the origin's. On a mismatch every held range of the file is
-read again from the origin, each peer that sent some of it is counted (``corrupt``) and
-not used again for this version, and the file is checked again; publishing still goes
-through the download's own checksum check.
+*held*: written into the file, but no reader of this daemon (S3 endpoint, file API) is
+answered from them (``schedule.vet``), nor is the file published, until the whole file is
+complete and its checksum, computed from disk, equals the origin's. Held ranges *are*
+relayed to other peers over the peer listener (``held`` in the status document): a peer
+treats every byte it receives the same way, so a byte reaches a pod only after the pod's
+own daemon checked the whole file against the checksum of its own origin listing, never on
+a peer's word. On a mismatch every held range of the file is read again from the origin,
+each peer that sent some of it is counted (``corrupt``) and not used again for this
+version (an honest daemon that relayed a liar's bytes included: it cannot be told apart),
+and the file is checked again; publishing still goes through the download's own checksum
+check.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,6 +59,7 @@ log = logging.getLogger(__name__)
 
 _BLOCK = 8 << 20
 _ERRORS_BEFORE_BAN = 3
+PEER_TRIES = 2  # peers asked for one range before the origin
 
 
 def usable_checksum(scheme: str, info: ObjectInfo) -> Checksum | None:
@@ -113,7 +123,8 @@ class Fill:
 
     def __init__(self, *, entry_id: str, plan: Plan, origin: Backend,
                  schedule: RangeSchedule, view: SwarmView, client: PeerClient,
-                 on_error: Callable[[str, str], None], executor: Any = None) -> None:
+                 on_error: Callable[[str, str], None], executor: Any = None,
+                 rng: random.Random | None = None) -> None:
         self.entry_id = entry_id
         self.stats = FillStats()
         self.note: str | None = None
@@ -123,6 +134,7 @@ class Fill:
         self._client = client
         self._on_error = on_error
         self._executor = executor
+        self._rng = rng or random.Random()
         self._banned: set[str] = set()
         self._failures: dict[str, int] = {}
         self._wanted: dict[str, Intervals] = {}
@@ -166,23 +178,28 @@ class Fill:
         name = swarm.owner(members, self.entry_id, rel, start)
         return None if name == self._view.own_name else self._view.peer(name)
 
-    def _source(self, f: _File, start: int, end: int) -> Peer | None:
+    def _sources(self, f: _File, start: int, end: int) -> list[Peer]:
+        """The peers to ask for the range, in order (at most :data:`PEER_TRIES`); empty:
+        the origin."""
         if f.expected is None:
-            return None
+            return []
         statuses = {n: s for n, s in self._view.statuses(self.entry_id).items()
                     if n not in self._banned}
-        # A peer that has the range, else one reading it from the origin right now (a
-        # daemon that joins a running swarm must not read those again from the origin).
+        # Peers that have the range, then those reading it from the origin right now (a
+        # daemon that joins a running swarm must not read those again from the origin),
+        # each in random order: the load spreads over every holder.
+        names: list[str] = []
         for test in (PeerStatus.has, PeerStatus.fetches):
-            holders = [n for n, s in statuses.items() if test(s, f.rel, start, end)]
-            for name in swarm.rank(holders, self.entry_id, f.rel, start):
-                peer = self._view.peer(name)
-                if peer is not None:
-                    return peer
+            holders = sorted(n for n, s in statuses.items()
+                             if test(s, f.rel, start, end) and n not in names)
+            self._rng.shuffle(holders)
+            names += holders
+        peers = [p for p in map(self._view.peer, names) if p is not None]
         wanted = self._wanted.get(f.rel)
-        if wanted is not None and wanted.covers(start, end):
-            return None
-        return self._owner(f.rel, start)
+        if not peers and not (wanted is not None and wanted.covers(start, end)):
+            owner = self._owner(f.rel, start)
+            return [owner] if owner is not None else []
+        return peers[:PEER_TRIES]
 
     # -- reading a range ----------------------------------------------------------------
 
@@ -192,19 +209,23 @@ class Fill:
         if f is None:
             await self._origin.read_to_file(key, start, end, fd=fd, etag=etag)
             return
-        peer = self._source(f, start, end)
-        if peer is not None:
+        peer: Peer | None = None
+        for candidate in self._sources(f, start, end):
+            if candidate.name in self._banned:  # banned by a failure of this range's reads
+                continue
             try:
-                await self._client.read_to_file(peer, self.entry_id, f.rel, start, end,
+                await self._client.read_to_file(candidate, self.entry_id, f.rel, start, end,
                                                 size=f.size, fd=fd)
             except PeerReadError as e:
                 self._failed(e.peer, e.kind)
-                log.info("pull %s: %s bytes %d-%d from peer %s failed (%s); from the origin",
-                         self.entry_id, f.rel, start, end - 1, e.peer, e.kind)
-                peer = None
+                log.info("pull %s: %s bytes %d-%d from peer %s failed (%s); next: another "
+                         "holder, else the origin", self.entry_id, f.rel, start, end - 1,
+                         e.peer, e.kind)
             else:
+                peer = candidate
                 f.held[start] = (end, peer.name)
                 self.stats.peer_bytes += end - start
+                break
         if peer is None:
             self.fetching.add((f.rel, start, end))
             try:

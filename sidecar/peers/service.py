@@ -7,8 +7,12 @@ knows of the others: for each version it pulls, the status every peer last repor
 that this daemon pulls it) and which peers told it they pull it. A peer that does not
 answer for :data:`FRESH_SECONDS` is not a member or a holder any more.
 
-Serving (:meth:`status_doc`, :meth:`open_range`) answers only from verified bytes: a
-ready model's published files, or the readable spans of a running pull's schedule.
+Serving (:meth:`status_doc`, :meth:`open_range`) answers from a ready model's published
+files and, while a pull runs, from its schedule's readable (verified) spans and its *held*
+spans (written, not verified yet: bytes this daemon read from a peer, relayed). Relaying
+unverified bytes is safe because a peer is the only reader of this listener and verifies
+every file itself against its own origin listing's checksum before its readers see a byte
+(:mod:`.fill`); this daemon's own readers (S3 endpoint, file API) wait for verified bytes.
 """
 
 from __future__ import annotations
@@ -210,10 +214,13 @@ class PeerService:
         return {"state": "pulling",
                 "files": {f.rel: schedule.readable(f.rel) for f in entry.files
                           if schedule.readable(f.rel)},
+                "held": {f.rel: schedule.held(f.rel) for f in entry.files
+                         if schedule.held(f.rel)},
                 "fetching": fetching}
 
     async def open_range(self, entry_id: str, rel: str, start: int, end: int) -> tuple[int, int]:
-        """``(fd, file size)`` of ``rel`` once ``[start, end)`` is readable (verified).
+        """``(fd, file size)`` of ``rel`` once ``[start, end)`` is written (verified, or
+        held: the peer verifies the whole file itself; see the module docstring).
 
         Raises:
             ModelNotFoundError, FileNotInModelError, NotReadyError (not held here, or
@@ -235,14 +242,12 @@ class PeerService:
             if flight is None:
                 raise NotReadyError("not being pulled here", model_id=entry_id)
             schedule = flight.schedule
-            if schedule.is_held(rel, start, end):
-                raise NotReadyError("those bytes are not verified yet", model_id=entry_id)
             fill = self._fills.get(entry_id)
-            if fill is not None and not schedule.has(rel, start, end):
+            if fill is not None and not schedule.has_written(rel, start, end):
                 fill.wanted(rel, start, end)
-            schedule.want(rel, start, end)
+                schedule.want(rel, start, end)
             try:
-                await asyncio.wait_for(schedule.wait(rel, start, end),
+                await asyncio.wait_for(schedule.wait(rel, start, end, held=True),
                                        self.config.peer_timeout * 0.8)
             except TimeoutError:
                 raise NotReadyError("the range did not arrive in time",

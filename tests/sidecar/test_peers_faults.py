@@ -21,7 +21,14 @@ from tests.support.peer_impostor import serve_impostor
 from tests.support.ports import LOOPBACK, free_port
 
 from .conftest import OPERATOR_TOKEN, fetched_bytes
-from .peerfleet import SECRET, all_ready, assert_identical, ensure_everywhere, start_fleet
+from .peerfleet import (
+    SECRET,
+    all_ready,
+    assert_identical,
+    ensure_everywhere,
+    secret_file,
+    start_fleet,
+)
 
 MODEL = synth.sized(4 << 20, shards=2)
 
@@ -104,6 +111,57 @@ async def test_a_corrupt_peer_is_caught_and_never_served(daemon, origin, origin_
     assert last["bytes_from"]["origin"] >= shards  # the lied-about shards, from the origin
     text = await _metrics(node.daemon.url)
     assert _metric(text, 'weightstream_cache_peer_errors_total{kind="corrupt",peer="evil"}') >= 1
+
+
+async def test_a_lie_relayed_by_an_honest_daemon_is_caught_by_the_receiver(
+        daemon, origin, origin_root, short_dir, model_on_origin):
+    """n1 reads the shards from the impostor (held, unverified) and relays them to n2,
+    which knows only n1: n2 verifies every file itself, so the lie costs n2 a refetch and
+    bans n1 for the version; nothing corrupt is published on either."""
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", MODEL)
+    async with serve_impostor(model.path, mode="corrupt", delay=0.4,
+                              only=".safetensors") as evil:
+        secret = secret_file(short_dir)
+        ports = {"n1": free_port(), "n2": free_port()}
+        url = {n: f"http://{LOOPBACK}:{p}" for n, p in ports.items()}
+        knows = {"n1": f"evil={evil.url},n2={url['n2']}", "n2": f"n1={url['n1']}"}
+        n1, n2 = (daemon("--node-name", n, "--peer-listen", f"{LOOPBACK}:{ports[n]}",
+                         "--peers", knows[n], "--peer-secret-file", str(secret),
+                         "--peer-timeout", "3", root=short_dir / f"c-{n}")
+                  for n in ("n1", "n2"))
+        await asyncio.gather(n1.ready(timeout=120), n2.ready(timeout=120))
+
+        async def pull(d) -> dict:
+            async with d.client() as api:
+                answer = await api.ensure(model.uri, storage=model.storage)
+                last = answer["model"]
+                async for state in api.events(last["id"], timeout=90):
+                    last = state
+                return last
+
+        first = asyncio.create_task(pull(n1))
+        async with n1.client() as api:  # wait until n1 holds unverified shard bytes
+            entry_id = (await api.ensure(model.uri, storage=model.storage))["model"]["id"]
+        target = entry_path(entry_id)
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                async with http.get(url["n1"] + target, headers=PeerSecret(SECRET).sign(
+                        "GET", target, "watcher")) as r:
+                    if (await r.json()).get("held"):
+                        break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("n1 never held peer bytes")
+            second = asyncio.create_task(pull(n2))  # while n1 still holds them
+        states = [await first, await second]
+    for state in states:
+        assert_identical(state, model)
+    assert _metric(await _metrics(n1.url),
+                   'weightstream_cache_peer_errors_total{kind="corrupt",peer="evil"}') >= 1
+    assert _metric(await _metrics(n2.url),
+                   'weightstream_cache_peer_errors_total{kind="corrupt",peer="n1"}') >= 1
 
 
 async def test_a_stalled_peer_falls_back_to_the_origin(daemon, origin, origin_root,

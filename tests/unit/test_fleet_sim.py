@@ -61,13 +61,25 @@ def test_origin_bytes_and_completion_per_strategy(tmp_path: Path) -> None:
 @pytest.mark.timeout(180)
 def test_peer_failures_fall_back_to_the_origin(tmp_path: Path) -> None:
     report = _sim(tmp_path, "--strategies", "weightstream-peers", "--peer-failure-rate", "0.05",
-                  "--start-spread", "2")
+                  "--start-spread", "2", "--fallback", "origin")
     for r in _rows(report, "weightstream-peers", 20):
         assert r["fallbacks"] > 0
         range_bytes = 32 << 20
         # every failed read is read again from the origin, nothing else is
         assert r["origin_ratio"] >= 1 + 0.5 * r["fallbacks"] * range_bytes / r["model_bytes"]
         assert r["time_to_ready_s"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_peer_failures_try_another_holder_first(tmp_path: Path) -> None:
+    # The daemon's rule (the default): a failed peer read tries one other holder, so
+    # only a read that fails twice (or stalls) costs the origin a range.
+    report = _sim(tmp_path, "--strategies", "weightstream-peers", "--peer-failure-rate", "0.05",
+                  "--start-spread", "2")
+    for r in _rows(report, "weightstream-peers", 20):
+        assert r["fallbacks"] > 0
+        range_bytes = 32 << 20
+        assert r["origin_ratio"] < 1 + 0.5 * r["fallbacks"] * range_bytes / r["model_bytes"]
 
 
 def test_owner_table_is_the_swarm_rule() -> None:

@@ -29,6 +29,24 @@ async def test_held_ranges_wake_no_reader_until_released():
     assert schedule.readable("a") == [(0, 200)]
 
 
+async def test_held_ranges_are_written_for_readers_that_verify():
+    schedule = RangeSchedule()
+    schedule.vet = lambda rel, start, end: start >= 100
+    relay = asyncio.ensure_future(schedule.wait("a", 0, 200, held=True))
+    own = asyncio.ensure_future(schedule.wait("a", 0, 200))
+    schedule.written("a", 100, 200)
+    await asyncio.sleep(0)
+    assert not relay.done()
+    schedule.written("a", 0, 100)  # held
+    await asyncio.wait_for(relay, 1)  # a peer (which verifies) may be sent it now
+    assert not own.done()  # this daemon's own readers: not before it is verified
+    assert schedule.held("a") == [(0, 100)] and schedule.has_written("a", 0, 200)
+    assert not schedule.has("a", 0, 200)
+    schedule.release("a")
+    await asyncio.wait_for(own, 1)
+    assert schedule.held("a") == []
+
+
 async def test_release_all_and_failure():
     schedule = RangeSchedule()
     schedule.vet = lambda *_: False
