@@ -119,6 +119,54 @@ class DaemonClient:
                       len(files), format_size(model["size"]), how, time.monotonic() - started)
         return True
 
+    async def stream_through(self, src: str, *, storage: StorageSettings,
+                             include: tuple[str, ...], exclude: tuple[str, ...]
+                             ) -> dict[str, Any] | None:
+        """Start (or join) the pull of ``src`` without waiting for it, and get scoped
+        credentials for the daemon's S3 endpoint (stream-through mode).
+
+        The ensure carries the pod's real credentials (the proof of access) and the
+        lease for this pod; the scoped credentials ride on that lease.
+
+        Returns:
+            ``{"model": Model, "credentials": S3Credentials}``, or None (after logging
+            why) when the daemon cannot serve the model: the caller downloads directly.
+        """
+        from sidecar.client import CacheAPIClient
+        from sidecar.errors import ApiError, DaemonUnavailableError
+        from sidecar.text import describe
+
+        if not os.path.exists(self.socket_path):
+            self.log.info("node cache: no daemon socket at %s", self.socket_path)
+            return None
+        try:
+            storage = await asyncio.to_thread(portable_storage, src, storage)
+            async with CacheAPIClient(self.socket_path) as api:
+                answer = await api.ensure(src, include=include, exclude=exclude,
+                                          storage=storage,
+                                          lease=(self.holder, self.lease_ttl))
+                model, grant = answer["model"], answer["grant"]
+                if model["state"] == "failed":
+                    err = model.get("error") or {}
+                    self.log.warning("node cache could not provide %s: %s: %s", src,
+                                     err.get("code", "failed"), err.get("message", ""))
+                    return None
+                creds = await api.s3_credentials(model["id"], grant=grant,
+                                                 holder=self.holder, ttl=self.lease_ttl)
+        except DaemonUnavailableError as e:
+            self.log.warning("node cache unavailable: %s", e)
+            return None
+        except ApiError as e:
+            self.log.warning("node cache refused %s: %s: %s", src, e.code, e.message)
+            return None
+        except (OSError, WeightstreamError, ValueError) as e:
+            self.log.warning("node cache could not stream %s: %s", src, e)
+            return None
+        self.log.info("node cache: %s (%s)", describe(model), {
+            "hit": "ready in the cache", "joined": "joined a running pull",
+            "miss": "started a pull"}.get(answer["outcome"], answer["outcome"]))
+        return {"model": model, "credentials": creds}
+
     # ------------------------------------------------------------------ wait
 
     async def _ready_model(self, api: Any, src: str, storage: StorageSettings,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamer.settings import StorageSettings
 
@@ -36,6 +36,23 @@ class NodeCacheClient(Protocol):
         Returns:
             True when ``dst`` is ready (linked into the cache or copied); False to fall
             back to a direct download (the caller logs why). Raising also means fall back.
+        """
+        ...
+
+    async def stream_through(
+        self,
+        src: str,
+        *,
+        storage: StorageSettings,
+        include: tuple[str, ...],
+        exclude: tuple[str, ...],
+    ) -> dict[str, Any] | None:
+        """Start or join the pull of ``src`` (not waiting for it) and get scoped S3
+        credentials for the main container.
+
+        Returns:
+            ``{"model": ..., "credentials": ...}`` (``sidecar.views``); None to fall
+            back to a direct download (the caller logs why).
         """
         ...
 

@@ -10,13 +10,16 @@ For each pair, in order:
 
 1. a source under ``/mnt/models`` or equal to its destination: nothing to do;
 2. ``file://`` or a local path: symlinks (a lone archive is extracted);
-3. the node cache daemon, when one is configured and answers;
-4. a direct download through :func:`streamer.download`, then KServe's archive rule.
+3. stream-through mode: the node cache starts the pull and hands out scoped S3
+   credentials; only the non-weight files are downloaded (:mod:`.streamthrough`);
+4. the node cache daemon, when one is configured and answers;
+5. a direct download through :func:`streamer.download`, then KServe's archive rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -25,7 +28,8 @@ from pathlib import Path
 
 from streamer import DownloadOptions, DownloadReport, download
 from streamer.engine import STREAM_RESERVE
-from streamer.errors import UsageError
+from streamer.errors import ObjectNotFoundError, UsageError
+from streamer.logs import add_secrets
 from streamer.manifest import STATE_DIR
 from streamer.sizes import format_size
 from streamer.uri import ObjectURI, parse_uri
@@ -35,6 +39,7 @@ from .config import InitConfig, Pair
 from .local import link_local
 from .nodecache import NodeCacheClient
 from .progress import ProgressBoard, ticking
+from .streamthrough import local_exclude, remove_stream_files, write_stream_files
 
 log = logging.getLogger(__name__)
 MODEL_MOUNT = "/mnt/models"
@@ -45,7 +50,7 @@ class PairResult:
     """What happened to one pair."""
 
     pair: Pair
-    how: str  # "noop", "linked", "extracted", "cache", "download"
+    how: str  # "noop", "linked", "extracted", "cache", "download", "stream-through"
     files: int = 0
     bytes_fetched: int = 0
     report: DownloadReport | None = None
@@ -121,7 +126,15 @@ async def _run_pair(
     if uri.is_local:
         return await asyncio.to_thread(_local, label, uri, pair, config)
     pair.dst.mkdir(parents=True, exist_ok=True)
-    if cache is not None:
+    if config.mode == "stream-through":
+        result = await _stream_through(index, label, pair, config, options, cache=cache,
+                                       board=board)
+        if result is not None:
+            return result
+        await asyncio.to_thread(remove_stream_files, pair.dst)
+        log.warning("%s stream-through unavailable: downloading %s in full into %s",
+                    label, uri, pair.dst)
+    elif cache is not None:
         result = await _from_cache(label, uri, pair, config, cache)
         if result is not None:
             return result
@@ -139,6 +152,52 @@ async def _run_pair(
                  label, report.files[0], pair.dst, len(names))  # fmt: skip
         how = "extracted"
     return PairResult(pair, how, len(report.files), report.bytes_fetched, report)
+
+
+async def _stream_through(
+    index: int,
+    label: str,
+    pair: Pair,
+    config: InitConfig,
+    options: DownloadOptions,
+    *,
+    cache: NodeCacheClient | None,
+    board: ProgressBoard,
+) -> PairResult | None:
+    """Start or join the node cache's pull, fetch the non-weight files, write the scoped
+    credentials; None when the daemon cannot serve the model (the caller downloads)."""
+    if cache is None:
+        return None
+    log.info("%s asking the node cache to stream %s", label, pair.src)
+    try:
+        granted = await cache.stream_through(pair.src, storage=config.storage,
+                                             include=config.include, exclude=config.exclude)
+    except Exception as e:  # the daemon failing must never fail the pod
+        log.warning("%s node cache unavailable: %s", label, _reason(e))
+        return None
+    if granted is None:
+        return None
+    local = dataclasses.replace(options, exclude=local_exclude(config.exclude))
+    try:
+        report = await download(
+            pair.src, pair.dst, options=local, storage=config.storage,
+            progress=board.callback(index, label),
+        )  # fmt: skip
+        files, fetched = len(report.files), report.bytes_fetched
+        log.info("%s %s (all but the weights)", label, report.summary())
+    except ObjectNotFoundError:  # the source exists (the daemon listed it): weights only
+        files, fetched = 0, 0
+        log.info("%s %s has no files but the weights", label, pair.src)
+    creds = granted["credentials"]
+    add_secrets([creds["secret_access_key"]])  # never in a log line, at any level
+    written = await asyncio.to_thread(
+        write_stream_files, pair.dst, credentials=creds, endpoint=config.s3_endpoint,
+        mode=config.s3_credentials_mode)
+    model = granted["model"]
+    log.info("%s %s: the node cache serves %s as %s (model %s, %s); scoped credentials "
+             "in %s, valid while this pod's lease lives", label, pair.dst, pair.src,
+             creds["uri"], model["id"], model["state"], written.directory)  # fmt: skip
+    return PairResult(pair, "stream-through", files, fetched)
 
 
 def _is_noop(uri: ObjectURI, dst: Path) -> bool:

@@ -54,6 +54,7 @@ VALUE_SETS: tuple[str | None, ...] = (
     "minimal.yaml",
     "no-streamer.yaml",
     "peers.yaml",
+    "stream-through.yaml",
 )
 
 _COMBINATORS = ("allOf", "anyOf", "oneOf")

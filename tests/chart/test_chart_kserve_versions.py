@@ -381,3 +381,61 @@ def test_preset_actions_agree_with_go_text_template(render, helm, tmp_path):
                 assert result.returncode == 0, result.stderr
                 go_out = json.loads(result.stdout.split("out: ", 1)[1])
                 assert go_out == go_render(text, {"Spec": go_names(spec)}), (version, spec)
+
+
+# --- stream-through-cache mode -------------------------------------------------------------
+
+
+STREAM_DIR = "/mnt/models/.weightstream/s3"
+S3_URL = "http://ws-weightstream-s3.weightstream-system.svc:8471"
+
+
+@pytest.mark.parametrize("topology", ["single", "prefill-decode", "multi-node"])
+@pytest.mark.parametrize("version", KSERVE_VERSIONS)
+def test_stream_through_pods_on_each_release(render, sim, crds_by_version, version,
+                                             topology, tmp_path):
+    """kserve.llmPreset.streamThroughCache: the init container runs in stream-through
+    mode; main keeps `vllm serve /mnt/models --load-format runai_streamer` (KServe's
+    command) and gets the redirect, the AWS files the init container writes and the
+    node-local S3 Service; it no longer mounts the cache."""
+    refs, spec, roles = TOPOLOGIES[topology]
+    presets = _presets(render, version, "kserve.llmPreset.streamThroughCache.enabled=true")
+    service = _service(refs=refs, **spec)
+    built = pods(sim, VERSIONS[version], service, presets)
+    assert set(built) == roles
+    for role, pod in built.items():
+        assert crds_by_version[version].errors(service) == []
+        init = container(pod["initContainers"], "storage-initializer")
+        assert init.get("args") == [URI, "/mnt/models"], role
+        ienv = env_map(init)
+        assert ienv["WEIGHTSTREAM_MODE"] == "stream-through", role
+        assert ienv["WEIGHTSTREAM_S3_ENDPOINT"] == S3_URL
+        assert ienv["WEIGHTSTREAM_S3_CREDENTIALS_MODE"] == "0640"
+        assert ienv["WEIGHTSTREAM_CACHE_SOCKET"] == f"{CACHE}/daemon.sock"
+        assert pod["securityContext"]["fsGroup"] == 1000, role
+        main = container(pod["containers"], "main")
+        menv = env_map(main)
+        assert menv["VLLM_MODEL_REDIRECT_PATH"] == f"{STREAM_DIR}/vllm-model-redirect.json"
+        assert menv["AWS_SHARED_CREDENTIALS_FILE"] == f"{STREAM_DIR}/credentials"
+        assert menv["AWS_CONFIG_FILE"] == f"{STREAM_DIR}/config"
+        assert menv["AWS_ENDPOINT_URL"] == S3_URL
+        assert menv["AWS_EC2_METADATA_DISABLED"] == "true"
+        assert menv["RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"] == "0"
+        assert "AWS_ACCESS_KEY_ID" not in menv  # would win over the credentials file
+        mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+        assert CACHE not in mounts, role
+        init_models = {m["mountPath"]: m for m in init["volumeMounts"]}["/mnt/models"]
+        assert mounts["/mnt/models"]["name"] == init_models["name"]
+        assert mounts["/mnt/models"].get("readOnly") is True
+        argv = vllm_argv(main, tmp_path / role)
+        # The redirect's key (the init container's destination) is vLLM's model path.
+        assert argv[0] == "serve" and argv[1] == "/mnt/models", argv
+        assert _flag(argv, "--load-format") == "runai_streamer", (role, argv)
+
+
+def test_stream_through_needs_runai_streamer(helm):
+    r = run_helm(helm, *template_args(None, "kserve.llmPreset.streamThroughCache.enabled=true",
+                                      "kserve.llmPreset.vllm.loadFormat=weightstream"))
+    assert r.returncode != 0
+    assert "streamThroughCache.enabled=true needs kserve.llmPreset.vllm.loadFormat" \
+        "=runai_streamer" in r.stderr

@@ -21,6 +21,7 @@ from streamer.sizes import parse_size
 
 from .support import (
     CHART,
+    RELEASE_NAMESPACE,
     VALUE_SETS,
     VALUES_DIR,
     container,
@@ -111,16 +112,22 @@ def test_init_container_accepts_rendered_env(render, values):
     inits = []
     for preset in find_all(objs, "LLMInferenceServiceConfig"):
         inits.append((preset["metadata"]["name"], container(
-            preset_pod_spec(preset)["initContainers"], "storage-initializer"), True))
+            preset_pod_spec(preset)["initContainers"], "storage-initializer"), True, True))
     for csc in find_all(objs, "ClusterStorageContainer"):
         node_cache = (csc["spec"]["workloadType"] == "initContainer"
                       and v["kserve"]["clusterStorageContainer"]["nodeCache"])
-        inits.append((csc["metadata"]["name"], csc["spec"]["container"], node_cache))
+        inits.append((csc["metadata"]["name"], csc["spec"]["container"], node_cache, False))
     assert inits
-    for name, c, node_cache in inits:
+    through = v["kserve"]["llmPreset"]["streamThroughCache"]["enabled"]
+    for name, c, node_cache, preset in inits:
         config = InitConfig.from_args(["s3://models/llama", "/mnt/models"], _kubelet_env(c))
         assert config.pod_uid == POD_UID, name
-        assert config.mode == v["initContainer"]["mode"], name
+        assert config.mode == ("stream-through" if preset and through
+                               else v["initContainer"]["mode"]), name
+        if preset and through:
+            assert config.s3_endpoint == f"http://ws-weightstream-s3.{RELEASE_NAMESPACE}.svc:" \
+                f"{v['daemon']['s3']['port']}", name
+            assert config.s3_credentials_mode == 0o640, name
         assert config.log_format == v["logFormat"], name
         if node_cache:
             assert config.cache_socket == daemon.socket, name

@@ -117,7 +117,9 @@ def test_preset_mounts_match_daemon(render, values):
         }
         init = container(template["initContainers"], "storage-initializer")
         main = container(template["containers"], "main")
-        for c in (init, main):
+        # Stream-through: main reads the weights from the S3 endpoint, not the mount.
+        through = _values(values)["kserve"]["llmPreset"]["streamThroughCache"]["enabled"]
+        for c in (init,) if through else (init, main):
             m = mount(c, CACHE_VOLUME)
             assert m["mountPath"] == root, c["name"]
             assert m["readOnly"] is True, c["name"]
@@ -255,8 +257,12 @@ def test_configmap_matches_interfaces(render, values):
         "WEIGHTSTREAM_CACHE_LISTEN", "WEIGHTSTREAM_CACHE_ALLOW", "WEIGHTSTREAM_LOG_FORMAT",
         "WEIGHTSTREAM_CONCURRENCY", "WEIGHTSTREAM_CHUNK_SIZE", "WEIGHTSTREAM_MAX_MEMORY",
         *PEER_ENV,
+        "WEIGHTSTREAM_CACHE_S3_LISTEN",
     }
     assert (set(PEER_ENV) <= set(data)) == v.get("peers", {}).get("enabled", False)
+    s3 = v["daemon"]["s3"]["enabled"] or v["kserve"]["llmPreset"]["streamThroughCache"]["enabled"]
+    assert data.get("WEIGHTSTREAM_CACHE_S3_LISTEN") == (
+        f"0.0.0.0:{v['daemon']['s3']['port']}" if s3 else None)
     transfer = v["daemon"].get("transfer", {})
     for key, env in (("concurrency", "WEIGHTSTREAM_CONCURRENCY"),
                      ("chunkSize", "WEIGHTSTREAM_CHUNK_SIZE"),
@@ -289,11 +295,16 @@ def test_daemon_probes_security_and_rollout(render, values):
     objs = render(values)
     ds = find(objs, "DaemonSet")
     spec, daemon = _daemon(objs)
-    port = _values(values)["daemon"]["port"]
-    peers = _values(values)["peers"]
-    assert daemon["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}] + (
+    v = _values(values)
+    port = v["daemon"]["port"]
+    peers = v["peers"]
+    ports = [{"name": "http", "containerPort": port, "protocol": "TCP"}] + (
         [{"name": "peer", "containerPort": peers["port"], "protocol": "TCP"}]
         if peers["enabled"] else [])
+    if v["daemon"]["s3"]["enabled"] or v["kserve"]["llmPreset"]["streamThroughCache"]["enabled"]:
+        ports.append({"name": "s3", "containerPort": v["daemon"]["s3"]["port"],
+                      "protocol": "TCP"})
+    assert daemon["ports"] == ports
     assert daemon["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert daemon["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert daemon["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -404,9 +415,16 @@ def test_labels_and_selectors(render, values):
     pod_labels = ds["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= pod_labels.items()
     assert "app.kubernetes.io/version" not in selector  # selectors are immutable
-    svc = find(objs, "Service")
+    svc = find(objs, "Service", ds["metadata"]["name"])
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == selector
+    for s3 in (o for o in find_all(objs, "Service") if o is not svc):
+        # the S3 endpoint: node-local routing only (docs/sidecar.md)
+        assert s3["metadata"]["name"] == f"{ds['metadata']['name']}-s3"
+        assert s3["spec"]["internalTrafficPolicy"] == "Local"
+        assert s3["spec"]["selector"] == selector
+        assert s3["spec"]["ports"] == [{"name": "s3", "port": 8471, "targetPort": "s3",
+                                        "protocol": "TCP"}]
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     for sm in find_all(objs, "ServiceMonitor"):
         assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
@@ -418,6 +436,11 @@ def test_labels_and_selectors(render, values):
         assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
         assert {"podSelector": {"matchLabels": selector}} in rule["from"]
         assert any("namespaceSelector" in peer for peer in rule["from"])
+        s3_rules = [r for r in np["spec"]["ingress"] if {"port": "s3", "protocol": "TCP"}
+                    in r["ports"]]  # the S3 endpoint, when it is served
+        assert len(s3_rules) == (1 if values == "stream-through.yaml" else 0)
+        for rule in s3_rules:
+            assert rule["ports"] == [{"port": "s3", "protocol": "TCP"}]
 
 
 # --- vLLM arguments through KServe's real `main` command -------------------------------

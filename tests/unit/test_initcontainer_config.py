@@ -137,3 +137,39 @@ def test_timeouts_attempts_and_backend_environment():
     assert (s.connect_timeout, s.read_timeout, s.max_attempts) == (3.0, 9.0, 2)
     assert {"AZ_CLIENT_ID", "STORAGE_EMULATOR_HOST", "HF_TOKEN"} <= set(s.env)
     assert "UNRELATED" not in s.env
+
+
+def test_stream_through_mode_is_one_config_field():
+    env = {"WEIGHTSTREAM_MODE": "stream-through", "WEIGHTSTREAM_CACHE_SOCKET": "/c/d.sock",
+           "WEIGHTSTREAM_S3_ENDPOINT": "http://ws-s3.ns.svc:8471/",
+           "WEIGHTSTREAM_S3_CREDENTIALS_MODE": "0640",
+           "STORAGE_IGNORE_PATTERNS": "*.gguf"}
+    c = InitConfig.from_args(["s3://bkt/m", "/mnt/models"], env)
+    assert c.mode == "stream-through" and c.s3_endpoint == "http://ws-s3.ns.svc:8471"
+    assert c.s3_credentials_mode == 0o640
+    assert c.exclude == ("*.gguf",)  # the daemon caches the weights: not excluded here
+    assert InitConfig.from_args(["s3://bkt/m", "/m"], {}).s3_credentials_mode == 0o600
+
+
+@pytest.mark.parametrize(("env", "match"), [
+    ({}, "needs WEIGHTSTREAM_CACHE_SOCKET"),
+    ({"WEIGHTSTREAM_CACHE_SOCKET": "/s", "WEIGHTSTREAM_S3_ENDPOINT": "ftp://h:1"},
+     "WEIGHTSTREAM_S3_ENDPOINT must be"),
+    ({"WEIGHTSTREAM_CACHE_SOCKET": "/s", "WEIGHTSTREAM_S3_ENDPOINT": "http://u:p@h:1"},
+     "WEIGHTSTREAM_S3_ENDPOINT must be"),
+    ({"WEIGHTSTREAM_CACHE_SOCKET": "/s", "WEIGHTSTREAM_S3_ENDPOINT": "http://h:99999"},
+     "bad port"),
+    ({"WEIGHTSTREAM_CACHE_SOCKET": "/s", "WEIGHTSTREAM_S3_CREDENTIALS_MODE": "0644"},
+     "WEIGHTSTREAM_S3_CREDENTIALS_MODE must be one of 0600, 0640"),
+])
+def test_stream_through_errors(env, match):
+    with pytest.raises(UsageError, match=match):
+        InitConfig.from_args(["s3://bkt/m", "/mnt/models"],
+                             {"WEIGHTSTREAM_MODE": "stream-through", **env})
+
+
+def test_stream_through_refuses_local_sources():
+    with pytest.raises(UsageError, match="local path"):
+        InitConfig.from_args(["/data/llama", "/mnt/models"],
+                             {"WEIGHTSTREAM_MODE": "stream-through",
+                              "WEIGHTSTREAM_CACHE_SOCKET": "/s"})

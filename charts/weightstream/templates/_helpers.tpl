@@ -88,6 +88,23 @@ gives the cache root, the socket path and the mount path everywhere.
 {{- end }}
 
 {{/*
+The daemon's S3 endpoint: "true" when it is served (daemon.s3.enabled, or the presets'
+stream-through-cache mode, which needs it), and the URL model pods reach it at (the
+node-local Service, docs/sidecar.md "Reaching the node's daemon from a pod").
+*/}}
+{{- define "weightstream.s3Enabled" -}}
+{{- if or .Values.daemon.s3.enabled (and .Values.kserve.llmPreset.enabled .Values.kserve.llmPreset.streamThroughCache.enabled) }}true{{ end }}
+{{- end }}
+
+{{- define "weightstream.s3ServiceName" -}}
+{{- printf "%s-s3" (include "weightstream.fullname" . | trunc 60 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "weightstream.s3Url" -}}
+{{- printf "http://%s.%s.svc:%d" (include "weightstream.s3ServiceName" .) .Release.Namespace (int .Values.daemon.s3.port) }}
+{{- end }}
+
+{{/*
 Name of the hostPath volume in model pods (the preset, the ClusterStorageContainer with
 nodeCache, and the examples must agree on it).
 */}}
@@ -130,7 +147,14 @@ and the lease holder id.
     fieldRef:
       fieldPath: metadata.uid
 - name: WEIGHTSTREAM_MODE
-  value: {{ $v.mode | quote }}
+  value: {{ default $v.mode .mode | quote }}
+{{- if eq (default $v.mode .mode) "stream-through" }}
+# Written into the AWS config file next to the scoped credentials (docs/initcontainer.md).
+- name: WEIGHTSTREAM_S3_ENDPOINT
+  value: {{ include "weightstream.s3Url" .root | quote }}
+- name: WEIGHTSTREAM_S3_CREDENTIALS_MODE
+  value: {{ ternary "0640" "0600" (gt (int (default 0 .fsGroup)) 0) | quote }}
+{{- end }}
 {{- include "weightstream.transferEnv" $v.transfer }}
 - name: WEIGHTSTREAM_LOG_FORMAT
   value: {{ .root.Values.logFormat | quote }}

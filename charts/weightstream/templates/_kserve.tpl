@@ -143,6 +143,20 @@ the `storage-initializer` init container and the `main` container.
 {{- end }}
 {{- $env = merge (deepCopy $preset.vllm.streamerEnv) $env }}
 {{- $image := include "weightstream.vllmImage" $root }}
+{{- $through := $preset.streamThroughCache.enabled }}
+{{- $fsGroup := int (default 0 $preset.streamThroughCache.fsGroup) }}
+{{- if and $through (ne $format "runai_streamer") }}
+{{- fail (printf "kserve.llmPreset.streamThroughCache.enabled=true needs kserve.llmPreset.vllm.loadFormat=runai_streamer (vLLM's loader reads the weights from the node cache's S3 endpoint), got %q" $format) }}
+{{- end }}
+{{- if $through }}
+{{- $_ := set $env "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING" (default "0" (index $env "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING")) }}
+{{- end }}
+{{- if and $through (gt $fsGroup 0) }}
+# Stream-through: the scoped credentials in /mnt/models are 0640, group-owned by this
+# fsGroup (KServe's emptyDir takes it), so `main` reads them whatever its UID.
+securityContext:
+  fsGroup: {{ $fsGroup }}
+{{- end }}
 initContainers:
   - name: storage-initializer
     image: {{ include "weightstream.image" $root | quote }}
@@ -160,7 +174,7 @@ initContainers:
     {{- end }}
     {{- end }}
     env:
-      {{- include "weightstream.initEnv" (dict "root" $root "nodeCache" true) | trim | nindent 6 }}
+      {{- include "weightstream.initEnv" (dict "root" $root "nodeCache" true "mode" (ternary "stream-through" "" $through) "fsGroup" $fsGroup) | trim | nindent 6 }}
     resources:
       {{- toYaml $root.Values.initContainer.resources | nindent 6 }}
     securityContext:
@@ -183,8 +197,24 @@ containers:
       - --load-format
       - {{ $format }}
     {{- end }}
-    {{- if or $flags $env }}
+    {{- if or $flags $env $through }}
     env:
+      {{- if $through }}
+      # Stream-through (docs/chart.md): the init container wrote these files into
+      # /mnt/models. The redirect turns `vllm serve /mnt/models` into the model's s3://
+      # URI (vLLM 0.33 has no --model-weights flag); runai and boto3 then read config and
+      # weights from this node's daemon with the scoped keys.
+      - name: VLLM_MODEL_REDIRECT_PATH
+        value: /mnt/models/.weightstream/s3/vllm-model-redirect.json
+      - name: AWS_SHARED_CREDENTIALS_FILE
+        value: /mnt/models/.weightstream/s3/credentials
+      - name: AWS_CONFIG_FILE
+        value: /mnt/models/.weightstream/s3/config
+      - name: AWS_ENDPOINT_URL
+        value: {{ include "weightstream.s3Url" $root | quote }}
+      - name: AWS_EC2_METADATA_DISABLED
+        value: "true"
+      {{- end }}
       {{- if $flags }}
       # Appended to `vllm serve /mnt/models` by the template's command (through eval, so
       # the JSON is single-quoted).
@@ -196,15 +226,20 @@ containers:
         value: {{ include "weightstream.scalar" $value | quote }}
       {{- end }}
     {{- end }}
+    {{- /* No key at all when empty: a null list in a strategic merge deletes it. */}}
+    {{- if or (not $through) $own }}
     volumeMounts:
+      {{- if not $through }}
       # Same path as on the node and in the init container: the links the init
       # container writes into /mnt/models point here.
       {{- include "weightstream.cacheMountReadOnly" $root | nindent 6 }}
+      {{- end }}
       {{- if $own }}
       - name: {{ include "weightstream.modelVolumeName" $root }}
         mountPath: /mnt/models
         readOnly: true
       {{- end }}
+    {{- end }}
 volumes:
   {{- include "weightstream.cacheVolume" $root | nindent 2 }}
   {{- if $own }}
