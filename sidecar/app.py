@@ -30,7 +30,7 @@ from .keys import CONFIG, LISTENER, METRICS, REGISTRY, S3, SERVICE
 from .metrics import CacheMetrics
 from .peers.service import open_directory
 from .s3.credentials import ScopedKeys
-from .s3.handlers import create_s3_app, issue_credentials
+from .s3.handlers import create_s3_app, issue_credentials, list_readers
 from .s3.service import S3Objects
 from .service import CacheService
 
@@ -95,6 +95,7 @@ def create_app(
     r.add_get("/v1/models/{id}/files", h.list_files, name="files")
     r.add_get("/v1/models/{id}/files/{path:.+}", h.get_file, name="file")
     r.add_post("/v1/models/{id}/s3-credentials", issue_credentials, name="s3_credentials")
+    r.add_get("/v1/s3/readers", list_readers, name="s3_readers")
     return app
 
 

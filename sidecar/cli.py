@@ -1,4 +1,4 @@
-"""``weightstream cache serve|ls|pull|evict``: run the node cache, or talk to a running one.
+"""``weightstream cache serve|ls|readers|pull|evict``: run the node cache, or talk to a running one.
 
 ``serve`` takes the flags of :func:`sidecar.config.add_serve_arguments`; the operator
 commands find the daemon through ``--socket``, ``WEIGHTSTREAM_CACHE_SOCKET`` or
@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> Non
     ls = client_parser("ls", "list the models in the node cache")
     ls.set_defaults(func=run_ls)
 
+    readers = client_parser("readers", "list who reads what on the S3 endpoint: credentials "
+                                       "(key id, lease holder), model, peer, bytes, rate, "
+                                       "range wait")
+    readers.set_defaults(func=run_readers)
+
     pull = client_parser("pull", "pull a model into the node cache (with this shell's "
                                  "credentials) and wait until it is ready")
     pull.add_argument("uri", metavar="URI")
@@ -88,6 +93,19 @@ def run_ls(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         _print_json({"models": models})
     else:
         print(render_table(models, now=time.time()))
+    return 0
+
+
+def run_readers(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async def go() -> list[views.S3Reader]:
+        async with _client(args, environ) as api:
+            return await api.s3_readers()
+
+    readers = asyncio.run(go())
+    if args.json:
+        _print_json({"readers": readers})
+    else:
+        print(render_readers(readers, now=time.time()))
     return 0
 
 
@@ -172,6 +190,25 @@ def render_table(models: list[views.Model], *, now: float) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False))
                      + "  " + r[-1] for r in rows)
+
+
+def render_readers(readers: list[views.S3Reader], *, now: float) -> str:
+    """One line per reader of the S3 endpoint (busiest first)."""
+    rows = [("KEY ID", "HOLDER", "MODEL", "PEER", "IN FLIGHT", "REQUESTS", "SERVED", "RATE",
+             "WAIT AVG/MAX", "LAST")]
+    for r in readers:
+        key = r["access_key_id"]
+        rows.append((key if len(key) <= 16 else key[:13] + "...", r["holder"] or "-",
+                     r["model"], r["peer"], str(r["in_flight"]),
+                     f"{r['requests']}" + (f" ({r['errors']} failed)" if r["errors"] else ""),
+                     format_size(r["bytes_served"]), f"{format_size(r['rate_bytes_per_s'])}/s",
+                     f"{r['range_wait_avg_s']:.3f}/{r['range_wait_max_s']:.3f}s",
+                     _ago(now - r["last_seen"])))
+    if len(rows) == 1:
+        return "no readers on the S3 endpoint"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
 
 
 def _ago(seconds: float) -> str:

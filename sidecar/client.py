@@ -128,6 +128,10 @@ class CacheAPIClient:
         return await self._json("POST", f"/v1/models/{_seg(model_id)}/s3-credentials",
                                 body=body, grant=grant)
 
+    async def s3_readers(self) -> list[views.S3Reader]:
+        """The S3 endpoint's readers (operator token): who reads what, bytes, rates."""
+        return (await self._json("GET", "/v1/s3/readers"))["readers"]
+
     def open_file(self, model_id: str, rel: str, *, grant: str,
                   byte_range: tuple[int, int] | None = None) -> Any:
         """``async with api.open_file(id, rel, grant=g) as resp:`` (checked on entry)."""

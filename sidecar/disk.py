@@ -52,7 +52,7 @@ def recover(layout: CacheLayout, *, now: float) -> Recovered:
             f.unlink(missing_ok=True)  # an interrupted atomic write
             continue
         try:
-            entry = Entry.from_record(json.loads(f.read_text()))
+            entry = Entry.from_record(json.loads(f.read_text()), now=now)
             if f.name != f"{entry.id}.json" or not ENTRY_ID.match(entry.id):
                 raise ValueError("record name does not match its id")
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -67,6 +67,10 @@ def recover(layout: CacheLayout, *, now: float) -> Recovered:
             move_to_trash(layout, d)
             out.discarded += 1
             continue
+        if entry is not None and entry.state is not State.READY:
+            # Published after the record said "pulling" (a crash between the two writes
+            # cannot leave this, but the directory is the truth): it is ready.
+            entry.state, entry.error, entry.failed_at = State.READY, None, None
         if entry is None:
             entry = _adopt_published(d, now=now)
             if entry is None:
@@ -76,8 +80,11 @@ def recover(layout: CacheLayout, *, now: float) -> Recovered:
                 continue
             write_json_atomic(layout.state_file(entry.id), entry.to_record())
         out.entries.append(entry)
-    for stale in records:  # a record whose model directory is gone
-        layout.state_file(stale).unlink(missing_ok=True)
+    for entry_id, entry in records.items():
+        if entry.state is State.FAILED:  # a pull that was running: kept, with its leases
+            out.entries.append(entry)
+            continue
+        layout.state_file(entry_id).unlink(missing_ok=True)  # its model directory is gone
     for item in layout.staging_dirs():
         if isinstance(item, StagingDir):
             st = item.path.stat()
@@ -181,7 +188,7 @@ def publish(layout: CacheLayout, entry: Entry, staging: StagingDir) -> Path:
     target = layout.model_dir(entry.id)
     if target.exists():  # cannot happen while single flight holds; never serve a mix
         move_to_trash(layout, target)
-    write_json_atomic(layout.state_file(entry.id), entry.to_record())
+    write_json_atomic(layout.state_file(entry.id), entry.to_record() | {"pulling": False})
     os.rename(staging.path, target)
     fsync_dir(layout.models)
     return target

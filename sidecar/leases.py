@@ -66,12 +66,16 @@ class Leases:
         if entry.leases.pop(holder, None) is None:
             return False
         entry.bump()
-        if entry.state is State.READY:
+        if entry.state is not State.FAILED:
             await self.persist(entry)
         return True
 
     async def persist(self, entry: Entry) -> None:
-        if entry.state is State.READY and self._registry.find(entry.id) is entry:
+        """Write the entry's record: a ready model's, or a pull's that holds leases (its
+        scoped S3 readers must be recognised after a restart; no credential is in it)."""
+        wanted = entry.state is State.READY or (
+            entry.state in (State.PENDING, State.PULLING) and entry.leases)
+        if wanted and self._registry.find(entry.id) is entry:
             entry.dirty = False
             await self._blocking.state(disk.write_json_atomic,
                                        self._layout.state_file(entry.id), entry.to_record())

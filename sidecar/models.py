@@ -163,8 +163,12 @@ class Entry:
     # -- persistence -------------------------------------------------------------------
 
     def to_record(self) -> dict[str, Any]:
+        """The state file's document: what the pinned version is and who leases it; no
+        credentials. A pull in progress is recorded too (``"pulling": true``), so that
+        the leases (and the scoped S3 credentials riding on them) survive a restart."""
         return {
             "format": 2,
+            "pulling": self.state is not State.READY,
             "id": self.id,
             "model_key": self.model_key,
             "version": self.version,
@@ -182,14 +186,16 @@ class Entry:
         }
 
     @classmethod
-    def from_record(cls, doc: dict[str, Any]) -> Entry:
-        """Rebuild a ready entry from its state file.
+    def from_record(cls, doc: dict[str, Any], *, now: float | None = None) -> Entry:
+        """Rebuild an entry from its state file: ready, or, for a pull the daemon was
+        running when it stopped, ``failed`` with the code :data:`INTERRUPTED` (the daemon
+        keeps no upstream credentials: the next ensure resumes the pull).
 
         Raises:
             KeyError, TypeError, ValueError: the record is not one of ours.
         """
         files = tuple(sorted((_file_of(f) for f in doc["files"]), key=lambda f: f.rel))
-        return cls(
+        entry = cls(
             id=str(doc["id"]), model_key=str(doc["model_key"]), version=str(doc["version"]),
             source=str(doc["source"]), include=tuple(doc["include"]),
             exclude=tuple(doc["exclude"]), files=files, size=int(doc["size"]),
@@ -200,6 +206,19 @@ class Entry:
             bytes_peers=int(dict(doc.get("bytes_from") or {}).get("peers", 0)),
             peer_note=str(doc["peer_note"]) if doc.get("peer_note") else None,
         )
+        if doc.get("pulling") is True:
+            entry.state = State.FAILED
+            entry.error = INTERRUPTED_ERROR
+            entry.failed_at = time.time() if now is None else now
+        return entry
+
+
+# A pull the daemon was running when it stopped (SIGKILL, node reboot, rollout): its
+# upstream credentials were in memory only, so only a new ensure can resume it.
+INTERRUPTED = "interrupted"
+INTERRUPTED_ERROR = (INTERRUPTED, "the node cache restarted during this pull and keeps no "
+                     "upstream credentials; the next ensure of this model (a pod's init "
+                     "container) resumes it from its partial data")
 
 
 def _file_of(item: Any) -> PlannedFile:

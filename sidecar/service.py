@@ -164,10 +164,11 @@ class CacheService:
         self.space.orphans = recovered.orphans
         if self.peers is not None:
             await self.peers.start()
-        log.info("cache %s: %d models ready (%s), %d partial pulls kept, %d leftovers removed",
-                 self.layout.root, len(recovered.entries),
-                 format_size(sum(e.size for e in recovered.entries)),
-                 len(recovered.orphans), recovered.discarded)
+        ready = [e for e in recovered.entries if e.state is State.READY]
+        log.info("cache %s: %d models ready (%s), %d partial pulls kept, %d interrupted pulls "
+                 "waiting for an ensure, %d leftovers removed", self.layout.root, len(ready),
+                 format_size(sum(e.size for e in ready)), len(recovered.orphans),
+                 len(recovered.entries) - len(ready), recovered.discarded)
         await preloading
         self._spawn(self._housekeeping(), name="housekeeping")
         self._started = True
@@ -206,7 +207,11 @@ class CacheService:
         uri = proof.uri
         entry_id = f"{proof.key}-{version_of(proof.plan)}"
         now = self._clock()
-        entry, outcome = self.registry.claim(entry_id, lambda: proof.entry(entry_id, now))
+        old = self.registry.find(entry_id)
+        # A failed (or interrupted) pull's next attempt keeps its leases: the scoped S3
+        # credentials of pods already reading it ride on them.
+        entry, outcome = self.registry.claim(
+            entry_id, lambda: old.retried(now) if old is not None else proof.entry(entry_id, now))
         if outcome == "hit":
             entry.last_used = now
             entry.dirty = True
@@ -395,6 +400,7 @@ class CacheService:
                                   model_id=entry.id)
             if entry.state is State.FAILED:
                 self.registry.drop(entry.id)
+                await self._blocking.state(_unlink, self.layout.state_file(entry.id))
                 await self.space.discard_orphans_of(entry.id)
                 return {"id": entry.id, "evicted": True, "bytes": 0}
             await self.space.unpublish(entry, reason="manual")
@@ -421,6 +427,7 @@ class CacheService:
             if (entry.state is State.FAILED and entry.failed_at is not None
                     and now - entry.failed_at > _FAILED_KEEP_SECONDS):
                 self.registry.drop(entry.id)
+                await self._blocking.state(_unlink, self.layout.state_file(entry.id))
         for flight_id in self.flights.ids():
             entry = self.registry.find(flight_id)
             if entry is None or entry.state is State.READY:
@@ -468,6 +475,10 @@ class CacheService:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

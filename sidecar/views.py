@@ -98,5 +98,25 @@ class S3Credentials(TypedDict):
     uri: str
 
 
+class S3Reader(TypedDict):
+    """One reader of the S3 endpoint: a set of scoped credentials from one peer address
+    (sidecar.s3.readers); never a secret."""
+
+    access_key_id: str
+    holder: str | None  # the lease holder the credentials ride on (a pod UID)
+    model: str  # the model version's id
+    peer: str  # the remote address
+    in_flight: int
+    requests: int
+    errors: int
+    bytes_served: int
+    rate_bytes_per_s: int  # over the last 10 s
+    range_wait_avg_s: float
+    range_wait_max_s: float
+    first_seen: float
+    last_seen: float
+
+
 # Views documented under components/schemas in docs/openapi-cache.yaml (same names).
-DOCUMENTED: tuple[type, ...] = (Progress, Lease, Model, Ensured, Health, S3Credentials)
+DOCUMENTED: tuple[type, ...] = (Progress, Lease, Model, Ensured, Health, S3Credentials,
+                                S3Reader)

@@ -18,11 +18,12 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from ..errors import GrantRequiredError
 from ..handlers import bearer, read_json
-from ..keys import METRICS, S3
+from ..keys import METRICS, S3, SERVICE
 from ..schema import parse_lease
 from . import sigv4, xml
-from .service import S3Error, S3Objects
+from .service import ObjectRead, S3Error, S3Objects
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,14 @@ async def issue_credentials(request: web.Request) -> web.Response:
     return web.json_response(doc, status=201)
 
 
+async def list_readers(request: web.Request) -> web.Response:
+    """Unix socket: ``GET /v1/s3/readers`` with the operator token -> ``{"readers": [...]}``
+    (who reads what on the S3 endpoint, bytes, rates, range waits)."""
+    if not request.app[SERVICE].is_operator(bearer(request)):
+        raise GrantRequiredError("listing the S3 endpoint's readers needs the operator token")
+    return web.json_response({"readers": request.app[S3].board.view()})
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise S3Error(405, "MethodNotAllowed", "this endpoint is read-only (GET, HEAD)",
@@ -139,12 +148,36 @@ async def _object(request: web.Request, objects: S3Objects, target, key: str
     metrics = request.app[METRICS]
     started = time.monotonic()
     head = request.method == "HEAD"
-    read = await objects.open_object(
-        target, key, range_header=request.headers.get("Range"),
-        if_match=request.headers.get("If-Match"),
-        if_none_match=request.headers.get("If-None-Match"), head=head)
-    if not head:
-        metrics.s3_range_wait.observe(time.monotonic() - started)
+    if head:
+        read = await objects.open_object(
+            target, key, range_header=request.headers.get("Range"),
+            if_match=request.headers.get("If-Match"),
+            if_none_match=request.headers.get("If-None-Match"), head=head)
+        return await _send(request, objects, read, head=True)
+    board = objects.board
+    reader = board.start(access_key_id=target.access_key_id, holder=target.holder,
+                         model=target.entry.id, peer=request.remote or "")
+    try:
+        read = await objects.open_object(
+            target, key, range_header=request.headers.get("Range"),
+            if_match=request.headers.get("If-Match"),
+            if_none_match=request.headers.get("If-None-Match"), head=head)
+    except BaseException:
+        board.done(reader, sent=0, ok=False)
+        raise
+    waited = time.monotonic() - started
+    metrics.s3_range_wait.observe(waited)
+    board.waited(reader, waited)
+    try:
+        return await _send(request, objects, read, head=False)
+    finally:
+        board.done(reader, sent=read.sent, ok=read.sent == read.end - read.start)
+
+
+async def _send(request: web.Request, objects: S3Objects, read: ObjectRead, *, head: bool
+                ) -> web.StreamResponse:
+    """The head, then (GET) the bytes with sendfile; ``read.sent`` says what went out."""
+    metrics = request.app[METRICS]
     count = read.end - read.start
     headers = {"Accept-Ranges": "bytes", "ETag": read.etag,
                "Last-Modified": formatdate(read.last_modified, usegmt=True),
@@ -169,10 +202,11 @@ async def _object(request: web.Request, objects: S3Objects, target, key: str
         if count:
             await asyncio.get_running_loop().sendfile(transport, f, read.start, count)
         await resp.write_eof()
+        read.sent = count
         metrics.s3_bytes.labels("cache" if read.from_cache else "pull").inc(count)
     except (ConnectionError, RuntimeError) as e:
         # The client went away mid-range: nothing to answer; a running pull goes on.
-        log.debug("S3 reader of %s went away: %s", key[:200], e)
+        log.debug("S3 reader of %s went away: %s", read.key[:200], e)
     finally:
         f.close()
         metrics.s3_readers.dec()

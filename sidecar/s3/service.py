@@ -36,11 +36,12 @@ from streamer.safetensors import header_length, parse_header
 
 from ..errors import NotReadyError, classify
 from ..flights import Flight, open_first
-from ..models import Entry, State
+from ..models import INTERRUPTED, Entry, State
 from ..service import CacheService
 from ..views import S3Credentials
 from . import sigv4, xml
 from .credentials import Scope, ScopedKeys
+from .readers import ReaderBoard
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ class Target:
     entry: Entry
     bucket: str
     prefix: str  # the source key, no trailing slash ("" for a whole bucket)
+    access_key_id: str = ""  # names the scope (not a secret): the reader board's key
+
+    @property
+    def holder(self) -> str | None:
+        """The lease holder these credentials ride on (a pod UID), if it still leases."""
+        return next((h for h in self.entry.leases if self.scope.holds(h)), None)
 
 
 @dataclass
@@ -90,6 +97,7 @@ class ObjectRead:
     fd: int | None = None
     from_cache: bool = True  # False: served through a running pull
     entry: Entry | None = None  # whose reader count this read holds (GET only)
+    sent: int = 0  # bytes the answer carried once it is sent
 
 
 class S3Objects:
@@ -108,6 +116,7 @@ class S3Objects:
         self.max_readers = max_readers
         self.readers = 0
         self._read_wait = read_wait
+        self.board = ReaderBoard()  # who reads what (weightstream cache readers)
 
     # ------------------------------------------------------------------ credentials
 
@@ -157,7 +166,7 @@ class S3Objects:
         own_bucket, prefix = split_source(entry.source)
         if bucket != own_bucket:
             raise denied("these credentials open another bucket")
-        return Target(scope, entry, own_bucket, prefix)
+        return Target(scope, entry, own_bucket, prefix, claim.access_key_id)
 
     # ------------------------------------------------------------------ objects
 
@@ -255,6 +264,12 @@ class S3Objects:
             raise denied("the model is gone from this node cache")
         if entry.state is State.FAILED:
             code = entry.error[0] if entry.error else "failed"
+            if code == INTERRUPTED and not self.cache.retry_pull(entry.id):
+                # After a restart mid-pull the daemon holds no upstream credentials (it
+                # never stores them): retryable until an ensure brings them back.
+                raise S3Error(503, "SlowDown", "the node cache restarted during this "
+                              "model's pull and waits for an ensure with upstream "
+                              "credentials (a pod's init container) to resume it; retry")
             if code not in _RETRYABLE_FAILURES or not self.cache.retry_pull(entry.id):
                 raise S3Error(503, "ServiceUnavailable",
                               f"the last pull of this model failed ({code})")

@@ -101,7 +101,9 @@ def test_daemon_accepts_rendered_config(render, values):
     peers = v["peers"]["enabled"]
     assert config.peer_discovery == ("kubernetes" if peers else "static")
     assert config.kube_namespace == ("weightstream-system" if peers else None)
-    assert (config.peer_service == find(render(values), "Service")["metadata"]["name"]) == peers
+    headless = find(render(values), "DaemonSet")["metadata"]["name"]  # (not <name>-s3)
+    assert (config.peer_service == find(render(values), "Service", headless)["metadata"][
+        "name"]) == peers
 
 
 @pytest.mark.parametrize("values", [v for v in VALUE_SETS if v != "minimal.yaml"], ids=_ids)
