@@ -53,6 +53,9 @@ server are known and the service account token file exists. Kubernetes peer disc
 daemon's namespace and needs the node name (a daemon's name among its peers) and an API
 server. The forward proxy for origin traffic comes from the daemon's own environment only
 (:mod:`streamer.proxy`); a requester's message never names one.
+
+Its length (about 470 lines) is the settings table: one frozen config, its flags and
+its sources in one place, as the style asks, rather than spread over the parts it feeds.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ How an ``ensure`` goes:
 Authorization (:meth:`CacheService.authorize`): every call about one model needs a live
 grant for it or the operator token; listing needs the operator token (a grant lists its
 own model only).
+
+Its length (about 500 lines) is the ``ensure`` walk and the one-line delegations of the
+API to the modules above; every job with state of its own lives in one of them.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ The entry point only routes; the steps read top to bottom:
    one ``os.replace`` each and write the manifest last.
 
 Nothing is ever visible under its final name before it was verified.
+
+One module (about 440 lines) on purpose: the steps share one run's state (:class:`_Run`)
+and read in the order they happen; split, each step would be a module of one function.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Reads go through :meth:`S3Objects.open_object`:
 Bytes always come from the pinned version: the engine pins every range with ``If-Match``
 and the version is part of the entry id; a client ``If-Match`` for another ETag gets
 ``PreconditionFailed``, never a mix.
+
+Its length (about 440 lines): the object, range and listing semantics of the endpoint
+in one place (the HTTP layer is :mod:`.handlers`, signatures :mod:`.sigv4`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ first), bit-identical to ``safetensors.torch.load_file``.
     rank r:  fetch own runs --> [engine budget] --> own pieces of window k --> slot k % 2
                                                 status all-reduce (gloo, 4 bytes)
              tensors out <-- others' pieces of window k <-- slot k % 2 (/dev/shm, shared)
+
+Its length (about 630 lines) is the protocol above, step by step, with both exchanges
+sharing the owners and the failure reporting; the shared-memory segment is :mod:`.shm`.
 """
 
 from __future__ import annotations
