@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .ports import LOOPBACK
+from .rawhttp import header, set_header
 
 KINDS = ("reset", "stall", "truncate", "flip", "duplicate", "reorder", "ignore_range",
          "content_length", "content_range_total")  # fmt: skip
@@ -86,18 +87,18 @@ class FaultProxy:
             rule = self.pick(method.decode(), target.decode(errors="replace"))
             self.log.append((method.decode(), target.decode(errors="replace"),
                              rule.kind if rule else None))  # fmt: skip
-            head = _set_header(head, b"Connection", b"close")
+            head = set_header(head, b"Connection", b"close")
             if rule is not None and rule.kind == "ignore_range":
-                head = _set_header(head, b"Range", None)
-            body_len = int(_header(head, b"Content-Length") or 0)
+                head = set_header(head, b"Range", None)
+            body_len = int(header(head, b"Content-Length") or 0)
             request_body = await reader.readexactly(body_len) if body_len else b""
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             up_writer.write(head + request_body)
             await up_writer.drain()
             resp_head = await up_reader.readuntil(b"\r\n\r\n")
-            resp_head = _set_header(resp_head, b"Connection", b"close")
+            resp_head = set_header(resp_head, b"Connection", b"close")
             if rule is not None and rule.kind == "content_length":
-                resp_head = _set_header(resp_head, b"Content-Length", str(rule.value).encode())
+                resp_head = set_header(resp_head, b"Content-Length", str(rule.value).encode())
             if rule is not None and rule.kind == "content_range_total":
                 resp_head = re.sub(rb"(?im)^(content-range:\s*bytes \d+-\d+/)\d+",
                                    rb"\g<1>" + str(rule.value).encode(), resp_head)  # fmt: skip
@@ -165,20 +166,6 @@ class FaultProxy:
             sent = base + len(data)
         if held:
             writer.write(held)
-
-
-def _header(head: bytes, name: bytes) -> bytes | None:
-    m = re.search(rb"(?im)^" + re.escape(name) + rb":\s*([^\r\n]*)", head)
-    return m.group(1).strip() if m else None
-
-
-def _set_header(head: bytes, name: bytes, value: bytes | None) -> bytes:
-    """Replace (or drop, ``value=None``) a header; add it if absent."""
-    lines = head[:-4].split(b"\r\n")
-    kept = [lines[0]] + [ln for ln in lines[1:] if not ln.lower().startswith(name.lower() + b":")]
-    if value is not None:
-        kept.append(name + b": " + value)
-    return b"\r\n".join(kept) + b"\r\n\r\n"
 
 
 @contextlib.asynccontextmanager

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .ports import LOOPBACK
+from .rawhttp import header, set_header
 
 _BLOCK = 64 << 10
 
@@ -64,13 +64,13 @@ class ForwardProxy:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
                 return
             head = method + b" " + (path or "/").encode() + b" " + rest
-            head = _set_header(head, b"Connection", b"close")
-            head = _set_header(head, b"Proxy-Connection", None)
-            body_len = int(_header(head, b"Content-Length") or 0)
+            head = set_header(head, b"Connection", b"close")
+            head = set_header(head, b"Proxy-Connection", None)
+            body_len = int(header(head, b"Content-Length") or 0)
             up_writer.write(head + (await reader.readexactly(body_len) if body_len else b""))
             await up_writer.drain()
             resp_head = await up_reader.readuntil(b"\r\n\r\n")
-            writer.write(_set_header(resp_head, b"Connection", b"close"))
+            writer.write(set_header(resp_head, b"Connection", b"close"))
             await _pipe(up_reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError,
                 ValueError):
@@ -90,20 +90,6 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             await dst.drain()
         if dst.can_write_eof():
             dst.write_eof()
-
-
-def _header(head: bytes, name: bytes) -> bytes | None:
-    m = re.search(rb"(?im)^" + re.escape(name) + rb":\s*([^\r\n]*)", head)
-    return m.group(1).strip() if m else None
-
-
-def _set_header(head: bytes, name: bytes, value: bytes | None) -> bytes:
-    """Replace (or drop, ``value=None``) a header; add it if absent."""
-    lines = head[:-4].split(b"\r\n")
-    kept = [lines[0]] + [ln for ln in lines[1:] if not ln.lower().startswith(name.lower() + b":")]
-    if value is not None:
-        kept.append(name + b": " + value)
-    return b"\r\n".join(kept) + b"\r\n\r\n"
 
 
 @contextlib.asynccontextmanager
