@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from streamer.errors import UsageError
+from streamer.netaddr import METADATA_ADDRESSES, parse, special, unmap
 
 from .errors import BadRequestError, NotAllowedError
 
@@ -69,16 +70,6 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-# Addresses never reached for a requester unless the operator named that very address:
-# loopback, link-local (which holds the cloud metadata services), unspecified,
-# multicast and reserved ranges. The metadata addresses are refused even when named.
-METADATA_ADDRESSES = frozenset({
-    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, ...
-    ipaddress.ip_address("169.254.170.2"),  # ECS task credentials
-    ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
-    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-})
-
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -100,7 +91,7 @@ class Target:
     @property
     def literal(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         try:
-            return _unmap(ipaddress.ip_address(self.host))
+            return unmap(ipaddress.ip_address(self.host))
         except ValueError:
             return None
 
@@ -179,23 +170,10 @@ class EndpointPolicy:
         if not addresses:
             raise NotAllowedError(f"{what} {target}: the name does not resolve")
         for text in addresses:
-            address = _unmap(ipaddress.ip_address(text.split("%", 1)[0]))
-            if address in METADATA_ADDRESSES or _special(address):
+            address = parse(text)
+            if special(address):
                 raise NotAllowedError(
                     f"{what} {target} resolves to {address}, a loopback, link-local, "
                     "metadata or reserved address (name it by address in --allow-endpoint "
                     "if it really is a store)")
         return {f"{target.host}:{target.port}": addresses[0].split("%", 1)[0]}
-
-
-def _special(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return (address.is_loopback or address.is_link_local or address.is_unspecified
-            or address.is_multicast or address.is_reserved)
-
-
-def _unmap(address: ipaddress.IPv4Address | ipaddress.IPv6Address
-           ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """``::ffff:169.254.169.254`` is 169.254.169.254."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address

@@ -270,7 +270,8 @@ class CacheService:
             what = "source" if uri.scheme in HTTP_SCHEMES else "endpoint"
             pins = await self._endpoints.check(server, what=what,
                                                listed=True if by_prefix else None)
-        return replace(access.settings(uri), connect_to=pins, proxy=self.config.proxy)
+        return replace(access.settings(uri), connect_to=pins, guard_redirects=True,
+                       proxy=self.config.proxy)
 
     def _start_pull(self, entry: Entry, uri: ObjectURI, access: RequesterAccess,
                     the_plan: Plan) -> None:

@@ -85,6 +85,10 @@ class StorageSettings:
     # requester named, with the address its endpoint check passed): connections to that
     # server go to that address and the name is not resolved again (DNS rebinding).
     connect_to: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # Refuse HTTP redirects to metadata, loopback, link-local or reserved addresses, and
+    # pin the address a redirect's name was checked at (the node cache: a requester's
+    # server must not lead the daemon into its own node; streamer.backends.http).
+    guard_redirects: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))

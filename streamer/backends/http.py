@@ -9,6 +9,7 @@ server that answers a range with the whole body (200) raises
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import socket
 import ssl
@@ -18,9 +19,11 @@ from typing import Any
 import aiohttp
 import aiohttp.abc
 import aiohttp.resolver
+import yarl
 
-from .. import checksum
+from .. import checksum, netaddr
 from ..errors import (
+    AccessDeniedError,
     RangeNotSupportedError,
     StoreError,
     TransientError,
@@ -53,9 +56,16 @@ def client_session(
         ca = settings.ca_bundle or env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE")
         if ca:
             ssl_ctx = ssl.create_default_context(cafile=ca)
-    resolver = PinnedResolver(settings) if settings.connect_to else None
+    resolver = guard = None
+    if settings.connect_to or settings.guard_redirects:
+        resolver = PinnedResolver(settings)
+    traces = []
+    if settings.guard_redirects:
+        guard = RedirectGuard(resolver)
+        traces.append(guard.trace_config())
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ssl=ssl_ctx, resolver=resolver),
+        trace_configs=traces,
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
         ),
@@ -68,17 +78,20 @@ def client_session(
 
 
 class PinnedResolver(aiohttp.abc.AbstractResolver):
-    """Pinned servers (:attr:`StorageSettings.connect_to`) resolve to their pinned
-    address, never through DNS again; ``Host`` and SNI keep the name. Other hosts (a
-    redirect's) go through aiohttp's default resolver."""
+    """Pinned servers (:attr:`StorageSettings.connect_to`, and redirect targets the
+    :class:`RedirectGuard` checked) resolve to their pinned address, never through DNS
+    again; ``Host`` and SNI keep the name. Other hosts go through aiohttp's default
+    resolver."""
 
     def __init__(self, settings: StorageSettings) -> None:
         self._settings = settings
         self._default = aiohttp.resolver.DefaultResolver()
+        self.redirect_pins: dict[str, str] = {}
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
-        address = self._settings.pinned(host, port)
+        address = self._settings.pinned(host, port) or self.redirect_pins.get(
+            f"{host.lower().rstrip('.')}:{port}")
         if address is None:
             return await self._default.resolve(host, port, family)
         return [{"hostname": host, "host": address, "port": port,
@@ -87,6 +100,53 @@ class PinnedResolver(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         await self._default.close()
+
+
+class RedirectGuard:
+    """Checks every redirect before aiohttp follows it (:attr:`StorageSettings.guard_redirects`).
+
+    A target that is, or whose name resolves to, a metadata, loopback, link-local or
+    reserved address (:func:`streamer.netaddr.special`) is refused with
+    :class:`~streamer.errors.AccessDeniedError`; a name that passed is pinned to the
+    address checked, so the connection goes there and not to a later DNS answer.
+    """
+
+    def __init__(self, resolver: PinnedResolver) -> None:
+        self._resolver = resolver
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        config = aiohttp.TraceConfig()
+        config.on_request_redirect.append(self._on_redirect)
+        return config
+
+    async def _on_redirect(self, _session: Any, _ctx: Any,
+                           params: aiohttp.TraceRequestRedirectParams) -> None:
+        location = params.response.headers.get("Location")
+        if not location:
+            return
+        target = params.response.url.join(yarl.URL(location))
+        host, port = (target.host or "").lower().rstrip("."), target.port or 0
+        shown = f"{target.scheme}://{host}:{port}"
+        try:
+            literal = netaddr.parse(host.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            addresses = [str(literal)]
+        else:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                raise AccessDeniedError(shown, "the redirect's host does not resolve") from None
+            addresses = sorted({str(info[4][0]) for info in infos})
+        for text in addresses:
+            if netaddr.special(netaddr.parse(text)):
+                raise AccessDeniedError(
+                    shown, f"a redirect to {text} (a metadata, loopback, link-local or "
+                    "reserved address) is not followed")
+        if literal is None and addresses:
+            self._resolver.redirect_pins[f"{host}:{port}"] = addresses[0].split("%", 1)[0]
 
 
 class HTTPBackend(Backend):

@@ -439,3 +439,60 @@ def test_requester_access_round_trip_per_scheme(tmp_path: Path):
         built = access.settings(parsed)
         assert built.ca_bundle is None and built.verify_ssl
         assert "HOME" not in built.env and "GOOGLE_APPLICATION_CREDENTIALS" not in built.env
+
+
+# ---------------------------------------------------------------- redirects
+
+
+@pytest.mark.parametrize("target", ["http://localhost:{port}/secret",
+                                    "http://127.0.0.2:{port}/secret",
+                                    "http://169.254.169.254/latest/meta-data/iam/"])
+async def test_a_redirect_into_the_node_is_not_followed(aiohttp_client, cache_config, tmp_path,
+                                                        target):
+    """An allowed server that answers with a redirect to a loopback, link-local or
+    metadata address does not lead the daemon there (before: aiohttp followed it, and the
+    redirect target's bytes became the 'model' a requester could read)."""
+    hits: list[str] = []
+
+    async def secret(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=b"node-local secret", headers={"ETag": '"s"'})
+
+    inner = web.Application()
+    inner.router.add_route("*", "/secret", secret)
+    inner_runner = web.AppRunner(inner)
+    await inner_runner.setup()
+    inner_site = web.TCPSite(inner_runner, LOOPBACK, 0)
+    await inner_site.start()
+    port = inner_site._server.sockets[0].getsockname()[1]
+    location = target.format(port=port)
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(location)
+
+    outer = web.Application()
+    outer.router.add_route("*", "/model.safetensors", redirect)
+    outer_runner = web.AppRunner(outer)
+    await outer_runner.setup()
+    outer_site = web.TCPSite(outer_runner, LOOPBACK, 0)
+    await outer_site.start()
+    outer_port = outer_site._server.sockets[0].getsockname()[1]
+    try:
+        url = f"http://{LOOPBACK}:{outer_port}/model.safetensors"
+        # The library alone follows it (what the daemon did before).
+        backend = open_backend(parse_uri(url), StorageSettings())
+        try:
+            if "localhost" in location:  # reachable: the inner server listens on 127.0.0.1
+                assert (await backend.stat("model.safetensors")).size == len(b"node-local secret")
+        finally:
+            await backend.close()
+        hits.clear()
+        client = await _app(aiohttp_client, cache_config())
+        r = await client.post("/v1/ensure", json={"uri": url})
+        doc = await r.json()
+        assert r.status == 403 and doc["code"] == "access_denied", doc
+        assert "redirect" in doc["message"] and "is not followed" in doc["message"]
+        assert hits == []
+    finally:
+        await outer_runner.cleanup()
+        await inner_runner.cleanup()
