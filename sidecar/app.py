@@ -5,8 +5,8 @@
   metrics. It owns the :class:`~sidecar.service.CacheService` through a cleanup context
   (recovery on startup; pulls cancelled and awaited on shutdown).
 * :func:`create_public_app` -> what the TCP listener may see: ``/healthz``, ``/readyz``,
-  ``/metrics`` and, when ``peer_files`` is on, read-only file ranges for peers. It never
-  accepts credentials and never starts a pull.
+  ``/metrics``. It never accepts credentials and never starts a pull (peers have their
+  own signed listener, :mod:`sidecar.peers.http`).
 
 Both answer errors as JSON ``{"code", "message"}``: 4xx for bad requests, and a generic
 500 (details only in the daemon's log) for bugs, never a traceback.
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {400: "bad_request", 404: "route_not_found", 405: "method_not_allowed",
                413: "request_too_large", 416: "range_not_satisfiable"}
-_FILE_ROUTES = frozenset({"file", "peer_file"})
+_FILE_ROUTES = frozenset({"file"})
 
 
 def create_app(
@@ -121,9 +121,6 @@ def create_public_app(config: DaemonConfig, *, service: CacheService) -> web.App
     app[METRICS] = service.metrics
     app[REGISTRY] = service.metrics.registry
     _add_common_routes(app.router)
-    if config.peer_files:
-        app.router.add_get("/v1/peer/models/{id}/files/{path:.+}", h.get_peer_file,
-                           name="peer_file")
     return app
 
 

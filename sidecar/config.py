@@ -23,7 +23,6 @@ flag                       environment                     default
 ``--max-memory``           ``WEIGHTSTREAM_MAX_MEMORY``
 --                         ``S3_MAX_ATTEMPTS``
 ``--max-pulls``            --                              ``2``
-``--peer-files``           --                              off
 ``--proof-ttl``            --                              ``30`` seconds
 ``--housekeeping``         --                              ``30`` seconds
 ``--peer-discovery``       ``WEIGHTSTREAM_PEER_DISCOVERY`` ``static`` (or ``kubernetes``)
@@ -116,7 +115,6 @@ class DaemonConfig(TransferOptions):
         max_grants: live grants in all; past it new ensures answer ``too_many_grants``.
         log_format: ``text`` or ``json``.
         max_pulls: pulls running at once (more wait in ``pending``).
-        peer_files: serve model files on the TCP listener (read-only, for peers).
         housekeeping_interval: seconds between lease expiry / capacity passes.
         default_lease_ttl, max_lease_ttl: lease lifetimes in seconds.
         grant_ttl: seconds a grant from ``ensure`` stays valid.
@@ -159,7 +157,6 @@ class DaemonConfig(TransferOptions):
     max_grants: int = 20000
     log_format: str = "text"
     max_pulls: int = 2
-    peer_files: bool = False
     housekeeping_interval: float = 30.0
     default_lease_ttl: float = 24 * 3600.0
     max_lease_ttl: float = 7 * 24 * 3600.0
@@ -290,7 +287,6 @@ class DaemonConfig(TransferOptions):
             operator_token_file=Path(token_file) if token_file else None,
             log_format=log_format(environ, args.get("log_format")),
             max_pulls=int(pick("max_pulls", None, 2)),
-            peer_files=bool(args.get("peer_files") or False),
             s3_listen=parse_listen(pick("s3_listen", "WEIGHTSTREAM_CACHE_S3_LISTEN", "off")),
             s3_max_connections=int(pick("s3_max_connections", None, S3_MAX_CONNECTIONS)),
             s3_max_readers=int(pick("s3_max_readers", None, S3_MAX_CONNECTIONS)),
@@ -395,9 +391,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     add_transfer_arguments(p, scope=" per pull", retries=False)
     p.add_argument("--max-pulls", type=int, metavar="N",
                    help="pulls running at once; more wait as pending (default 2)")
-    p.add_argument("--peer-files", action="store_true", default=None,
-                   help="also serve model files on the TCP listener (read-only, for peers; "
-                        "restrict it with a NetworkPolicy)")
     p.add_argument("--proof-ttl", type=float, metavar="SECONDS",
                    help="reuse a successful listing with the same credentials as the proof "
                         "of access for this long; 0: list on every request (default 30)")

@@ -177,11 +177,3 @@ def _range_unsatisfiable(request: web.Request, size: int, mtime: float) -> bool:
     if start < 0 and rng.stop is None:  # a suffix: bytes=-N
         start = max(start + size, 0)
     return start >= size
-
-
-async def get_peer_file(request: web.Request) -> web.StreamResponse:
-    """The TCP peer API: read-only file ranges of ready models (enabled by config), for
-    callers holding the operator token (peers of one DaemonSet share it) or a grant."""
-    path = request.app[SERVICE].file_path(
-        request.match_info["id"], request.match_info["path"], grant=bearer(request))
-    return _file_response(request, path)

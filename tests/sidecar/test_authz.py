@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-import aiohttp
-
-from sidecar.app import create_app, create_public_app
+from sidecar.app import create_app
 from sidecar.keys import SERVICE
 from tests.support.origin import Fault
 
@@ -88,30 +86,6 @@ async def test_eviction_needs_a_grant_for_the_model_or_the_operator(
     assert r.status == 200
 
 
-async def test_peer_reads_need_the_operator_token_or_a_grant(daemon, origin, origin_root,
-                                                            model_on_origin):
-    srv = await origin(origin_root)
-    model = model_on_origin(srv, "llama")
-    d = await daemon("--peer-files").ready()
-    async with d.client(operator=False) as api:
-        answer = await api.ensure(model.uri, storage=model.storage)
-        states = [s async for s in api.events(answer["model"]["id"], grant=answer["grant"],
-                                              timeout=30)]
-    state = states[-1]
-    assert state["state"] == "ready"
-    url = f"{d.url}/v1/peer/models/{state['id']}/files/config.json"
-    want = model.bytes_of("config.json")
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        # Before: --peer-files served any ready model to any TCP client.
-        for headers in ({}, {"Authorization": "Bearer not-the-operator-token"}):
-            async with http.get(url, headers=headers) as r:
-                assert r.status == 401 and (await r.json())["code"] == "grant_required"
-        async with http.get(url, headers=OP | {"Range": "bytes=0-3"}) as r:
-            assert r.status == 206 and await r.read() == want[:4]
-        async with http.get(url, headers=_auth(answer["grant"])) as r:
-            assert r.status == 200 and await r.read() == want
-
-
 async def test_a_flood_of_ensures_never_pushes_out_another_requesters_grant(
         aiohttp_client, cache_config, origin, origin_root, model_on_origin):
     srv = await origin(origin_root)
@@ -169,17 +143,3 @@ async def test_a_model_is_leased_for_its_waiting_pod_the_moment_it_is_ready(
     # The lease is on disk with the model (it survives a restart).
     record = (config.cache_root / "state" / f"{state['id']}.json").read_text()
     assert "pod-a2" in record
-
-
-async def test_public_app_peer_route_checks_grants_in_process(aiohttp_client, cache_config,
-                                                              origin, origin_root,
-                                                              model_on_origin):
-    srv = await origin(origin_root)
-    model = model_on_origin(srv, "llama")
-    config = cache_config(peer_files=True)
-    private = await aiohttp_client(create_app(config))
-    state, doc = await _ready(private, model)
-    public = await aiohttp_client(create_public_app(config, service=private.app[SERVICE]))
-    path = f"/v1/peer/models/{state['id']}/files/config.json"
-    assert (await public.get(path)).status == 401
-    assert (await public.get(path, headers=_auth(doc["grant"]))).status == 200

@@ -39,7 +39,7 @@ def test_openapi_is_valid_and_matches_the_routes(tmp_path):
         pass
     else:
         validate(spec)
-    config = DaemonConfig(cache_root=tmp_path, peer_files=True)
+    config = DaemonConfig(cache_root=tmp_path)
 
     class _Service:  # the public app only needs something to hold
         metrics = type("M", (), {"registry": None})()
@@ -66,7 +66,7 @@ def test_every_error_code_is_documented():
 
 @pytest.mark.parametrize("flag", ["--cache-root", "--capacity", "--min-free", "--socket",
                                   "--listen", "--allow", "--log-format", "--proof-ttl",
-                                  "--peer-files", "--max-pulls", "--housekeeping",
+                                  "--max-pulls", "--housekeeping",
                                   "--node-name", "--kube-api", "--allow-endpoint",
                                   "--operator-token-file", "--peer-discovery",
                                   "--peer-service", "--kube-namespace"])
