@@ -115,9 +115,11 @@ def dockerfile_bases(text: str, target: str | None = None) -> list[str]:
 
 
 def wheelhouse() -> Path:
-    """Wheels for ``pip install .`` of this checkout (dependencies + build backend)."""
+    """Wheels for ``pip install '.[daemon]'`` of this checkout (what the Dockerfile
+    installs: the dependencies, the daemon extra's, and the build backend)."""
     meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    deps = sorted(meta["project"]["dependencies"])
+    deps = sorted([*meta["project"]["dependencies"],
+                   *meta["project"]["optional-dependencies"]["daemon"]])
     build = sorted(meta["build-system"]["requires"])
     key = hashlib.sha256(repr((deps, build, sys.version_info[:2])).encode()).hexdigest()[:16]
     dest = CACHE / f"wheelhouse-{key}"
