@@ -421,6 +421,10 @@ def test_stream_through_pods_on_each_release(render, sim, crds_by_version, versi
         assert menv["AWS_ENDPOINT_URL"] == S3_URL
         assert menv["AWS_EC2_METADATA_DISABLED"] == "true"
         assert menv["RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"] == "0"
+        # a cold range waits for the pull; SlowDown past the cap is retried (runai, boto3)
+        assert menv["RUNAI_STREAMER_S3_REQUEST_TIMEOUT_MS"] == "600000"
+        assert menv["RUNAI_STREAMER_S3_MAX_RETRIES"] == "30"
+        assert (menv["AWS_MAX_ATTEMPTS"], menv["AWS_RETRY_MODE"]) == ("30", "standard")
         assert "AWS_ACCESS_KEY_ID" not in menv  # would win over the credentials file
         mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
         assert CACHE not in mounts, role

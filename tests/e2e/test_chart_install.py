@@ -295,8 +295,10 @@ def test_upgrade_moves_the_daemon_and_uninstall_leaves_nothing(
     want_stale = sorted(n.name for n in NODES if n.name in on_gpu
                         and n.name not in expected_nodes(defaults) and keeps_running(defaults, n))
     assert want_stale == ["gpu-amd"], want_stale  # the oracle agrees with the topology
-    assert stale == want_stale, stale
-    assert ds["status"].get("numberMisscheduled") == len(want_stale), ds["status"]
+    # Kubernetes may leave it (NoSchedule does not evict) or the rolling update may get to
+    # it first: both were seen on the v1.20 server, so either is right, nothing else.
+    assert stale in ([], want_stale), stale
+    assert ds["status"].get("numberMisscheduled", 0) == len(stale), ds["status"]
     cluster.wait_for("the critical-pods quota gone", lambda: _quotas(cluster, namespace) == [],
                      timeout=30)
 

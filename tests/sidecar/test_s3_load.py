@@ -156,6 +156,10 @@ async def test_runai_readers_ride_out_slowdown_past_the_cap(daemon, origin, orig
     go = tmp_path / "go.json"
     env = _client_env(port, {"access_key_id": "unset", "secret_access_key": "unset"})
     env["RUNAI_STREAMER_S3_MAX_RETRIES"] = "30"
+    # runai lists through boto3: its retry budget too (what the chart's main container
+    # gets; botocore's default of 3 attempts gave up on SlowDown once in CI).
+    env["AWS_MAX_ATTEMPTS"] = "30"
+    env["AWS_RETRY_MODE"] = "standard"
     readers = [await _start_runai(model.uri, env, go) for _ in range(4)]
     for proc in readers:
         assert (await asyncio.wait_for(proc.stdout.readline(), 240)).strip() == b"ready"

@@ -149,7 +149,12 @@ the `storage-initializer` init container and the `main` container.
 {{- fail (printf "kserve.llmPreset.streamThroughCache.enabled=true needs kserve.llmPreset.vllm.loadFormat=runai_streamer (vLLM's loader reads the weights from the node cache's S3 endpoint), got %q" $format) }}
 {{- end }}
 {{- if $through }}
-{{- $_ := set $env "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING" (default "0" (index $env "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING")) }}
+{{- /* Path-style, a cold range's first byte may wait for the pull, and SlowDown past the
+       daemon's connection cap is retried (runai's C++ client and boto3's listing):
+       docs/sidecar.md, "runai's settings in the main container". Values may override. */}}
+{{- range $name, $value := dict "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING" "0" "RUNAI_STREAMER_S3_REQUEST_TIMEOUT_MS" "600000" "RUNAI_STREAMER_S3_MAX_RETRIES" "30" "AWS_MAX_ATTEMPTS" "30" "AWS_RETRY_MODE" "standard" }}
+{{- $_ := set $env $name (default $value (index $env $name)) }}
+{{- end }}
 {{- end }}
 {{- if and $through (gt $fsGroup 0) }}
 # Stream-through: the scoped credentials in /mnt/models are 0640, group-owned by this
