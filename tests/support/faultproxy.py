@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .ports import LOOPBACK
-from .rawhttp import header, set_header
+from .rawhttp import close_all, header, set_header
 
 KINDS = ("reset", "stall", "truncate", "flip", "duplicate", "reorder", "ignore_range",
          "content_length", "content_range_total")  # fmt: skip
@@ -108,11 +108,7 @@ class FaultProxy:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
-            for w in (writer, up_writer):
-                if w is not None:
-                    w.close()
-                    with contextlib.suppress(Exception):
-                        await w.wait_closed()
+            await close_all(writer, up_writer)
 
     async def _body(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     rule: Rule | None) -> None:  # fmt: skip

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .ports import LOOPBACK
-from .rawhttp import header, set_header
+from .rawhttp import close_all, header, set_header
 
 _BLOCK = 64 << 10
 
@@ -76,11 +76,7 @@ class ForwardProxy:
                 ValueError):
             pass
         finally:
-            for w in (writer, up_writer):
-                if w is not None:
-                    w.close()
-                    with contextlib.suppress(Exception):
-                        await w.wait_closed()
+            await close_all(writer, up_writer)
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

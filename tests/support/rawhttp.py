@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
 
@@ -18,3 +20,12 @@ def set_header(head: bytes, name: bytes, value: bytes | None) -> bytes:
     if value is not None:
         kept.append(name + b": " + value)
     return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
+async def close_all(*writers: asyncio.StreamWriter | None) -> None:
+    """Close both sides of a proxied exchange, ignoring what is already gone."""
+    for w in writers:
+        if w is not None:
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
