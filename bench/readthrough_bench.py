@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -257,19 +258,31 @@ async def scenarios(args, url: str, prefix: str, work: Path, access_log: Path,
     finally:
         d.stop()
 
+    @contextlib.asynccontextmanager
+    async def cold(name: str):
+        """A fresh daemon with the model ensured, not waited for: ``(daemon, creds, setup
+        seconds, done)``; ``await done()`` gives (published seconds, origin ratio)."""
+        d = Daemon(work, name)
+        try:
+            await d.ready()
+            before = mark()
+            t0 = time.perf_counter()
+            answer, creds = await ensure(d, uri, url, wait=False)
+            setup = time.perf_counter() - t0
+            pub = asyncio.create_task(published(d, answer, t0))
+
+            async def done() -> tuple[float, float]:
+                return await pub, (mark() - before) / shard_bytes
+
+            yield d, creds, setup, done
+        finally:
+            d.stop()
+
     # (c) runai through the daemon, cold; (d) warm
-    d = Daemon(work, "c")
-    try:
-        await d.ready()
-        before = mark()
-        t0 = time.perf_counter()
-        answer, creds = await ensure(d, uri, url, wait=False)
-        setup = time.perf_counter() - t0
-        pub = asyncio.create_task(published(d, answer, t0))
+    async with cold("c") as (d, creds, setup, done):
         r = await child("runai", d.endpoint, prefix, env_for(d.endpoint, creds, knobs),
                         logs / "c.log")
-        pub_s = await pub
-        ratio = (mark() - before) / shard_bytes
+        pub_s, ratio = await done()
         out["c_runai_daemon_cold"] = {"seconds": _secs(r, setup), "published_s": pub_s,
                                       "origin_ratio": ratio,
                                       "daemon_rss_mib": d.peak_rss_mib(), **failed(r)}
@@ -280,52 +293,30 @@ async def scenarios(args, url: str, prefix: str, work: Path, access_log: Path,
         out["d_runai_daemon_warm"] = {"seconds": _secs(r), "daemon_rss_mib": d.peak_rss_mib(),
                                       **failed(r)}
         print(f"(d) runai through the daemon, warm: {_fmt(_secs(r))}", flush=True)
-    finally:
-        d.stop()
 
     # (f) weightstream's stream through the daemon, cold
-    d = Daemon(work, "f")
-    try:
-        await d.ready()
-        before = mark()
-        t0 = time.perf_counter()
-        answer, creds = await ensure(d, uri, url, wait=False)
-        setup = time.perf_counter() - t0
-        pub = asyncio.create_task(published(d, answer, t0))
+    async with cold("f") as (d, creds, setup, done):
         r = await child("weightstream", d.endpoint, prefix, env_for(d.endpoint, creds, knobs),
                         logs / "f.log")
-        await pub
-        out["f_weightstream_daemon_cold"] = {"seconds": _secs(r, setup),
-                                             "origin_ratio": (mark() - before) / shard_bytes,
+        _, ratio = await done()
+        out["f_weightstream_daemon_cold"] = {"seconds": _secs(r, setup), "origin_ratio": ratio,
                                              "daemon_rss_mib": d.peak_rss_mib(), **failed(r)}
         print(f"(f) weightstream through the daemon, cold: {_fmt(_secs(r, setup))}",
               flush=True)
-    finally:
-        d.stop()
 
     # (g) N runai readers of one cold model at once
-    d = Daemon(work, "g")
-    try:
-        await d.ready()
-        before = mark()
-        t0 = time.perf_counter()
-        answer, creds = await ensure(d, uri, url, wait=False)
-        setup = time.perf_counter() - t0
-        pub = asyncio.create_task(published(d, answer, t0))
+    async with cold("g") as (d, creds, setup, done):
         results = await asyncio.gather(*(
             child("runai", d.endpoint, prefix, env_for(d.endpoint, creds, knobs),
                   logs / f"g{i}.log")
             for i in range(args.readers)))
-        await pub
+        _, ratio = await done()
         out["g_cold_readers"] = {"seconds": [_secs(x, setup) for x in results],
                                  "errors": [x["error"] for x in results if "error" in x],
-                                 "origin_ratio": (mark() - before) / shard_bytes,
-                                 "daemon_rss_mib": d.peak_rss_mib()}
+                                 "origin_ratio": ratio, "daemon_rss_mib": d.peak_rss_mib()}
         g = out["g_cold_readers"]
         print(f"(g) {args.readers} cold readers: {', '.join(_fmt(x) for x in g['seconds'])}, "
               f"origin {g['origin_ratio']:.2f}x", flush=True)
-    finally:
-        d.stop()
     return out
 
 
