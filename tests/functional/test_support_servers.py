@@ -7,6 +7,7 @@ obstore) so a broken fixture fails here before it confuses anyone else's test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -521,3 +522,49 @@ def test_bench_nginx_origin_speaks_enough_s3(tmp_path, synth_model, monkeypatch)
     finally:
         nginx.terminate()
         nginx.wait()
+
+
+# --------------------------------------------------------------------------- no orphans
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (``Z``: dead, not reaped yet), or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.timeout(60)
+def test_servers_die_with_the_test_process():
+    """A server started through dies_with_parent dies when its parent is SIGKILLed (a
+    killed or timed-out pytest leaves no control plane, daemon or origin behind); the same
+    child started without it is orphaned."""
+    import signal
+    import subprocess
+    import time
+
+    code = ("import subprocess, sys, time\n"
+            "from tests.support.process import dies_with_parent\n"
+            "argv = ['sleep', '120']\n"
+            "wrapped = subprocess.Popen(dies_with_parent(argv))\n"
+            "plain = subprocess.Popen(argv)\n"
+            "print(wrapped.pid, plain.pid, flush=True)\n"
+            "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              env=clean_env())
+    wrapped, plain = map(int, parent.stdout.readline().split())
+    try:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _state(wrapped) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(wrapped) in (None, "Z")
+        assert _state(plain) not in (None, "Z")  # the control: it would have been orphaned
+    finally:
+        for pid in (wrapped, plain):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.stdout.close()

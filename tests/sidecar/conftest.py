@@ -32,7 +32,7 @@ from sidecar.config import DaemonConfig
 from streamer import StorageSettings, synth
 from tests.support.moto_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 from tests.support.ports import LOOPBACK, free_port
-from tests.support.process import REPO_ROOT, clean_env
+from tests.support.process import REPO_ROOT, clean_env, dies_with_parent
 
 OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
 
@@ -147,7 +147,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=REPO_ROOT,
+        self.proc = subprocess.Popen(dies_with_parent(self.argv), env=self.env, cwd=REPO_ROOT,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         return self
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.ports import LOOPBACK, free_port
-from tests.support.process import REPO_ROOT, ProcResult, run_cmd
+from tests.support.process import REPO_ROOT, ProcResult, dies_with_parent, run_cmd
 
 KUBECTL = REPO_ROOT / ".tools" / "bin" / "kubectl"
 HELM = REPO_ROOT / ".tools" / "bin" / "helm"
@@ -231,7 +231,7 @@ class _Procs:
     def start(self, name: str, argv: Sequence[str], logdir: Path,
               env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(dies_with_parent(argv), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()
         self.procs.append((name, proc))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ports import LOOPBACK, free_port, wait_http
-from .process import clean_env, stop_process
+from .process import clean_env, dies_with_parent, stop_process
 
 TEST_ACCESS_KEY = "testing"
 TEST_SECRET_KEY = "testing"
@@ -158,7 +158,8 @@ def start_moto(*, port: int | None = None, timeout: float = 60.0,
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unauthenticated_actions)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+            dies_with_parent([sys.executable, "-m", "moto.server", "-H", LOOPBACK,
+                              "-p", str(port)]),
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     endpoint = f"http://{LOOPBACK}:{port}"

@@ -837,13 +837,14 @@ def start_origin_process(
     checksum: str | None = None,
 ) -> Iterator[OriginProcess]:
     """Run ``python -m tests.support.origin`` on a free port; stop it on exit."""
-    from .process import REPO_ROOT, clean_env
+    from .process import REPO_ROOT, clean_env, dies_with_parent
 
     argv = [sys.executable, "-m", "tests.support.origin", "--root", str(root), "--port", "0",
             "--print-port", "--seed", str(seed), "--etag", etag, "--max-keys", str(max_keys),
             "--faults", json.dumps([f.to_json() for f in faults]),
             *(["--checksum", checksum] if checksum else [])]
-    proc = subprocess.Popen(argv, env=dict(env) if env is not None else clean_env(),
+    proc = subprocess.Popen(dies_with_parent(argv),
+                            env=dict(env) if env is not None else clean_env(),
                             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     try:
         line = proc.stdout.readline().decode().strip()

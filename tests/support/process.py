@@ -7,12 +7,16 @@
   with the exit code, output, wall time and the child's peak RSS (``ru_maxrss`` from
   ``os.wait4``; it covers the child and the descendants it waited for).
 * :func:`spawn_cli` starts the CLI without waiting, for SIGKILL / concurrency tests.
+* :func:`dies_with_parent` prefixes a long-lived server's argv so that the kernel kills
+  it when the test process dies, however it dies (a SIGKILLed or timed-out pytest leaves
+  no control plane, daemon or origin behind).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +30,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_MODULE = "streamer.cli.main"
 
 _KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "SYSTEMROOT")
+
+
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run through util-linux ``setpriv --pdeathsig KILL``, which sets the
+    parent-death signal and execs it (same PID, no shell, no ``preexec_fn``); ``argv``
+    unchanged where setpriv is missing. Start the process from the thread that lives as
+    long as the test process (the kernel ties the signal to the creating thread)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
 
 
 def clean_env(
