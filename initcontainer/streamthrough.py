@@ -21,7 +21,9 @@ For each ``SRC DST`` pair (``WEIGHTSTREAM_MODE=stream-through``):
    first two and vLLM's ``VLLM_MODEL_REDIRECT_PATH`` at the third: vLLM 0.33 has no
    ``--model-weights`` flag, and KServe's templates run ``vllm serve /mnt/models``; the
    redirect turns that model path into the ``s3://`` URI, so vLLM's ``runai_streamer``
-   loader reads config and weights through the daemon (docs/chart.md).
+   loader reads config and weights through the daemon (docs/chart.md). Because both of
+   its S3 clients read credentials from the environment before those files, the main
+   container also gets :data:`MAIN_ENV_OVERRIDES`.
 
 When the daemon cannot serve the model (no socket, refused, failed), the pair is
 downloaded in full instead and no credentials are written (a stale set from an earlier
@@ -51,6 +53,25 @@ CREDENTIALS_FILE = "credentials"
 CONFIG_FILE = "config"
 REDIRECT_FILE = "vllm-model-redirect.json"
 REGION = "us-east-1"  # the daemon accepts any region in a signature; one is required
+PROFILE = "default"  # the profile both files define
+
+#: The environment the chart gives the main container besides the file paths, so that
+#: AWS credentials from elsewhere in the pod never shadow the scoped keys: a Secret in the
+#: service's ``envFrom`` (a container's ``env`` wins over its ``envFrom``) or the EKS pod
+#: identity webhook's IRSA variables (it adds none to a container that defines one).
+#: boto3 (runai's listing, vLLM's config pull) tries the environment's keys, then web
+#: identity, before the shared files; the AWS C++ SDK (runai's reads) the environment's
+#: keys before them; both read an empty value as unset, and both take the profile from
+#: AWS_DEFAULT_PROFILE / AWS_PROFILE. tests/chart checks the chart sets exactly these.
+MAIN_ENV_OVERRIDES: dict[str, str] = {
+    "AWS_ACCESS_KEY_ID": "",
+    "AWS_SECRET_ACCESS_KEY": "",
+    "AWS_SESSION_TOKEN": "",
+    "AWS_ROLE_ARN": "",
+    "AWS_WEB_IDENTITY_TOKEN_FILE": "",
+    "AWS_PROFILE": PROFILE,
+    "AWS_DEFAULT_PROFILE": PROFILE,
+}
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,9 @@ def write_stream_files(dst: Path, *, credentials: dict[str, Any], endpoint: str 
     os.chmod(files.directory, dir_mode)
     akid, secret = credentials["access_key_id"], credentials["secret_access_key"]
     _write(files.credentials, mode,
-           f"[default]\naws_access_key_id = {_one_line(akid)}\n"
+           f"[{PROFILE}]\naws_access_key_id = {_one_line(akid)}\n"
            f"aws_secret_access_key = {_one_line(secret)}\n")
-    config = f"[default]\nregion = {REGION}\n"
+    config = f"[{PROFILE}]\nregion = {REGION}\n"
     if endpoint:
         config += f"endpoint_url = {_one_line(endpoint)}\n"
     config += "s3 =\n    addressing_style = path\n"

@@ -18,8 +18,9 @@ import sys
 
 import pytest
 
-from initcontainer.streamthrough import StreamFiles
+from initcontainer.streamthrough import MAIN_ENV_OVERRIDES, StreamFiles
 from streamer import synth
+from tests.support.moto_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.support.origin import Fault
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.process import REPO_ROOT, clean_env, run_cmd
@@ -105,6 +106,70 @@ async def test_init_container_streams_through_the_daemon(daemon, origin, origin_
     assert fetched_bytes(srv, "llama") == model.size + (model.size - weights)
 
 
+# AWS credentials `main` can get from elsewhere in its pod: the upstream keys of a Secret in
+# the service's envFrom, the variables the EKS pod identity webhook adds for IRSA, a profile.
+def _elsewhere(token) -> dict[str, dict[str, str]]:
+    return {
+        "envFrom keys": {"AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
+                         "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+                         "AWS_SESSION_TOKEN": "upstream-session-token"},
+        "IRSA": {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/models",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE": str(token)},
+        "profile": {"AWS_PROFILE": "upstream", "AWS_DEFAULT_PROFILE": "upstream"},
+    }
+
+
+# runai-model-streamer's own listing (boto3's default chain), without torch.
+_RUNAI_LIST = ("import sys\nfrom runai_model_streamer_s3.files.files import glob\n"
+               "print(len(glob(sys.argv[1], ['*.safetensors'])))")
+
+
+async def test_credentials_from_elsewhere_in_main_do_not_shadow_the_scoped_keys(
+        daemon, origin, origin_root, model_on_origin, tmp_path):
+    """Each source of other credentials alone shadows the scoped keys for runai's listing
+    (boto3 tries the environment's keys and IRSA's web identity before the files, and
+    takes the profile from the environment): the daemon refuses them or the client fails.
+    With the chart's overrides on top (a container's env wins over its envFrom; the
+    webhook adds no IRSA variable to a container that defines one), runai lists and reads
+    every tensor through the daemon (its C++ client reads the environment's keys first
+    too: an empty value is unset for it) with all of them in the environment."""
+    srv = await origin(origin_root)
+    model = model_on_origin(srv, "llama", synth.llama(dtype="f16", shards=2))
+    s3_port = free_port()
+    d = await daemon("--s3-listen", f"{LOOPBACK}:{s3_port}").ready()
+    dst = tmp_path / "mnt" / "models"
+    r = await asyncio.to_thread(
+        run_cmd, [sys.executable, "-m", "initcontainer", model.uri, str(dst)],
+        env=_init_env(srv, d, s3_port), cwd=REPO_ROOT, timeout=120)
+    assert r.returncode == 0, r.output
+    token = tmp_path / "irsa-token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln\n")
+    files = StreamFiles.under(dst)
+    main = _reader_env(files, endpoint=f"http://{LOOPBACK}:{s3_port}")
+    sources = _elsewhere(token)
+    shards = sum(rel.endswith(".safetensors") for rel in model.files)
+
+    def listing(env):
+        return run_cmd([sys.executable, "-c", _RUNAI_LIST, model.uri], env=env,
+                       cwd=REPO_ROOT, timeout=120)
+
+    refusals = {"envFrom keys": "InvalidAccessKeyId", "IRSA": "AssumeRoleWithWebIdentity",
+                "profile": "ProfileNotFound"}
+    for name, extra in sources.items():
+        shadowed = await asyncio.to_thread(listing, main | extra)
+        assert shadowed.returncode != 0, (name, shadowed.output)
+        assert refusals[name] in shadowed.output, (name, shadowed.output[-2000:])
+        fixed = await asyncio.to_thread(listing, main | extra | MAIN_ENV_OVERRIDES)
+        assert fixed.returncode == 0, (name, fixed.output[-2000:])
+        assert fixed.stdout.strip().splitlines()[-1] == str(shards), (name, fixed.output)
+
+    everything = main | {k: v for extra in sources.values() for k, v in extra.items()}
+    result = await _finish_runai(await _start_runai(model.uri,
+                                                    everything | MAIN_ENV_OVERRIDES), 180)
+    assert result["tensors"] == _expected_tensors(model)
+    assert TEST_SECRET_KEY not in d.logs()  # the upstream secret went nowhere near a log
+
+
 async def test_stream_through_config_and_fallback(daemon, origin, origin_root,
                                                   model_on_origin, tmp_path):
     """Clear errors for a mode that cannot work; a daemon that is not there means a full
@@ -141,7 +206,9 @@ async def test_vllm_serves_the_init_containers_destination_through_the_daemon(
     """The chart's wiring with a real vLLM 0.33 (CPU): the model path is the init
     container's destination (KServe runs ``vllm serve /mnt/models``), and only the
     environment the chart sets points vLLM at the daemon: ``VLLM_MODEL_REDIRECT_PATH`` to
-    the redirect file, the AWS files, the endpoint. Every parameter is compared."""
+    the redirect file, the AWS files, the endpoint, and the overrides that keep other
+    credentials in the environment from shadowing the scoped keys. Every parameter is
+    compared."""
     from tests.sidecar.test_s3_vllm import HELPER
 
     srv = await origin(origin_root)
@@ -156,7 +223,13 @@ async def test_vllm_serves_the_init_containers_destination_through_the_daemon(
         env=_init_env(srv, d, s3_port), cwd=REPO_ROOT, timeout=120)
     assert r.returncode == 0, r.output
     files = StreamFiles.under(dst)
-    env = _reader_env(files, endpoint=f"http://{LOOPBACK}:{s3_port}")
+    # Other credentials in main's environment too (envFrom, IRSA, a profile), under the
+    # chart's overrides.
+    token = tmp_path / "irsa-token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln\n")
+    env = _reader_env(files, endpoint=f"http://{LOOPBACK}:{s3_port}") | {
+        k: v for extra in _elsewhere(token).values() for k, v in extra.items()
+    } | MAIN_ENV_OVERRIDES
     case = {"name": "stream_through", "model": str(dst), "load_format": "runai_streamer",
             "reference": str(model.path),
             "env": {k: v for k, v in env.items() if k.startswith(("AWS_", "RUNAI_"))}

@@ -219,6 +219,19 @@ containers:
         value: {{ include "weightstream.s3Url" $root | quote }}
       - name: AWS_EC2_METADATA_DISABLED
         value: "true"
+      # No other AWS credentials may shadow the scoped keys: boto3 and the AWS C++ SDK
+      # read the environment's keys (boto3 also IRSA's web identity) before the files.
+      # These win over a Secret in envFrom, and the EKS pod identity webhook adds no
+      # IRSA variable to a container that defines one; empty reads as unset in both
+      # (initcontainer/streamthrough.py MAIN_ENV_OVERRIDES, docs/chart.md).
+      {{- range (list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" "AWS_ROLE_ARN" "AWS_WEB_IDENTITY_TOKEN_FILE") }}
+      - name: {{ . }}
+        value: ""
+      {{- end }}
+      - name: AWS_PROFILE
+        value: default
+      - name: AWS_DEFAULT_PROFILE
+        value: default
       {{- end }}
       {{- if $flags }}
       # Appended to `vllm serve /mnt/models` by the template's command (through eval, so
