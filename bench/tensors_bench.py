@@ -8,6 +8,8 @@ generator, listing and nginx launcher), then, in alternating rounds, each conten
 
 * ``weightstream``  ``streamer.tensors.stream_tensors`` (our engine: bounded reusable
                     buffers, ranged reads through the S3 backend, retries, If-Match)
+* ``weightstream-4k`` (not run by default) the same with ``huge_pages=False``: tensors in
+                    ``torch.empty`` memory (4 KiB pages) instead of transparent huge pages
 * ``runai``         runai-model-streamer's ``SafetensorsStreamer`` as vLLM's
                     ``runai_streamer`` loader drives it (defaults, CPU)
 * ``obstore``       obstore ranged reads (8 MiB, 16 in flight, a sliding window) straight
@@ -41,6 +43,7 @@ import download_bench  # a sibling script: bench/ is sys.path[0] when one runs
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = ("weightstream", "runai", "obstore")
+SMALL_PAGES = "weightstream-4k"  # weightstream with huge_pages=False
 MiB = 1 << 20
 
 
@@ -54,8 +57,9 @@ def child_weightstream(url: str, prefix: str, args: argparse.Namespace) -> tuple
 
     storage = StorageSettings.from_env(os.environ)
     options = TensorStreamOptions(
-        max_memory=args.max_memory, concurrency=args.concurrency, chunk_size=args.chunk_size
-    )
+        max_memory=args.max_memory, concurrency=args.concurrency, chunk_size=args.chunk_size,
+        huge_pages=args.child != SMALL_PAGES,
+    )  # fmt: skip
     n = nbytes = 0
     for _, tensor in stream_tensors(f"s3://models/{prefix}", options=options, storage=storage):
         n += 1
@@ -137,13 +141,15 @@ def child_obstore(url: str, prefix: str, args: argparse.Namespace) -> tuple[int,
 # time to tensors. Clients, sessions and connections are made inside the timed part.
 PRELOAD = {
     "weightstream": ("torch", "streamer.tensors", "streamer.backends.s3"),
+    SMALL_PAGES: ("torch", "streamer.tensors", "streamer.backends.s3"),
     "runai": ("torch", "runai_model_streamer"),
     "obstore": ("torch", "obstore", "obstore.store", "streamer.tensors.layout"),
 }
 
 
 def run_child(name: str, args: argparse.Namespace) -> int:
-    func = {"weightstream": child_weightstream, "runai": child_runai, "obstore": child_obstore}
+    func = {"weightstream": child_weightstream, SMALL_PAGES: child_weightstream,
+            "runai": child_runai, "obstore": child_obstore}  # fmt: skip
     for module in PRELOAD[name]:
         importlib.import_module(module)
     start = time.perf_counter()
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--chunk-size", type=int, default=8 * MiB)
     p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=(*CONTENDERS, SMALL_PAGES), help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--prefix", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

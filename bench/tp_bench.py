@@ -18,6 +18,9 @@ one process per rank, joined in a gloo group on CPU, for each contender:
 * ``runai-dist``  the same with ``is_distributed=True`` (vLLM's ``"distributed": true``),
                   forced onto gloo/CPU with ``RUNAI_STREAMER_DIST=1`` (runai distributes only
                   on NCCL by default)
+* ``ws-shared-4k``, ``ws-gloo-4k``, ``ws-full-4k``  (not run by default) the same with
+                  ``TensorStreamOptions(huge_pages=False)``: tensors in ``torch.empty``
+                  memory (4 KiB pages) instead of transparent huge pages
 * ``loopback``    (TP=1 only) this machine's loopback limit: 4 ``curl`` processes reading the
                   same shards from the same nginx into /dev/null
 
@@ -53,6 +56,7 @@ import download_bench  # a sibling script: bench/ is sys.path[0] when one runs
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = ("ws-shared", "ws-gloo", "ws-full", "runai", "runai-dist")
+SMALL_PAGES = ("ws-shared-4k", "ws-gloo-4k", "ws-full-4k")  # huge_pages=False
 MiB = 1 << 20
 
 
@@ -60,11 +64,15 @@ MiB = 1 << 20
 # ``tp_bench.py --rank-child NAME --rank R --world N --init file://... --prefix P --out F``
 
 
-def rank_weightstream(prefix: str, args: argparse.Namespace, *, exchange: str | None) -> dict:
+def rank_weightstream(
+    prefix: str, args: argparse.Namespace, *, exchange: str | None, huge_pages: bool
+) -> dict:
     from streamer import StorageSettings
     from streamer.tensors import Peers, StreamStats, TensorStreamOptions, stream_tensors
 
-    options = TensorStreamOptions(max_memory=args.max_memory, concurrency=args.concurrency)
+    options = TensorStreamOptions(
+        max_memory=args.max_memory, concurrency=args.concurrency, huge_pages=huge_pages
+    )
     stats = StreamStats()
     n = nbytes = 0
     for _, tensor in stream_tensors(
@@ -93,9 +101,11 @@ def rank_runai(prefix: str, args: argparse.Namespace, *, distributed: bool) -> d
 
 
 PRELOAD = {
-    "ws-shared": ("torch", "streamer.tensors", "streamer.backends.s3"),
-    "ws-gloo": ("torch", "streamer.tensors", "streamer.backends.s3"),
-    "ws-full": ("torch", "streamer.tensors", "streamer.backends.s3"),
+    **{
+        n: ("torch", "streamer.tensors", "streamer.backends.s3")
+        for n in CONTENDERS + SMALL_PAGES
+        if n.startswith("ws-")
+    },
     "runai": ("torch", "runai_model_streamer"),
     "runai-dist": ("torch", "runai_model_streamer"),
 }
@@ -119,8 +129,10 @@ def run_rank(args: argparse.Namespace) -> int:
     start, cpu0 = time.time(), _cpu_seconds()
     name = args.rank_child
     if name.startswith("ws-"):
-        exchange = {"ws-shared": "auto", "ws-gloo": "group"}.get(name)
-        result = rank_weightstream(args.prefix, args, exchange=exchange)
+        exchange = {"ws-shared": "auto", "ws-gloo": "group"}.get(name.removesuffix("-4k"))
+        result = rank_weightstream(
+            args.prefix, args, exchange=exchange, huge_pages=not name.endswith("-4k")
+        )
     else:
         result = rank_runai(args.prefix, args, distributed=name == "runai-dist")
     end, cpu = time.time(), _cpu_seconds() - cpu0
@@ -251,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-memory", type=int, default=512 * MiB, help="weightstream budget")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--rank-child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--rank-child", choices=CONTENDERS + SMALL_PAGES, help=argparse.SUPPRESS)
     p.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     p.add_argument("--world", type=int, help=argparse.SUPPRESS)
     p.add_argument("--init", help=argparse.SUPPRESS)
@@ -288,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rnd in range(1, args.rounds + 1):
             for world in worlds:
-                names = ["ws-full", "runai", "loopback"] if world == 1 else contenders
-                names = [n for n in names if n in contenders or n == "loopback"]
-                if world == 1:
-                    names = [n for n in names if n not in ("ws-shared", "ws-gloo")]
+                names = contenders
+                if world == 1:  # one rank shares nothing: its full read, and the limit
+                    names = [n for n in contenders if n in ("ws-full", "ws-full-4k", "runai")]
+                    names.append("loopback")
                 for name in names[rnd - 1 :] + names[: rnd - 1]:
                     origin.take()
                     load = os.getloadavg()[0]
@@ -377,7 +389,9 @@ def _table(rows: list[dict], *, model_bytes: int, shards: int, rounds: int, runs
         if not r["ok"]:
             lines.append(f"{r['world']:>3} {r['contender']:<12}   failed")
             continue
-        ref = ws1 if r["contender"].startswith("ws-") else base.get("runai")
+        ref = base.get("runai")
+        if r["contender"].startswith("ws-"):
+            ref = base.get("ws-full-4k") if r["contender"].endswith("-4k") else ws1
         vs = f"{r['seconds'] / ref['seconds']:.2f}x" if ref and r["world"] > 1 else "-"
         cpu_vs = (
             f"{r['cpu_seconds'] / ref['cpu_seconds']:.2f}x"
@@ -393,6 +407,10 @@ def _table(rows: list[dict], *, model_bytes: int, shards: int, rounds: int, runs
     if ws1 and loop:
         lines.append(f"TP=1: weightstream reaches {loop['seconds'] / ws1['seconds']:.2f}x of "
                      f"the loopback limit (4 curl readers, {loop['gb_s']:.2f} GB/s)")  # fmt: skip
+    small = base.get("ws-full-4k")
+    if small and loop:
+        ratio = loop["seconds"] / small["seconds"]
+        lines.append(f"TP=1: weightstream on 4 KiB pages reaches {ratio:.2f}x of the limit")
     if ws1 and runai1:
         lines.append(f"TP=1: weightstream is {runai1['seconds'] / ws1['seconds']:.2f}x "
                      "runai-model-streamer")  # fmt: skip
@@ -409,17 +427,19 @@ def _plot(rows: list[dict], png: Path, model_bytes: int) -> None:
 
     rows = [r for r in rows if r["ok"] and r["contender"] != "loopback"]
     worlds = sorted({r["world"] for r in rows})
-    names = [n for n in CONTENDERS if any(r["contender"] == n for r in rows)]
+    names = [n for n in CONTENDERS + SMALL_PAGES if any(r["contender"] == n for r in rows)]
     colors = {"ws-shared": "#2a7ab0", "ws-gloo": "#5b9bc6", "ws-full": "#8fbcd8",
-              "runai": "#999999", "runai-dist": "#555555"}  # fmt: skip
+              "runai": "#999999", "runai-dist": "#555555", "ws-shared-4k": "#b0602a",
+              "ws-gloo-4k": "#c68f5b", "ws-full-4k": "#d8b48f"}  # fmt: skip
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         xs, secs, origin = [], [], []
         for j, w in enumerate(worlds):
             r = next((r for r in rows if r["world"] == w and r["contender"] == name), None)
-            if r is None and name in ("ws-shared", "ws-gloo") and w == 1:
-                r = next((r for r in rows if r["world"] == 1 and r["contender"] == "ws-full"), None)
+            if r is None and name.startswith(("ws-shared", "ws-gloo")) and w == 1:
+                full = "ws-full-4k" if name.endswith("-4k") else "ws-full"
+                r = next((r for r in rows if r["world"] == 1 and r["contender"] == full), None)
             if r:
                 xs.append(j + i * width)
                 secs.append(r["seconds"])

@@ -137,6 +137,7 @@ def stream_tensors(
             stats=stats,
             shards=planned,
             keep=None if keep is None else lambda _, t: keep(t.name),
+            huge_pages=options.huge_pages,
         )
     log.info(
         "streamed %d tensors (%s) from %s with %s in %.2fs (%s/s, %d retries)",

@@ -63,7 +63,7 @@ import torch.distributed as dist
 from ..errors import DistributedLoadError, SafetensorsError, UsageError
 from ..plan import PlannedFile
 from ..uri import ObjectURI
-from . import shm
+from . import alloc, shm
 from .engine import StreamStats, _FetchLoop, read_layouts, stream_plan_tensors
 from .layout import ShardLayout, TensorEntry
 from .options import TensorStreamOptions
@@ -252,6 +252,7 @@ def stream_shared(
         layouts=layouts,
         keep=lambda s, t: (s, t.name) in owned,
         in_order=True,
+        huge_pages=options.huge_pages,
     ))  # fmt: skip
     windows = 0
     exchanged: Iterator[Item] | None = None
@@ -266,6 +267,7 @@ def stream_shared(
             exchanged = _exchange_shm(
                 peers, segment, window,
                 [ordered[i][1] for i in nonempty], [owners[i] for i in nonempty], local,
+                huge_pages=options.huge_pages,
             )  # fmt: skip
         else:
             exchanged = _exchange_group(peers, device, ordered, owners, nonempty, options, local)
@@ -310,7 +312,7 @@ def _exchange_group(
     """Broadcast each tensor from its owner over ``peers.group``, in batches of at most
     half the budget; ``(None, None)`` after each batch."""
     sizes = [t.nbytes for _, t in ordered]
-    exchange = _Exchange(peers, device)
+    exchange = _Exchange(peers, device, huge_pages=options.huge_pages)
     for batch in plan_batches(nonempty, sizes, batch_bytes=max(1, options.max_memory // 2)):
         entries = [ordered[i][1] for i in batch.tensors]
         batch_owners = [owners[i] for i in batch.tensors]
@@ -325,6 +327,8 @@ def _exchange_shm(
     entries: list[TensorEntry],
     owners: list[int],
     local: _OwnStream,
+    *,
+    huge_pages: bool,
 ) -> Iterator[Item]:
     """Move the (non-empty) tensors through the node's shared-memory ring.
 
@@ -372,7 +376,7 @@ def _exchange_shm(
             if owners[i] != me:
                 raw = raws.get(i)
                 if raw is None:
-                    raw = raws[i] = torch.empty(sizes[i], dtype=torch.uint8)
+                    raw = raws[i] = alloc.empty(sizes[i], huge_pages=huge_pages)
                 raw[lo : lo + n].copy_(slot[pos : pos + n])
             if lo + n == sizes[i]:
                 done.append(i)
@@ -579,9 +583,10 @@ class _OwnStream:
 class _Exchange:
     """One rank's side of the batches: take own tensors from the local stream, broadcast."""
 
-    def __init__(self, peers: Peers, device: torch.device) -> None:
+    def __init__(self, peers: Peers, device: torch.device, *, huge_pages: bool) -> None:
         self.peers = peers
         self.device = device
+        self.huge_pages = huge_pages
         self._status = torch.zeros(1, dtype=torch.int32)
 
     def run(
@@ -606,6 +611,9 @@ class _Exchange:
             if owner == me:
                 tensor = mine[i]
                 raw = tensor.reshape(-1).view(torch.uint8)
+            elif self.device.type == "cpu":
+                raw = alloc.empty(entry.nbytes, huge_pages=self.huge_pages)
+                tensor = raw.view(entry.dtype).view(entry.shape)
             else:
                 raw = torch.empty(entry.nbytes, dtype=torch.uint8, device=self.device)
                 tensor = raw.view(entry.dtype).view(entry.shape)

@@ -37,6 +37,7 @@ import torch
 from ..errors import WeightstreamError
 from ..plan import PlannedFile
 from ..uri import ObjectURI
+from . import alloc
 from .layout import HEADER_PROBE_BYTES, ShardLayout, TensorEntry, header_size, parse_shard
 from .options import Budget
 from .plan import Segment, StreamPlan, plan_stream
@@ -136,9 +137,10 @@ class _StagedSink:
     asynchronous DMA, and a buffer is reused only after its copies ran.
     """
 
-    def __init__(self, pool: BufferPool, device: torch.device) -> None:
+    def __init__(self, pool: BufferPool, device: torch.device, *, huge_pages: bool) -> None:
         self.pool = pool
         self.device = device
+        self.huge_pages = huge_pages
 
     async def acquire(self, seg: Segment) -> torch.Tensor:
         return await self.pool.acquire()
@@ -154,8 +156,7 @@ class _StagedSink:
         for p in seg.pieces:
             raw = partial.get(p.tensor)
             if raw is None:
-                nbytes = plan.tensors[p.tensor].entry.nbytes
-                raw = partial[p.tensor] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+                raw = partial[p.tensor] = self._new(plan.tensors[p.tensor].entry.nbytes)
             raw[p.dst : p.dst + p.length].copy_(buf[p.src : p.src + p.length], non_blocking=cuda)
         event = None
         if cuda:
@@ -164,6 +165,11 @@ class _StagedSink:
             event = torch.cuda.Event()
             event.record()
         self.pool.release(buf, event)
+
+    def _new(self, nbytes: int) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return alloc.empty(nbytes, huge_pages=self.huge_pages)
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
 
 
 class _DirectSink:
@@ -174,9 +180,10 @@ class _DirectSink:
     crosses segments is allocated once, by the first segment that touches it.
     """
 
-    def __init__(self, plan: StreamPlan, slots: int) -> None:
+    def __init__(self, plan: StreamPlan, slots: int, *, huge_pages: bool) -> None:
         self.plan = plan
         self.slots = asyncio.Semaphore(slots)
+        self.huge_pages = huge_pages
         self.loop: asyncio.AbstractEventLoop | None = None
         self._open: dict[int, torch.Tensor] = {}
         self._pending = [t.pieces for t in plan.tensors]
@@ -189,7 +196,7 @@ class _DirectSink:
             raw = self._open.get(p.tensor)
             if raw is None:
                 nbytes = self.plan.tensors[p.tensor].entry.nbytes
-                raw = self._open[p.tensor] = torch.empty(nbytes, dtype=torch.uint8)
+                raw = self._open[p.tensor] = alloc.empty(nbytes, huge_pages=self.huge_pages)
             self._pending[p.tensor] -= 1
             if not self._pending[p.tensor]:
                 del self._open[p.tensor]  # every piece has its destination
@@ -295,6 +302,7 @@ def stream_plan_tensors(
     layouts: Sequence[ShardLayout] | None = None,
     keep: Callable[[int, TensorEntry], bool] | None = None,
     in_order: bool = False,
+    huge_pages: bool = True,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of the model at ``source``, on ``device``.
 
@@ -311,6 +319,8 @@ def stream_plan_tensors(
         in_order: hand segments over in file order (segments that complete early wait, in
             the budget, for the ones before them), so non-empty tensors come in file order
             (empty ones first); default: as they complete.
+        huge_pages: CPU tensors and unpinned buffers on transparent huge pages where the
+            kernel allows (:mod:`.alloc`).
 
     Raises:
         SafetensorsError: a header is malformed or a shard is truncated.
@@ -330,9 +340,10 @@ def stream_plan_tensors(
         size = min(budget.buffer_size, max((s.nbytes for s in plan.segments), default=1))
         sink: _StagedSink | _DirectSink
         if not (staging if staging is not None else device.type != "cpu"):
-            sink = _DirectSink(plan, count)
+            sink = _DirectSink(plan, count, huge_pages=huge_pages)
         else:
-            sink = _StagedSink(BufferPool(count, size, pin=pin_memory), device)
+            pool = BufferPool(count, size, pin=pin_memory, huge_pages=huge_pages)
+            sink = _StagedSink(pool, device, huge_pages=huge_pages)
         stats.shards, stats.buffers, stats.buffer_size = len(layouts), count, size
         stats.fetched = plan.nbytes
         out: queue.Queue = queue.Queue()

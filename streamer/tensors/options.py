@@ -29,6 +29,9 @@ class TensorStreamOptions(TransferOptions):
         chunk_size: one ranged read.
         concurrency: ranged reads in flight.
         pin_memory: page-lock the host buffers (``None``: when the device is CUDA).
+        huge_pages: back CPU tensors and unpinned host buffers of 2 MiB or more with
+            transparent huge pages where the kernel allows (:mod:`.alloc`); False: plain
+            ``torch.empty``.
         retry: the retry policy for each ranged read.
     """
 
@@ -37,6 +40,7 @@ class TensorStreamOptions(TransferOptions):
     buffer_size: int = 32 * MiB
     chunk_size: int = 8 * MiB
     pin_memory: bool | None = None
+    huge_pages: bool = True
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

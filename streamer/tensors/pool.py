@@ -18,15 +18,22 @@ from typing import Any
 
 import torch
 
+from . import alloc
+
 
 class BufferPool:
     """``count`` host buffers of ``size`` bytes, handed out on one event loop."""
 
-    def __init__(self, count: int, size: int, *, pin: bool) -> None:
+    def __init__(self, count: int, size: int, *, pin: bool, huge_pages: bool = True) -> None:
         self.count = count
         self.size = size
         self.pin = pin
-        self._buffers = [torch.empty(size, dtype=torch.uint8, pin_memory=pin) for _ in range(count)]
+        self._buffers = [
+            torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            if pin
+            else alloc.empty(size, huge_pages=huge_pages)
+            for _ in range(count)
+        ]
         self._free: asyncio.Queue[tuple[torch.Tensor, Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 

@@ -26,6 +26,8 @@ Keys (all optional):
 ``distributed_exchange`` how the tensors go between the ranks: ``auto`` (default: shared
                 memory when the ranks are on one host and the tensors on the CPU, else
                 the TP group: NCCL/gloo), ``shm`` (shared memory or fail), ``group``
+``huge_pages``  CPU tensors on transparent huge pages where the kernel allows (default
+                true; see :mod:`streamer.tensors.alloc`); false: ``torch.empty``
 =============== ========================================================================
 
 This module does not import vLLM, so it is tested without it.
@@ -47,7 +49,7 @@ _SIZES = ("max_memory", "buffer_size", "chunk_size")
 _COUNTS = ("concurrency", "max_attempts")
 _STRINGS = ("source", "cache_dir", "engine", "device", "distributed_exchange")
 _SECONDS = ("retry_base_delay", "retry_max_delay", "distributed_timeout")
-_FLAGS = ("distributed",)
+_FLAGS = ("distributed", "huge_pages")
 KEYS = frozenset(_SIZES + _COUNTS + _STRINGS + _SECONDS + _FLAGS)
 
 
@@ -111,6 +113,8 @@ class LoaderSettings:
             opts["concurrency"] = extra["concurrency"]
         if "engine" in extra:
             opts["engine"] = extra["engine"]
+        if "huge_pages" in extra:
+            opts["huge_pages"] = extra["huge_pages"]
         retry = {
             name: extra[key]
             for key, name in (

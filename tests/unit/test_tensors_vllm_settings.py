@@ -39,6 +39,11 @@ def test_distributed_keys() -> None:
     assert s.distributed_exchange == "group"
 
 
+def test_huge_pages_key() -> None:
+    assert LoaderSettings.from_extra_config(None).options.huge_pages is True
+    assert LoaderSettings.from_extra_config({"huge_pages": False}).options.huge_pages is False
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -57,6 +62,7 @@ def test_distributed_keys() -> None:
         {"distributed_timeout": "10"},
         {"distributed_exchange": "tcp"},
         {"distributed_exchange": 1},
+        {"huge_pages": "no"},
     ],
 )
 def test_bad_values_are_usage_errors(extra) -> None:
