@@ -6,7 +6,7 @@ segment instead of sockets. Its life, so that no rank's crash leaves memory behi
 1. Rank 0 makes ``<dir>/weightstream-<pid>-<run id>`` (``O_EXCL``, mode 0600), reserves its
    bytes with ``posix_fallocate`` (a ``/dev/shm`` too small fails here with ``ENOSPC``, not
    later with ``SIGBUS`` on a write) and maps it.
-2. The other ranks open it by name and map it.
+2. The other ranks open it by name and map it (every mapping populated at once).
 3. As soon as every rank has said whether it mapped it, rank 0 unlinks the name (also when
    any step failed): from then on the memory lives only in the mappings, and the kernel
    frees it when the last rank unmaps or exits, however it exits.
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SHM_DIR = "/dev/shm"
 PREFIX = "weightstream-"
 _NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]{{32}}$")
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 
 
 def new_run_id() -> str:
@@ -90,7 +91,9 @@ class Segment:
                 os.posix_fallocate(fd, 0, size)
             elif os.fstat(fd).st_size != size:
                 raise OSError(f"{path}: {os.fstat(fd).st_size} bytes, expected {size}")
-            self._map: mmap.mmap | None = mmap.mmap(fd, size)
+            # Populated at once: every rank writes or reads all of it, and one call maps
+            # the pages cheaper than a fault per 4 KiB page (~0.1 CPU s per 256 MiB).
+            self._map: mmap.mmap | None = mmap.mmap(fd, size, flags=_MAP_FLAGS)
         except BaseException:
             if create:
                 self.unlink()

@@ -49,6 +49,33 @@ def test_segment_is_shared_between_mappings_and_outlives_its_name(tmp_path: Path
     made.close()  # twice is harmless
 
 
+def _resident(address: int) -> int:
+    """Resident bytes of this process's mapping that holds ``address`` (/proc/self/smaps)."""
+    found = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(None, 1)[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            found = lo <= address < hi
+        elif found and head == "Rss:":
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"{address:#x} is not mapped")
+
+
+def test_every_mapping_of_a_segment_is_populated_when_made(tmp_path: Path) -> None:
+    size = 8 << 20
+    path = shm.segment_path(str(tmp_path), shm.new_run_id())
+    made = shm.Segment(path, size, create=True)
+    other = shm.Segment(path, size, create=False)
+    made.unlink()
+    try:  # nothing was touched yet: resident because the map populated it
+        assert _resident(made.data.data_ptr()) == size
+        assert _resident(other.data.data_ptr()) == size
+    finally:
+        made.close()
+        other.close()
+
+
 def test_a_segment_that_does_not_fit_fails_at_once_and_leaves_no_name(tmp_path: Path) -> None:
     path = shm.segment_path(str(tmp_path / "missing"), shm.new_run_id())
     with pytest.raises(FileNotFoundError):
