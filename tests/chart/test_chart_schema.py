@@ -46,6 +46,9 @@ REJECTED = [
     ("kserve.llmPreset.vllm.loaderExtraConfig.chunk_size=1", "chunk_size"),
     ("kserve.llmPreset.vllm.loaderExtraConfig.concurrency=many", "concurrency"),
     ("kserve.llmPreset.vllm.streamerEnv.VLLM_FOO=1", "VLLM_FOO"),
+    ("kserve.llmPreset.vllm.weightstreamLoaderConfig.huge_pages=maybe", "huge_pages"),
+    ("kserve.llmPreset.vllm.weightstreamLoaderConfig.distributed_exchange=tcp",
+     "distributed_exchange"),
     ("serviceAccount.create=no", "serviceAccount.create"),
 ]
 
@@ -76,6 +79,9 @@ def test_template_guard_rejects_conflicting_node_affinity(helm):
     "image.digest=sha256:" + "a" * 64,
     "kserve.llmPreset.vllm.loaderExtraConfig.distributed=true",
     "kserve.llmPreset.vllm.streamerEnv.RUNAI_STREAMER_CONCURRENCY=8",
+    "kserve.llmPreset.vllm.weightstreamLoaderConfig.huge_pages=false",
+    "kserve.llmPreset.vllm.weightstreamLoaderConfig.distributed_exchange=group",
+    "kserve.llmPreset.vllm.weightstreamLoaderConfig.distributed=false",
 ])
 def test_schema_accepts(helm, setting):
     result = run_helm(helm, *template_args(None, setting))
