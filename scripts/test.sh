@@ -20,7 +20,8 @@ echo "test: lint-imports"
 .venv/bin/lint-imports
 echo "test: pytest"
 workers="${PYTEST_WORKERS:-1}"
+# The 25 slowest steps end every log: where CI time goes, run by run.
 if [[ "$workers" == 1 ]]; then
-    exec .venv/bin/python -m pytest "$@"
+    exec .venv/bin/python -m pytest --durations=25 "$@"
 fi
-exec .venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"
+exec .venv/bin/python -m pytest --durations=25 -n "$workers" --dist loadgroup "$@"

@@ -121,9 +121,9 @@ def run_cli() -> Callable[..., ProcResult]:
 # Parallel runs (pytest-xdist, ``-n N --dist loadgroup`` as scripts/test.sh runs them):
 # each module runs whole on one worker (its module fixtures start once), and the tests
 # that share one expensive server run on the same worker: every tests/e2e module that
-# uses the session's Kubernetes control plane, and every vLLM module (one vLLM at a time;
-# each takes GiBs). The image build (tests/e2e/test_image.py) is its own group, so it
-# runs beside the control plane. Session fixtures (moto, Azurite) start once per worker,
+# uses the session's Kubernetes control plane, and every test marked ``vllm`` (one vLLM at
+# a time; each takes GiBs and both CPUs). The image build (tests/e2e/test_image.py) is its
+# own group, so it runs beside the control plane. Session fixtures (moto, Azurite) start once per worker,
 # each on its own free port; buckets and directories are per test.
 _TESTS = Path(__file__).resolve().parent
 _SHARED_GROUPS = {"e2e": "k8s-control-plane", "vllm": "vllm"}
@@ -143,8 +143,12 @@ def xdist_group(path: Path) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(xdist_group(Path(item.path))))
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        # A test that runs vLLM (marked ``vllm``, wherever it lives) joins the vLLM group:
+        # two vLLM processes at once would each take GiBs and both CPUs.
+        group = "vllm" if item.get_closest_marker("vllm") else xdist_group(Path(item.path))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # Tests require what they use (scripts/test.sh installs all of it) instead of skipping

@@ -200,6 +200,6 @@ def test_entry_point_registers_the_load_format(tmp_path: Path) -> None:
     )
     env = clean_env({"VLLM_TARGET_DEVICE": "cpu", "VLLM_CACHE_ROOT": str(tmp_path)}, home=tmp_path)
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "WeightstreamModelLoader"
