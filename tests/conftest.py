@@ -123,8 +123,8 @@ def run_cli() -> Callable[..., ProcResult]:
 # that share one expensive server run on the same worker: every tests/e2e module that
 # uses the session's Kubernetes control plane, and every test marked ``vllm`` (one vLLM at
 # a time; each takes GiBs and both CPUs). The image build (tests/e2e/test_image.py) is its
-# own group, so it runs beside the control plane. Session fixtures (moto, Azurite) start once per worker,
-# each on its own free port; buckets and directories are per test.
+# own group, so it runs beside the control plane. Session fixtures (moto, Azurite) start
+# once per worker, each on its own free port; buckets and directories are per test.
 _TESTS = Path(__file__).resolve().parent
 _SHARED_GROUPS = {"e2e": "k8s-control-plane", "vllm": "vllm"}
 _OWN_GROUP = frozenset({"e2e/test_image.py"})
