@@ -429,7 +429,7 @@ def test_stream_through_pods_on_each_release(render, sim, crds_by_version, versi
         assert (menv["AWS_MAX_ATTEMPTS"], menv["AWS_RETRY_MODE"]) == ("30", "standard")
         # Credentials from elsewhere in the pod (envFrom, the IRSA webhook) would win over
         # the files: main's env sets exactly what the main container needs against them.
-        # (Go's omitempty drops `value: ""`: a name without a value is set, and empty.)
+        # (A name without a value is set, and empty: EnvVar.value defaults to "".)
         assert {k: menv[k] or "" for k in MAIN_ENV_OVERRIDES if k in menv} \
             == MAIN_ENV_OVERRIDES, role
         assert len(main["env"]) == len(menv), role  # no name twice

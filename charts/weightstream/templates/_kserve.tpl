@@ -223,10 +223,11 @@ containers:
       # read the environment's keys (boto3 also IRSA's web identity) before the files.
       # These win over a Secret in envFrom, and the EKS pod identity webhook adds no
       # IRSA variable to a container that defines one; empty reads as unset in both
-      # (initcontainer/streamthrough.py MAIN_ENV_OVERRIDES, docs/chart.md).
+      # (initcontainer/streamthrough.py MAIN_ENV_OVERRIDES, docs/chart.md). A name
+      # without a value is the empty string (EnvVar.value defaults to ""; a v1.20 API
+      # server refuses `value: ""` in a custom resource, and Go drops it anyway).
       {{- range (list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" "AWS_ROLE_ARN" "AWS_WEB_IDENTITY_TOKEN_FILE") }}
       - name: {{ . }}
-        value: ""
       {{- end }}
       - name: AWS_PROFILE
         value: default
