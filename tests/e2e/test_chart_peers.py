@@ -35,13 +35,12 @@ SETS = ("peers.enabled=true,kserve.clusterStorageContainer.enabled=false,"
 @pytest.fixture(scope="module")
 def installed(cluster: ControlPlane, chart_copy: Path) -> Iterator[dict[str, str]]:
     cluster.ensure_namespace(NAMESPACE)
-    cluster.helm("install", RELEASE, str(chart_copy), "-n", NAMESPACE, "--set", SETS,
-                 "--wait", "--timeout", "180s")
-    ds = cluster.api("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"][0]
-    svc = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/services")["items"][0]
-    yield {"sa": ds["spec"]["template"]["spec"]["serviceAccountName"],
-           "service": svc["metadata"]["name"], "daemonset": ds["metadata"]["name"]}
-    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+    with cluster.release(RELEASE, chart_copy, NAMESPACE, "--set", SETS, "--wait",
+                         "--timeout", "180s"):
+        ds = cluster.api("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"][0]
+        svc = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/services")["items"][0]
+        yield {"sa": ds["spec"]["template"]["spec"]["serviceAccountName"],
+               "service": svc["metadata"]["name"], "daemonset": ds["metadata"]["name"]}
 
 
 def _secret(cluster: ControlPlane) -> str:

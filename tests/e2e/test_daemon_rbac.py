@@ -46,11 +46,9 @@ def installed(cluster: ControlPlane, crds: list[str], chart_copy: Path) -> Itera
     """The chart with its defaults in NAMESPACE; yields the daemon's service account."""
     for ns in (NAMESPACE, "kserve"):
         cluster.ensure_namespace(ns)
-    cluster.helm("install", RELEASE, str(chart_copy), "-n", NAMESPACE, "--wait",
-                 "--timeout", "180s")
-    ds = cluster.api("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"][0]
-    yield ds["spec"]["template"]["spec"]["serviceAccountName"]
-    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+    with cluster.release(RELEASE, chart_copy, NAMESPACE, "--wait", "--timeout", "180s"):
+        ds = cluster.api("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"][0]
+        yield ds["spec"]["template"]["spec"]["serviceAccountName"]
 
 
 def _can_i(cluster: ControlPlane, sa: str, *args: str) -> bool:

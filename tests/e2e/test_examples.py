@@ -36,10 +36,8 @@ PLURAL = {"LLMInferenceService": "llminferenceservices",
 def chart_installed(cluster: ControlPlane, crds: list[str], chart_copy: Path) -> Iterator[None]:
     for ns in (NAMESPACE, MODELS_NS, "kserve"):
         cluster.ensure_namespace(ns)
-    cluster.helm("install", RELEASE, str(chart_copy), "-n", NAMESPACE, "--wait",
-                 "--timeout", "180s")
-    yield
-    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+    with cluster.release(RELEASE, chart_copy, NAMESPACE, "--wait", "--timeout", "180s"):
+        yield
 
 
 def _example(name: str) -> dict[str, Any]:

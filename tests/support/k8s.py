@@ -147,6 +147,28 @@ class ControlPlane:
             args = (*args, "--disable-openapi-validation")
         return self._tool(HELM, args, None, check, timeout)
 
+    @contextlib.contextmanager
+    def release(self, name: str, chart: Path | str, namespace: str, *args: str,
+                timeout: float = 300) -> Iterator[None]:
+        """``helm install NAME CHART --namespace NAMESPACE ARGS...`` for the block, and
+        ``helm uninstall`` when it ends, however it ends. A failed test, or a failed
+        ``install --wait`` (it leaves a failed release with its objects), must not leave
+        the release behind: its cluster-scoped objects (the ClusterStorageContainers, the
+        ClusterRoles) would make every later install of the session fail. A block that
+        uninstalls the release itself (to check what that leaves) leaves nothing to do.
+        A failing uninstall raises unless the block already raised."""
+        ok = False
+        try:
+            self.helm("install", name, str(chart), "--namespace", namespace, *args,
+                      timeout=timeout)
+            yield
+            ok = True
+        finally:
+            res = self.helm("uninstall", name, "--namespace", namespace, "--ignore-not-found",
+                            "--wait", "--timeout", "120s", check=False, timeout=180)
+            if ok:
+                res.check()
+
     def _tool(self, binary: Path, args: Sequence[str], input_text: str | None, check: bool,
               timeout: float) -> ProcResult:
         res = run_cmd([str(binary), *args], env=self.env(), timeout=timeout,
