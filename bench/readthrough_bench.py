@@ -407,8 +407,8 @@ def run_child(args: argparse.Namespace) -> int:
         print(json.dumps({"tensors": n, "bytes": nbytes,
                           "seconds": time.perf_counter() - start}))
         return 0
-    ns = argparse.Namespace(url=args.url, prefix=args.prefix, max_memory=512 * MiB,
-                            concurrency=16, chunk_size=8 * MiB)
+    ns = argparse.Namespace(url=args.url, prefix=args.prefix, child=args.child,
+                            max_memory=512 * MiB, concurrency=16, chunk_size=8 * MiB)
     return tb.run_child(args.child, ns)
 
 
