@@ -420,7 +420,7 @@ def test_stream_through_pods_on_each_release(render, sim, crds_by_version, versi
         assert menv["VLLM_MODEL_REDIRECT_PATH"] == f"{STREAM_DIR}/vllm-model-redirect.json"
         assert menv["AWS_SHARED_CREDENTIALS_FILE"] == f"{STREAM_DIR}/credentials"
         assert menv["AWS_CONFIG_FILE"] == f"{STREAM_DIR}/config"
-        assert menv["AWS_ENDPOINT_URL"] == S3_URL
+        assert menv["AWS_ENDPOINT_URL"] == menv["AWS_ENDPOINT_URL_S3"] == S3_URL
         assert menv["AWS_EC2_METADATA_DISABLED"] == "true"
         assert menv["RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"] == "0"
         # a cold range waits for the pull; SlowDown past the cap is retried (runai, boto3)

@@ -215,7 +215,11 @@ containers:
         value: /mnt/models/.weightstream/s3/credentials
       - name: AWS_CONFIG_FILE
         value: /mnt/models/.weightstream/s3/config
+      # botocore prefers AWS_ENDPOINT_URL_S3 (say, from a Secret in envFrom) over
+      # AWS_ENDPOINT_URL: both name this node's daemon, so no listing goes elsewhere.
       - name: AWS_ENDPOINT_URL
+        value: {{ include "weightstream.s3Url" $root | quote }}
+      - name: AWS_ENDPOINT_URL_S3
         value: {{ include "weightstream.s3Url" $root | quote }}
       - name: AWS_EC2_METADATA_DISABLED
         value: "true"
