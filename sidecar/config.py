@@ -37,6 +37,7 @@ flag                       environment                     default
 ``--peer-rate-per-peer``   ``WEIGHTSTREAM_PEER_RATE_PER_PEER`` ``0``
 ``--peer-connections``     ``WEIGHTSTREAM_PEER_CONNECTIONS`` ``64``
 ``--peer-timeout``         --                              ``10`` seconds
+``--peer-sample``          ``WEIGHTSTREAM_PEER_SAMPLE``    ``8`` (peers polled per interval)
 --                         ``HTTP_PROXY``, ``HTTPS_PROXY``, none (origin traffic direct)
                            ``NO_PROXY`` (and lowercase)
 =========================  ==============================  ==========================
@@ -137,6 +138,8 @@ class DaemonConfig(TransferOptions):
         peer_rate, peer_rate_per_peer: bytes/s caps of peer traffic (0: none).
         peer_connections: peer connections at once, each way.
         peer_timeout: seconds a peer read may send nothing before it falls back.
+        peer_sample: peers whose status a pull polls per interval (K, re-sampled each
+            time; :mod:`sidecar.peers.service`).
         proxy: the forward proxy of every pull's origin traffic (``HTTP(S)_PROXY``,
             ``NO_PROXY`` of the daemon's environment).
     """
@@ -180,6 +183,7 @@ class DaemonConfig(TransferOptions):
     peer_rate_per_peer: int = 0
     peer_connections: int = 64
     peer_timeout: float = 10.0
+    peer_sample: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -217,8 +221,8 @@ class DaemonConfig(TransferOptions):
                              "(--peer-listen): the swarm rule expects every puller to serve")
         if self.peer_rate < 0 or self.peer_rate_per_peer < 0:
             raise UsageError("peer rates must not be negative")
-        if self.peer_connections < 1 or self.peer_timeout <= 0:
-            raise UsageError("peer connections and timeout must be positive")
+        if self.peer_connections < 1 or self.peer_timeout <= 0 or self.peer_sample < 1:
+            raise UsageError("peer connections, timeout and sample must be positive")
 
         if self.peer_discovery not in DISCOVERY:
             raise UsageError(f"peer discovery must be one of {', '.join(DISCOVERY)}, "
@@ -325,6 +329,7 @@ def _peer_values(pick: Any) -> dict[str, Any]:
                                       name="peer rate per peer"),
         peer_connections=int(pick("peer_connections", "WEIGHTSTREAM_PEER_CONNECTIONS", 64)),
         peer_timeout=float(pick("peer_timeout", None, 10.0)),
+        peer_sample=int(pick("peer_sample", "WEIGHTSTREAM_PEER_SAMPLE", 8)),
     )
 
 
@@ -434,6 +439,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-timeout", type=float, metavar="SECONDS",
                    help="a peer read that sends nothing for this long falls back to the "
                         "origin (default 10)")
+    p.add_argument("--peer-sample", type=int, metavar="N",
+                   help="peers whose status a pull polls every 0.25 s, re-sampled each time "
+                        "(env WEIGHTSTREAM_PEER_SAMPLE, default 8)")
     p.add_argument("--kube-token-file", metavar="PATH",
                    help=f"service account token (default {SA_DIR / 'token'})")
     p.add_argument("--kube-ca-file", metavar="PATH",

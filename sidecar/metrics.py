@@ -95,6 +95,12 @@ class CacheMetrics:
             "Pulls whose files were read from the origin only, by reason (no_checksum: "
             "the pinned version has no content checksum to verify peers' bytes with).",
             ["reason"], registry=registry)
+        self.peer_status_requests = Counter(
+            f"{PREFIX}_peer_status_requests_total",
+            "Status requests answered on the peer listener, by role (tracker: a puller "
+            "announcing itself to this daemon as the version's tracker; ready: a daemon "
+            "reporting a complete copy to the tracker; status: a sampled holder poll).",
+            ["role"], registry=registry)
         self.peer_auth_failures = Counter(
             f"{PREFIX}_peer_auth_failures_total",
             "Requests on the peer listener refused for their signature.", registry=registry)

@@ -31,12 +31,17 @@ PIECE = 256 << 10
 class PeerStatus:
     """What a peer says of one version: ``ready`` (every byte, verified), ``pulling``
     (the verified spans of each file, ``files``, and the spans it holds unverified,
-    ``held``: both are sent to peers, who verify every file themselves) or ``absent``."""
+    ``held``: both are sent to peers, who verify every file themselves) or ``absent``.
+
+    Asked as the version's tracker (:mod:`.service`), a peer also says who it knows pulls
+    the version (``members``) and who reported a complete copy (``ready``)."""
 
     state: str
     files: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     fetching: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     held: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    members: frozenset[str] = frozenset()
+    ready: frozenset[str] = frozenset()
 
     def has(self, rel: str, start: int, end: int) -> bool:
         """The peer can send these bytes now (verified there or not: the reader verifies)."""
@@ -57,8 +62,11 @@ class PeerStatus:
             return {str(rel): [(int(s), int(e)) for s, e in value]
                     for rel, value in dict(doc.get(key) or {}).items()}
 
+        def names(key: str) -> frozenset[str]:
+            return frozenset(str(n) for n in list(doc.get(key) or ()))
+
         return cls(state if state in ("ready", "pulling") else "absent", spans("files"),
-                   spans("fetching"), spans("held"))
+                   spans("fetching"), spans("held"), names("members"), names("ready"))
 
 
 def entry_path(entry_id: str) -> str:
@@ -98,13 +106,19 @@ class PeerClient:
         return aiohttp.ClientTimeout(total=total, sock_connect=min(2.0, self._timeout),
                                      sock_read=self._timeout)
 
-    async def status(self, peer: Peer, entry_id: str, *, pulling: bool) -> PeerStatus:
-        """What ``peer`` holds of ``entry_id``; ``pulling``: tell it we pull it too.
+    async def status(self, peer: Peer, entry_id: str, *, pulling: bool,
+                     tracker: bool = False, ready: bool = False) -> PeerStatus:
+        """What ``peer`` holds of ``entry_id``; ``pulling``: tell it we pull it too;
+        ``tracker``: ask it as the version's tracker (members and ready holders in the
+        answer); ``ready``: tell it (the tracker) that we hold the version complete.
 
         Raises:
             PeerReadError: no answer.
         """
-        target = entry_path(entry_id) + ("?pulling=1" if pulling else "")
+        flags = [f for f, on in (("pulling", pulling), ("tracker", tracker),
+                                 ("ready", ready)) if on]
+        target = entry_path(entry_id) + ("?" + "&".join(f"{f}=1" for f in flags)
+                                         if flags else "")
         headers = self._secret.sign("GET", target, self._name)
         try:
             async with self._http().get(URL(peer.url + target, encoded=True), headers=headers,

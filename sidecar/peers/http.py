@@ -1,19 +1,23 @@
 """The peer listener's aiohttp app (``--peer-listen``): read-only, signed requests only.
 
-========================================================  ===============================
-``GET /v1/peer/entries/{id}[?pulling=1]``                 what this daemon holds of a
-                                                          version: ``{"state": "ready"}``,
-                                                          ``{"state": "pulling", "files":
-                                                          {rel: [[start, end], ...]}}``
-                                                          (readable spans; ``fetching``:
-                                                          the spans it reads from the
-                                                          origin now) or ``absent``;
-                                                          ``pulling=1``: the caller pulls
-                                                          it too (a swarm member)
-``GET /v1/peer/entries/{id}/files/{rel}`` + ``Range``     ``206`` with exactly those bytes
-                                                          once they are readable here
-                                                          (waits on a running pull)
-========================================================  ===============================
+=================================================  ======================================
+``GET /v1/peer/entries/{id}[?FLAGS]``              what this daemon holds of a version:
+                                                   ``{"state": "ready"}``, ``{"state":
+                                                   "pulling", "files": {rel: [[start,
+                                                   end], ...]}}`` (readable spans;
+                                                   ``held``: unverified ones; ``fetching``:
+                                                   the spans it reads from the origin now)
+                                                   or ``absent``. FLAGS: ``pulling=1``:
+                                                   the caller pulls it too (a swarm
+                                                   member); ``tracker=1``: also
+                                                   ``members`` and ``ready`` (names),
+                                                   asked as the version's tracker;
+                                                   ``ready=1``: the caller holds it
+                                                   complete (a report to the tracker)
+``GET /v1/peer/entries/{id}/files/{rel}`` +        ``206`` with exactly those bytes once
+``Range``                                          they are readable here (waits on a
+                                                   running pull)
+=================================================  ======================================
 
 ``{id}`` is the cache's entry id, ``<model-key>-<version>``: the source identity and the
 hash of every file's size and pinned ETag, so two daemons agree on an id only for the
@@ -60,8 +64,11 @@ def create_peer_app(service: PeerService) -> web.Application:
 
 
 async def _status(request: web.Request) -> web.Response:
+    query = request.query
     doc = request.app[PEERS].status_doc(request.match_info["id"], caller=request[CALLER],
-                                        pulling=request.query.get("pulling") == "1")
+                                        pulling=query.get("pulling") == "1",
+                                        tracker=query.get("tracker") == "1",
+                                        ready=query.get("ready") == "1")
     return web.json_response(doc)
 
 

@@ -2,10 +2,30 @@
 
 It owns the directory (injected: :class:`~.directory.StaticPeers` from ``--peers``, or a
 discovery one), the cluster secret, the bandwidth caps, the client, and what this daemon
-knows of the others: for each version it pulls, the status every peer last reported
-(polled every :data:`POLL_SECONDS` while the pull runs, each poll also telling the peer
-that this daemon pulls it) and which peers told it they pull it. A peer that does not
-answer for :data:`FRESH_SECONDS` is not a member or a holder any more.
+knows of the others. The control traffic is bounded per daemon, whatever the fleet size:
+
+* **Tracker.** Each version has one tracker, ``swarm.tracker_rank`` over every candidate
+  of the directory and this daemon (the same on every daemon, whether or not it pulls the
+  version). While a pull runs, the daemon asks the tracker every :data:`TRACKER_SECONDS`
+  (a status request with ``pulling=1&tracker=1``: "I pull it, whom do you know?"); the
+  answer carries the tracker's own status, ``members`` (the daemons that announced
+  themselves to it in the last :data:`FRESH_SECONDS`, and the tracker if it pulls) and
+  ``ready`` (the daemons that reported a complete copy to it in the last
+  :data:`READY_SECONDS`, at most :data:`READY_KEEP`, and the tracker if it holds one). A
+  daemon reports ``ready=1`` once, when its pull's bytes are all verified. A tracker that
+  does not answer is skipped for :data:`TRACKER_DOWN_SECONDS` and the next-ranked asked
+  (at most :data:`TRACKER_TRIES` a round): every daemon moves the same way, so there is no
+  single point of failure. A daemon that ranks itself first uses what it was told.
+* **Sampled statuses.** Every :data:`POLL_SECONDS` the daemon polls the status of at most
+  ``--peer-sample`` (K, default 8) peers, the tracker included when it is asked: chosen at
+  random among the members and ready holders it knows, topped up with random other
+  candidates when it knows fewer than K (a fleet of at most K+1 daemons polls everyone
+  each time, as a small fleet always did). Each poll also tells the peer that this daemon
+  pulls the version. What the fill knows of holders (``statuses``) is the union of the
+  answers of the last :data:`FRESH_SECONDS`: about 12 K peers, re-sampled all the time.
+* **Members** (the swarm rule's set): the tracker's list, the peers that told this daemon
+  they pull the version (:meth:`PeerService.status_doc` with ``pulling=1``) and sampled
+  peers that report pulling it, each for :data:`FRESH_SECONDS`.
 
 Serving (:meth:`status_doc`, :meth:`open_range`) answers from a ready model's published
 files and, while a pull runs, from its schedule's readable (verified) spans and its *held*
@@ -20,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -36,6 +57,7 @@ from ..layout import CacheLayout, check_entry_id
 from ..metrics import CacheMetrics
 from ..models import Entry, State
 from ..registry import Registry
+from . import swarm
 from .auth import PeerSecret, Verifier
 from .client import PeerClient, PeerStatus
 from .directory import Peer, PeerDirectory, StaticPeers
@@ -44,8 +66,15 @@ from .limits import PeerLimits
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.25
-FRESH_SECONDS = 3.0
+POLL_SECONDS = 0.25  # status polls of the sampled peers, per running pull
+FRESH_SECONDS = 3.0  # a status, an announcement, a tracker's list: valid this long
+TRACKER_SECONDS = 1.0  # a running pull asks the version's tracker this often
+TRACKER_TRIES = 3  # trackers asked in one round before the pull goes on without a list
+TRACKER_DOWN_SECONDS = 10.0  # a tracker that did not answer is skipped this long
+READY_SECONDS = 3600.0  # a tracker lists a daemon that reported a complete copy this long
+READY_KEEP = 32  # ... at most this many (the latest reports) per version
+TRACKED_VERSIONS = 1024  # versions a tracker remembers ready holders of (the latest)
+_LIST_SECONDS = 0.1  # a tracker recomputes its member list at most this often
 
 
 def open_directory(config: DaemonConfig) -> PeerDirectory | None:
@@ -104,14 +133,25 @@ class PeerService:
         self._layout = layout
         self._monotonic = monotonic
         self._status: dict[str, dict[str, tuple[PeerStatus, float]]] = {}
-        self._announced: dict[str, dict[str, float]] = {}
+        self._announced: dict[str, dict[str, float]] = {}  # told: they pull it
+        self._ready: dict[str, dict[str, float]] = {}  # reported to this tracker: complete
+        self._lists: dict[str, tuple[float, list[str]]] = {}  # the tracker's member lists
+        self._tracked: dict[str, tuple[PeerStatus, float]] = {}  # the tracker's answer
+        self._tracker_asked: dict[str, float] = {}
+        self._down: dict[str, float] = {}  # trackers that did not answer: skipped until
         self._fills: dict[str, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()
+        self._known: tuple[object, dict[str, Peer]] = ((), {})
 
     async def start(self) -> None:
         if self.directory is not None:
             await self.directory.start()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
         if self.directory is not None:
             await self.directory.close()
@@ -121,7 +161,10 @@ class PeerService:
     def _candidates(self) -> dict[str, Peer]:
         if self.directory is None:
             return {}
-        return {p.name: p for p in self.directory.peers() if p.name != self.own_name}
+        peers = self.directory.peers()
+        if peers is not self._known[0]:  # directories hand out a new sequence on change
+            self._known = (peers, {p.name: p for p in peers if p.name != self.own_name})
+        return self._known[1]
 
     def peer(self, name: str) -> Peer | None:
         return self._candidates().get(name)
@@ -136,7 +179,18 @@ class PeerService:
         pulling = {n for n, s in self.statuses(entry_id).items() if s.state == "pulling"}
         told = {n for n, at in self._announced.get(entry_id, {}).items()
                 if now - at < FRESH_SECONDS}
-        return {n for n in pulling | told if n in known}
+        tracked = self._tracked.get(entry_id)
+        listed = tracked[0].members if tracked and now - tracked[1] < FRESH_SECONDS else ()
+        return {n for n in pulling | told | set(listed) if n in known}
+
+    def _ready_names(self, entry_id: str) -> set[str]:
+        """Daemons known to hold the version complete: the tracker's list, and the reports
+        this daemon got as a tracker."""
+        tracked = self._tracked.get(entry_id)
+        now = self._monotonic()
+        mine = {n for n, at in self._ready.get(entry_id, {}).items()
+                if now - at < READY_SECONDS}
+        return mine | (set(tracked[0].ready) if tracked else set())
 
     # -- a pull's fill ------------------------------------------------------------------
 
@@ -155,15 +209,24 @@ class PeerService:
             self.metrics.peer_disabled.labels("no_checksum").inc()
         self._fills[entry.id] = fill
         await self._poll_once(entry.id, timeout=min(2.0, self.config.peer_timeout))
-        poller = asyncio.get_running_loop().create_task(self._poll(entry.id),
-                                                        name=f"peers {entry.id}")
+        loop = asyncio.get_running_loop()
+        poller = loop.create_task(self._poll(entry.id), name=f"peers {entry.id}")
+        complete = False
         try:
             yield fill
+            complete = fill.note is None  # every byte verified: others may read it here
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
             self._fills.pop(entry.id, None)
             self._status.pop(entry.id, None)
+            self._tracked.pop(entry.id, None)
+            self._tracker_asked.pop(entry.id, None)
+            if complete:
+                task = loop.create_task(self._report_ready(entry.id),
+                                        name=f"peers ready {entry.id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             entry.bytes_origin = fill.stats.origin_bytes
             entry.bytes_peers = fill.stats.peer_bytes - fill.stats.discarded_bytes
             self.metrics.fill_bytes.labels("origin").inc(fill.stats.origin_bytes)
@@ -175,7 +238,16 @@ class PeerService:
             await self._poll_once(entry_id, timeout=self.config.peer_timeout)
 
     async def _poll_once(self, entry_id: str, *, timeout: float) -> None:
-        peers = list(self._candidates().values())
+        """One round: the tracker (every :data:`TRACKER_SECONDS`), then the sample."""
+        asked: set[str] = set()
+        last = self._tracker_asked.get(entry_id)
+        if last is None or self._monotonic() - last >= 0.9 * TRACKER_SECONDS:
+            self._tracker_asked[entry_id] = self._monotonic()
+            name = await self._ask_tracker(entry_id, timeout=timeout)
+            if name is not None:
+                asked.add(name)
+        peers = self._sample(entry_id, count=self.config.peer_sample - len(asked),
+                             exclude=asked)
 
         async def one(peer: Peer) -> None:
             try:
@@ -188,16 +260,125 @@ class PeerService:
 
         await asyncio.gather(*(one(p) for p in peers))
 
+    def _trackers(self, entry_id: str) -> list[str]:
+        """The version's trackers in order, this daemon included (see the module
+        docstring)."""
+        return swarm.tracker_rank([*self._candidates(), self.own_name], entry_id)
+
+    async def _ask_tracker(self, entry_id: str, *, timeout: float, ready: bool = False
+                           ) -> str | None:
+        """Announce to the version's tracker (``ready``: report a complete copy) and keep
+        its answer; the name of the tracker that answered (None: this daemon tracks the
+        version, or no tracker answered)."""
+        known, tries = self._candidates(), 0
+        for name in self._trackers(entry_id):
+            if name == self.own_name:
+                self._tracked.pop(entry_id, None)  # what it was told is in _announced
+                return None
+            if self._down.get(name, 0.0) > self._monotonic():
+                continue
+            if tries == TRACKER_TRIES:
+                break
+            tries += 1
+            try:
+                status = await asyncio.wait_for(self.client.status(
+                    known[name], entry_id, pulling=not ready, tracker=not ready,
+                    ready=ready), timeout)
+            except Exception:  # the next-ranked candidate takes over
+                self._down[name] = self._monotonic() + TRACKER_DOWN_SECONDS
+                self._status.get(entry_id, {}).pop(name, None)
+                continue
+            self._down.pop(name, None)
+            if not ready:
+                at = self._monotonic()
+                self._tracked[entry_id] = (status, at)
+                self._status.setdefault(entry_id, {})[name] = (status, at)
+            return name
+        return None
+
+    async def _report_ready(self, entry_id: str) -> None:
+        with contextlib.suppress(Exception):  # best effort: holders are sampled too
+            await self._ask_tracker(entry_id, timeout=self.config.peer_timeout, ready=True)
+
+    def _sample(self, entry_id: str, *, count: int, exclude: set[str]) -> list[Peer]:
+        """At most ``count`` peers to poll: random members and ready holders, topped up
+        with random other candidates."""
+        known = self._candidates()
+        pool = sorted((self.members(entry_id) | self._ready_names(entry_id))
+                      & known.keys() - exclude)
+        pick = self._rng.sample(pool, min(max(count, 0), len(pool)))
+        if len(pick) < count:
+            rest = sorted(known.keys() - set(pool) - exclude)
+            pick += self._rng.sample(rest, min(count - len(pick), len(rest)))
+        return [known[n] for n in pick]
+
     def _count_error(self, peer: str, kind: str) -> None:
         self.metrics.peer_errors.labels(peer, kind).inc()
 
     # -- serving ------------------------------------------------------------------------
 
-    def status_doc(self, entry_id: str, *, caller: str, pulling: bool) -> dict[str, Any]:
-        """What this daemon holds of ``entry_id`` (``pulling``: the caller pulls it too)."""
+    def status_doc(self, entry_id: str, *, caller: str, pulling: bool,
+                   tracker: bool = False, ready: bool = False) -> dict[str, Any]:
+        """What this daemon holds of ``entry_id`` (``pulling``: the caller pulls it too;
+        ``tracker``: the caller asks this daemon as the version's tracker, and gets its
+        ``members`` and ``ready`` lists; ``ready``: the caller reports a complete copy)."""
         check_entry_id(entry_id)
-        if pulling and caller in self._candidates():
-            self._announced.setdefault(entry_id, {})[caller] = self._monotonic()
+        self.metrics.peer_status_requests.labels(
+            "ready" if ready else "tracker" if tracker else "status").inc()
+        if caller in self._candidates():  # bounded: names of the directory only
+            if pulling:
+                self._announce(entry_id, caller)
+            if ready:
+                self._record_ready(entry_id, caller)
+        doc = self._holding(entry_id)
+        if tracker:
+            doc["members"] = self._member_list(entry_id)
+            doc["ready"] = self._ready_list(entry_id, own=doc["state"] == "ready")
+        return doc
+
+    def _announce(self, entry_id: str, caller: str) -> None:
+        now = self._monotonic()
+        if entry_id not in self._announced:  # a new version: forget the stale ones
+            for old in [v for v, told in self._announced.items()
+                        if all(now - at >= FRESH_SECONDS for at in told.values())]:
+                del self._announced[old]
+                self._lists.pop(old, None)
+        self._announced.setdefault(entry_id, {})[caller] = now
+
+    def _record_ready(self, entry_id: str, caller: str) -> None:
+        reports = self._ready.pop(entry_id, {})  # re-inserted: the latest version last
+        reports.pop(caller, None)
+        reports[caller] = self._monotonic()
+        while len(reports) > READY_KEEP:
+            del reports[next(iter(reports))]
+        self._ready[entry_id] = reports
+        while len(self._ready) > TRACKED_VERSIONS:
+            del self._ready[next(iter(self._ready))]
+
+    def _member_list(self, entry_id: str) -> list[str]:
+        """Fresh announcers, and this daemon if it pulls the version (cached briefly: a
+        tracker of a version a thousand daemons pull answers about a thousand a second)."""
+        now = self._monotonic()
+        cached = self._lists.get(entry_id)
+        if cached is not None and now - cached[0] < _LIST_SECONDS:
+            return cached[1]
+        told = self._announced.get(entry_id, {})
+        for name in [n for n, at in told.items() if now - at >= FRESH_SECONDS]:
+            del told[name]
+        names = set(told)
+        if entry_id in self._fills:
+            names.add(self.own_name)
+        listed = sorted(names)
+        self._lists[entry_id] = (now, listed)
+        return listed
+
+    def _ready_list(self, entry_id: str, *, own: bool) -> list[str]:
+        now = self._monotonic()
+        names = {n for n, at in self._ready.get(entry_id, {}).items()
+                 if now - at < READY_SECONDS}
+        return sorted(names | ({self.own_name} if own else set()))
+
+    def _holding(self, entry_id: str) -> dict[str, Any]:
         entry = self._registry.find(entry_id)
         if entry is None:
             return {"state": "absent"}

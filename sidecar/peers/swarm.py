@@ -4,6 +4,12 @@ Rendezvous (highest-random-weight) hashing over the daemons pulling the version:
 daemon computes the same owner for a range from the same member set, with no
 coordination, and when a member leaves only its ranges move (to the next-highest
 member). The owner reads the range from the origin; the others read it from the owner.
+
+The same hashing with a reserved key (:data:`TRACKER_KEY`: no range has an empty file
+name) names each version's *tracker*: the daemon every puller of the version announces
+itself to and asks for the member list (:mod:`.service`), ranked over every candidate of
+the directory, so that all daemons agree on it without knowing who pulls; the next-ranked
+one takes over when it does not answer.
 """
 
 from __future__ import annotations
@@ -34,3 +40,11 @@ def rank(members: Iterable[str], version: str, rel: str, index: int) -> list[str
     """Members in the order they would own the range (the owner first, then whoever takes
     it over if the owner leaves)."""
     return sorted(set(members), key=lambda m: (-weight(m, version, rel, index), m))
+
+
+TRACKER_KEY = ("", -1)  # (rel, index): no range of any file hashes this
+
+
+def tracker_rank(candidates: Iterable[str], version: str) -> list[str]:
+    """The candidates in the order they track ``version`` (the tracker first)."""
+    return rank(candidates, version, *TRACKER_KEY)

@@ -15,6 +15,7 @@ from yarl import URL
 
 from sidecar.peers.auth import PeerSecret
 from sidecar.peers.client import entry_path, file_path
+from sidecar.peers.swarm import tracker_rank
 from streamer import synth
 from tests.support.origin import Fault
 from tests.support.peer_impostor import serve_impostor
@@ -264,3 +265,37 @@ async def test_the_peer_listener_needs_the_cluster_secret(daemon, origin, origin
             assert await r.read() == model.bytes_of(rel)[:16]
     text = await _metrics(node.daemon.url)
     assert _metric(text, "weightstream_cache_peer_auth_failures_total") >= 6
+
+
+async def test_a_dead_tracker_hands_over_to_the_next_ranked(daemon, origin, origin_root,
+                                                           short_dir, model_on_origin):
+    """The two candidates that track the version never answer: every daemon skips them
+    and announces itself to the next-ranked one (a live daemon), so the swarm still forms
+    and reads the origin about once."""
+    srv = await origin(origin_root, checksum="crc64nvme")
+    model = model_on_origin(srv, "llama", MODEL)
+    probe = daemon(root=short_dir / "c-probe")  # only to learn the version's entry id
+    await probe.ready(timeout=120)
+    async with probe.client() as api:
+        entry_id = (await api.ensure(model.uri, storage=model.storage))["model"]["id"]
+    probe.kill()
+    names = ["n1", "n2", "n3"]
+    ghosts = [g for g in (f"ghost{i}" for i in range(1000))
+              if tracker_rank([g, *names], entry_id)[0] == g][:2]
+    dead = {g: f"http://{LOOPBACK}:{free_port()}" for g in ghosts}  # nothing listens
+    fleet = start_fleet(daemon, short_dir, 3, others=dead, timeout=5.0,
+                        extra=("--peer-sample", "2"))
+    await all_ready(fleet)
+    srv.clear_log()
+    states = await ensure_everywhere(fleet, model)
+    for state in states:
+        assert_identical(state, model)
+    assert fetched_bytes(srv, "llama") <= 1.1 * model.size
+    assert len(ghosts) == 2 and set(tracker_rank([*names, *ghosts], entry_id)[:2]) == \
+        set(ghosts)
+    live = tracker_rank(names, entry_id)[0]  # the next-ranked, after the dead two
+    for m in fleet:
+        tracked = _metric(await _metrics(m.daemon.url),
+                          'weightstream_cache_peer_status_requests_total{role="tracker"}')
+        assert (tracked >= len(fleet) - 1) if m.name == live else tracked == 0, (m.name,
+                                                                                  tracked)

@@ -14,7 +14,10 @@ import time
 
 import aiohttp
 
+from sidecar.peers.service import POLL_SECONDS
+from sidecar.peers.swarm import tracker_rank
 from streamer import synth
+from tests.support.origin import Fault
 from tests.support.process import clean_env, run_cli
 
 from .conftest import fetched_bytes
@@ -78,3 +81,61 @@ async def test_the_peer_rate_caps_a_transfer(daemon, origin, origin_root, short_
     assert state["bytes_from"]["peers"] == model.size
     # 1 MiB/s at the sender and at the receiver, a 256 KiB burst: at least this long.
     assert took >= (model.size - (256 << 10)) / (1 << 20), took
+
+
+def _status_requests(text: str) -> dict[str, float]:
+    """``weightstream_cache_peer_status_requests_total`` by role, from /metrics."""
+    prefix = "weightstream_cache_peer_status_requests_total{role="
+    return {ln[len(prefix):].split('"')[1]: float(ln.rsplit(" ", 1)[1])
+            for ln in text.splitlines() if ln.startswith(prefix)}
+
+
+async def test_status_polling_is_bounded_by_the_sample(daemon, origin, origin_root,
+                                                       short_dir, model_on_origin):
+    """6 daemons that each poll at most 2 peers a round: the fleet's status requests grow
+    with the sample, not with the fleet (every daemon polled every other one before the
+    tracker), only the version's tracker is asked as one, and the swarm still reads the
+    origin about once."""
+    # Every ranged GET from the origin waits 1.5 s: the pull lasts some rounds.
+    srv = await origin(origin_root, checksum="crc64nvme",
+                       faults=[Fault(kind="stall", probability=1.0, stall_s=1.5,
+                                     ranged_only=True)])
+    model = model_on_origin(srv, "llama", synth.sized(8 << 20, shards=2))
+    n, k = 6, 2
+    fleet = start_fleet(daemon, short_dir, n, timeout=10.0,
+                        extra=("--peer-sample", str(k), "--chunk-size", "1Mi"))
+    await all_ready(fleet)
+    async with aiohttp.ClientSession() as http:
+        async def counts() -> list[dict[str, float]]:
+            async def one(m) -> dict[str, float]:
+                async with http.get(f"{m.daemon.url}/metrics") as r:
+                    return _status_requests(await r.text())
+            return list(await asyncio.gather(*(one(m) for m in fleet)))
+
+        before = await counts()
+        started = time.monotonic()
+        states = await ensure_everywhere(fleet, model)
+        took = time.monotonic() - started
+        await asyncio.sleep(0.5)  # the ready reports to the tracker
+        after = await counts()
+    for state in states:
+        assert_identical(state, model)
+    assert fetched_bytes(srv, "llama") <= 1.1 * model.size
+    got = [{role: a.get(role, 0) - b.get(role, 0) for role in ("status", "tracker", "ready")}
+           for a, b in zip(after, before, strict=True)]
+    total = sum(sum(g.values()) for g in got)
+    # A daemon's rounds: one when its pull starts, then one every POLL_SECONDS; each sends
+    # at most k status requests (the tracker's included), and one ready report at the end.
+    rounds = took / POLL_SECONDS + 1
+    assert took > 3 * POLL_SECONDS, took  # the pull ran for some rounds
+    assert total <= n * (k * rounds + 1), (total, took, got)
+    assert total < 0.6 * n * (n - 1) * (took / POLL_SECONDS)  # all-pairs polling: 1.0
+    # The tracker is the same on every daemon: swarm.tracker_rank over the whole fleet.
+    entry_id = states[0]["id"]
+    tracker = tracker_rank([m.name for m in fleet], entry_id)[0]
+    for m, g in zip(fleet, got, strict=True):
+        if m.name == tracker:
+            assert g["tracker"] >= n - 1, got  # every other puller announced itself there
+            assert g["ready"] <= n - 1, got
+        else:
+            assert g["tracker"] == g["ready"] == 0, (m.name, got)
