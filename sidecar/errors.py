@@ -112,6 +112,14 @@ class NotReadyError(CacheError):
     http_status = 409
 
 
+class PeerCycleError(NotReadyError):
+    """A peer asked for bytes this daemon is reading from that peer (two daemons would
+    wait on each other): it reads them elsewhere (:mod:`sidecar.peers.fill`)."""
+
+    code = "peer_cycle"
+    http_status = 423
+
+
 class LeasedError(CacheError):
     """Eviction refused: the model holds live leases."""
 

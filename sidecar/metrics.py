@@ -85,7 +85,7 @@ class CacheMetrics:
             ["source"], registry=registry)
         self.peer_errors = Counter(
             f"{PREFIX}_peer_errors_total",
-            "Failed peer reads, by peer and kind (connect, timeout, status, short, "
+            "Failed peer reads, by peer and kind (connect, timeout, status, short, cycle, "
             "corrupt: bytes that failed verification).", ["peer", "kind"], registry=registry)
         self.peer_served_bytes = Counter(
             f"{PREFIX}_peer_served_bytes_total", "Bytes served to peers, by peer.",

@@ -19,7 +19,7 @@ from yarl import URL
 
 from streamer.backends.base import pwrite_all
 
-from ..errors import PeerReadError
+from ..errors import PeerCycleError, PeerReadError
 from .auth import PeerSecret
 from .directory import Peer
 from .limits import PeerLimits
@@ -148,6 +148,9 @@ class PeerClient:
             async with self._http().get(URL(peer.url + target, encoded=True), headers=headers,
                                         timeout=self._timeouts()) as r:
                 want = f"bytes {start}-{end - 1}/{size}"
+                if r.status == PeerCycleError.http_status:
+                    raise PeerReadError(f"{peer.name} reads that range from us",
+                                        peer=peer.name, kind="cycle")
                 if r.status != 206 or r.headers.get("Content-Range") != want:
                     raise PeerReadError(f"{peer.name} answered {r.status} "
                                         f"{r.headers.get('Content-Range')!r}, not {want!r}",

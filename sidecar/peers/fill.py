@@ -13,8 +13,12 @@ For each range (``read_to_file``):
    from the origin right now;
 3. otherwise the swarm rule (:mod:`.swarm`): the owner among this daemon and the peers
    pulling the version reads it from the origin; the others read it from the owner (which
-   prioritises it). A range a peer asked this daemon for and no peer has is read from the
-   origin, so waits never chain from peer to peer;
+   prioritises it). An owner first asks the runner-up (the member ranked next for the
+   range): when this daemon joined a running swarm, the runner-up owned the range before
+   and has it or is reading it, and otherwise it reads it from the origin for both, so the
+   origin still sends it once (holders are known only from sampled statuses, see
+   :mod:`.service`, so an owner cannot tell). A range a peer asked this daemon for and no
+   peer has is read from the origin, so waits never chain from peer to peer;
 4. a peer failure (refused, error, stall past ``--peer-timeout``, short or wrong range)
    -> the next candidate of 2-3 (another holder), at most :data:`PEER_TRIES` peers per
    range; then the origin, pinned (``If-Match``) as always: the origin is the last resort.
@@ -139,6 +143,7 @@ class Fill:
         self._failures: dict[str, int] = {}
         self._wanted: dict[str, Intervals] = {}
         self.fetching: set[tuple[str, int, int]] = set()  # origin reads in flight
+        self._reading: dict[tuple[str, int, int], str] = {}  # peer reads in flight: peer
         self._files = {f.info.key: _File(f.rel, f.info.key, f.info.size, f.info.etag,
                                          usable_checksum(plan.source.scheme, f.info))
                        for f in plan.files}
@@ -166,6 +171,15 @@ class Fill:
         f = self._by_rel.get(rel)
         return f is not None and f.expected is not None and self._owner(rel, start) is not None
 
+    def reads_from(self, peer: str, rel: str, start: int, end: int) -> bool:
+        """``peer``, asking for ``[start, end)``, must be refused: this daemon is reading
+        some of those bytes from it now, so each would wait on the other, and this daemon
+        has the smaller name (both see the other's request; exactly one refuses, the
+        refused one reads them from the origin and the other waits for that)."""
+        return self._view.own_name < peer and any(
+            name == peer and r == rel and s < end and start < e
+            for (r, s, e), name in self._reading.items())
+
     def wanted(self, rel: str, start: int, end: int) -> None:
         """A peer asked for these bytes: they are read from the origin (no wait chains)."""
         self._wanted.setdefault(rel, Intervals()).add(start, end)
@@ -177,6 +191,12 @@ class Fill:
         members = (self._view.members(self.entry_id) - self._banned) | {self._view.own_name}
         name = swarm.owner(members, self.entry_id, rel, start)
         return None if name == self._view.own_name else self._view.peer(name)
+
+    def _runner_up(self, rel: str, start: int) -> Peer | None:
+        """The member ranked next after this daemon for a range it owns (None: none)."""
+        members = (self._view.members(self.entry_id) - self._banned) | {self._view.own_name}
+        ranked = swarm.rank(members, self.entry_id, rel, start)
+        return self._view.peer(ranked[1]) if len(ranked) > 1 else None
 
     def _sources(self, f: _File, start: int, end: int) -> list[Peer]:
         """The peers to ask for the range, in order (at most :data:`PEER_TRIES`); empty:
@@ -197,7 +217,7 @@ class Fill:
         peers = [p for p in map(self._view.peer, names) if p is not None]
         wanted = self._wanted.get(f.rel)
         if not peers and not (wanted is not None and wanted.covers(start, end)):
-            owner = self._owner(f.rel, start)
+            owner = self._owner(f.rel, start) or self._runner_up(f.rel, start)
             return [owner] if owner is not None else []
         return peers[:PEER_TRIES]
 
@@ -213,6 +233,7 @@ class Fill:
         for candidate in self._sources(f, start, end):
             if candidate.name in self._banned:  # banned by a failure of this range's reads
                 continue
+            self._reading[(f.rel, start, end)] = candidate.name
             try:
                 await self._client.read_to_file(candidate, self.entry_id, f.rel, start, end,
                                                 size=f.size, fd=fd)
@@ -226,6 +247,8 @@ class Fill:
                 f.held[start] = (end, peer.name)
                 self.stats.peer_bytes += end - start
                 break
+            finally:
+                self._reading.pop((f.rel, start, end), None)
         if peer is None:
             self.fetching.add((f.rel, start, end))
             try:
@@ -241,6 +264,8 @@ class Fill:
 
     def _failed(self, peer: str, kind: str) -> None:
         self._on_error(peer, kind)
+        if kind == "cycle":  # the peer waits on this daemon: no fault of its own
+            return
         self._failures[peer] = self._failures.get(peer, 0) + 1
         if self._failures[peer] >= _ERRORS_BEFORE_BAN and peer not in self._banned:
             self._banned.add(peer)

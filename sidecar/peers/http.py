@@ -91,7 +91,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
     # Metrics labels and per-peer buckets only for names in the directory (bounded).
     caller = request[CALLER] if service.peer(request[CALLER]) is not None else "other"
     fd, size = await service.open_range(request.match_info["id"], request.match_info["path"],
-                                        start, end)
+                                        start, end, caller=request[CALLER])
     try:
         resp = web.StreamResponse(status=206, headers={
             "Content-Range": f"bytes {start}-{end - 1}/{size}",

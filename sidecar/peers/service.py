@@ -7,7 +7,8 @@ knows of the others. The control traffic is bounded per daemon, whatever the fle
 * **Tracker.** Each version has one tracker, ``swarm.tracker_rank`` over every candidate
   of the directory and this daemon (the same on every daemon, whether or not it pulls the
   version). While a pull runs, the daemon asks the tracker every :data:`TRACKER_SECONDS`
-  (a status request with ``pulling=1&tracker=1``: "I pull it, whom do you know?"); the
+  (every round in the pull's first :data:`FRESH_SECONDS`, while the swarm forms) with a
+  status request ``pulling=1&tracker=1`` ("I pull it, whom do you know?"); the
   answer carries the tracker's own status, ``members`` (the daemons that announced
   themselves to it in the last :data:`FRESH_SECONDS`, and the tracker if it pulls) and
   ``ready`` (the daemons that reported a complete copy to it in the last
@@ -51,7 +52,7 @@ from streamer.plan import Plan
 from streamer.schedule import RangeSchedule
 
 from ..config import DaemonConfig
-from ..errors import FileNotInModelError, ModelNotFoundError, NotReadyError
+from ..errors import FileNotInModelError, ModelNotFoundError, NotReadyError, PeerCycleError
 from ..flights import Flights, open_first
 from ..layout import CacheLayout, check_entry_id
 from ..metrics import CacheMetrics
@@ -138,6 +139,7 @@ class PeerService:
         self._lists: dict[str, tuple[float, list[str]]] = {}  # the tracker's member lists
         self._tracked: dict[str, tuple[PeerStatus, float]] = {}  # the tracker's answer
         self._tracker_asked: dict[str, float] = {}
+        self._pull_started: dict[str, float] = {}
         self._down: dict[str, float] = {}  # trackers that did not answer: skipped until
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -222,6 +224,7 @@ class PeerService:
             self._status.pop(entry.id, None)
             self._tracked.pop(entry.id, None)
             self._tracker_asked.pop(entry.id, None)
+            self._pull_started.pop(entry.id, None)
             if complete:
                 task = loop.create_task(self._report_ready(entry.id),
                                         name=f"peers ready {entry.id}")
@@ -238,11 +241,15 @@ class PeerService:
             await self._poll_once(entry_id, timeout=self.config.peer_timeout)
 
     async def _poll_once(self, entry_id: str, *, timeout: float) -> None:
-        """One round: the tracker (every :data:`TRACKER_SECONDS`), then the sample."""
+        """One round: the tracker (see the module docstring), then the sample."""
         asked: set[str] = set()
+        now = self._monotonic()
+        started = self._pull_started.setdefault(entry_id, now)
         last = self._tracker_asked.get(entry_id)
-        if last is None or self._monotonic() - last >= 0.9 * TRACKER_SECONDS:
-            self._tracker_asked[entry_id] = self._monotonic()
+        # Every round while the swarm forms (its first FRESH_SECONDS), then less often.
+        if last is None or now - started < FRESH_SECONDS or \
+                now - last >= 0.9 * TRACKER_SECONDS:
+            self._tracker_asked[entry_id] = now
             name = await self._ask_tracker(entry_id, timeout=timeout)
             if name is not None:
                 asked.add(name)
@@ -399,9 +406,13 @@ class PeerService:
                          if schedule.held(f.rel)},
                 "fetching": fetching}
 
-    async def open_range(self, entry_id: str, rel: str, start: int, end: int) -> tuple[int, int]:
+    async def open_range(self, entry_id: str, rel: str, start: int, end: int, *,
+                         caller: str | None = None) -> tuple[int, int]:
         """``(fd, file size)`` of ``rel`` once ``[start, end)`` is written (verified, or
-        held: the peer verifies the whole file itself; see the module docstring).
+        held: the peer verifies the whole file itself; see the module docstring). Refused
+        at once when this daemon reads those bytes from ``caller`` itself and has the
+        smaller name (two daemons waiting on each other, e.g. an owner asking its
+        runner-up: exactly one of them refuses; :mod:`.fill`).
 
         Raises:
             ModelNotFoundError, FileNotInModelError, NotReadyError (not held here, or
@@ -425,6 +436,9 @@ class PeerService:
             schedule = flight.schedule
             fill = self._fills.get(entry_id)
             if fill is not None and not schedule.has_written(rel, start, end):
+                if caller is not None and fill.reads_from(caller, rel, start, end):
+                    raise PeerCycleError("this daemon reads that range from the caller",
+                                         model_id=entry_id)
                 fill.wanted(rel, start, end)
                 schedule.want(rel, start, end)
             try:
