@@ -28,15 +28,32 @@ a step):
      does: held, unverified ranges are relayed to peers, who verify) any range it has;
      ``"file"`` (the first implementation) a range it read from the origin at once and a
      range it read from a peer once that range's whole file is complete (verified against
-     the origin's checksum); ``"version"``: only complete copies. Among them one at random
-     (``holder="random"``, as the daemon does) or the highest-weighted (``holder="rank"``,
-     ``swarm.rank``);
+     the origin's checksum); ``"version"``: only complete copies. Only the holders the
+     reader knows count. With ``sample`` = K > 0 (as the daemon does, ``--peer-sample``)
+     the daemon polls K random peers every ``POLL_SECONDS`` among those the tracker lists
+     (the daemons pulling the version and the
+     :data:`~sidecar.peers.service.READY_KEEP` that completed last) and keeps each answer
+     ``FRESH_SECONDS``: it knows the distinct peers of the last ``sample_rounds`` = R
+     samples, here ``P (1 - (1 - K/P)^R)`` of the P listed daemons drawn at random for
+     each request, each as it is now (that a status is up to ``FRESH_SECONDS`` old is not
+     modelled; ``sample_rounds=1``: only K). ``sample=0``: every daemon (the first
+     implementation polled them all). Among the holders it knows, one at random
+     (``holder="random"``, as the daemon does) or the highest-weighted
+     (``holder="rank"``, ``swarm.rank``);
   2. with ``inflight`` (as the daemon does), else from the daemon reading it from the
-     origin right now (once it has it), whoever owns it;
-  3. else, if it is the range's owner, from the origin;
-  4. else from the owner, once the owner has the range (the request waits; it is asked
-     again when the member set changes, and after ``stall_timeout`` it goes to the origin,
-     the stall fallback).
+     origin right now (once it has it), whoever owns it, if the reader knows it (with
+     ``sample``: with probability known / P);
+  3. else, if it is the range's owner: with ``runner_up`` (as the daemon does) from the
+     member ranked next for the range if that one has it or is reading it now, from the
+     origin or a peer (it owned the range before this daemon joined; waits may chain
+     along successive joiners, each bounded by ``stall_timeout``), else from the origin
+     (in the daemon the runner-up reads it from the origin for the owner: the same origin
+     bytes, one hop more). Members are the daemons pulling, as the tracker lists them (its
+     lag of up to ``TRACKER_SECONDS`` is not modelled);
+  4. else from the owner, once the owner has the range (the request waits; after
+     ``stall_timeout`` it goes to the origin, the stall fallback). A request in flight
+     stays with its source, as a peer read in the daemon does (``repick``: it is asked
+     again whenever the member set changes, what this model did first).
 
   A peer read fails with probability ``peer_failure_rate`` (a dead, stalled or corrupt
   peer: detected when the range is in, so its whole time is lost); that range is then read
@@ -73,9 +90,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sidecar.peers.service import READY_KEEP
 from sidecar.peers.swarm import owner, weight
 
 ORIGIN = -1
+PENDING = -2  # a slot's source while the sources of its batch are picked
 FREE = -1
 STRATEGIES = ("kserve-initializer", "kserve-localmodelcache", "weightstream", "weightstream-peers")
 
@@ -105,6 +124,11 @@ class Params:
     join: str  # "member": late joiners are members at once | "reader": after join_window, not
     join_window: float
     fallback: str  # "peer": one other peer first (the daemon) | "origin": the origin at once
+    sample: int  # peers whose status a reader polls per round (--peer-sample); 0: all
+    sample_rounds: int  # rounds a status is kept (FRESH_SECONDS / POLL_SECONDS)
+    runner_up: bool  # an owner that knows no holder asks the member ranked next first
+    members_max: int  # members: the earliest this many daemons pulling (the tracker's cap)
+    repick: bool  # waiting requests pick a source again when the members change
     order: str  # "owned-first" | "file"
     start_spread: float
     gpus_per_node: int
@@ -304,6 +328,15 @@ def simulate(strategy: str, model: Model, nodes: int, params: Params,
     if p.join == "reader":
         eligible = start <= start[0] + p.join_window
 
+    def listed(complete: np.ndarray) -> np.ndarray:
+        """The daemons a reader samples from: those pulling, and the READY_KEEP that
+        completed last (the tracker's lists)."""
+        pool = (rstart <= t) & ~complete
+        done = np.flatnonzero(complete)
+        if len(done):
+            pool[done[np.argsort(done_at[done])[-READY_KEEP:]]] = True
+        return pool
+
     def pick_source(rd: np.ndarray, rs: np.ndarray, complete: np.ndarray,
                     avoid: np.ndarray | None = None) -> np.ndarray:
         src = np.full(len(rd), ORIGIN, dtype=np.int64)
@@ -313,9 +346,16 @@ def simulate(strategy: str, model: Model, nodes: int, params: Params,
         src = np.where(own == rd, ORIGIN, own)
         if avoid is not None:  # a retry after a failed peer read: another holder, else origin
             src[:] = ORIGIN
+        pool = listed(complete) if p.sample > 0 else None
+        known = nodes
+        if pool is not None:  # distinct peers of the last sample_rounds samples
+            others = max(1, int(pool.sum()) - 1)
+            known = round(others * (1 - (1 - min(1.0, p.sample / others)) ** p.sample_rounds))
         if p.inflight:
             f = fetcher[rs]
             take = (f >= 0) & (f != rd) & (avoid is None)
+            if pool is not None:  # the fetcher is known if it is in the reader's sample
+                take &= rng.random(len(rd)) < known / others
             src = np.where(take, f, src)
         if p.reshare != "version":
             cand = np.flatnonzero(hold_count[rs] > 0)
@@ -329,10 +369,29 @@ def simulate(strategy: str, model: Model, nodes: int, params: Params,
             mask = mask & (np.arange(nodes)[:, None] != rd[block][None, :])
             if avoid is not None:
                 mask = mask & (np.arange(nodes)[:, None] != avoid[block][None, :])
-            score = table[:, cols] if p.holder == "rank" else rng.random(mask.shape) + 1
+            draw = rng.random(mask.shape)
+            if pool is not None and 0 < known < nodes - 1:  # the peers the reader knows
+                draw[~pool] = -1
+                draw[rd[block], np.arange(len(block))] = -1
+                kth = np.partition(draw, nodes - known, axis=0)[nodes - known]
+                mask = mask & (draw >= np.maximum(kth, 0)[None, :])
+            score = table[:, cols] if p.holder == "rank" else draw + 1
             best = np.argmax(np.where(mask, score, 0), axis=0)
             ok = mask[best, np.arange(len(block))]
             src[block] = np.where(ok, best, src[block])
+        if p.runner_up and avoid is None and pulling_prev is not None:
+            mine = np.flatnonzero((src == ORIGIN) & (own == rd))
+            if len(mine):
+                cols = rs[mine]
+                rows = pulling_prev[:, None] & (np.arange(nodes)[:, None] != rd[mine][None, :])
+                runner = np.argmax(np.where(rows, table[:, cols], 0), axis=0)
+                valid = rows[runner, np.arange(len(mine))]
+                # reading it from anyone but this daemon (which it refuses: a wait cycle)
+                src_of = slot_src[runner]
+                reading = ((slot_r[runner] == cols[:, None]) & (src_of != PENDING)
+                           & (src_of != rd[mine][:, None])).any(axis=1)
+                serves = valid & (servable[runner, cols] | reading)
+                src[mine[serves]] = runner[serves]
         mine = (src == ORIGIN) & (fetcher[rs] < 0)
         fetcher[rs[mine]] = rd[mine]
         return src
@@ -350,6 +409,8 @@ def simulate(strategy: str, model: Model, nodes: int, params: Params,
         # -- membership and ownership (peers) ----------------------------------------------
         if peers:
             pulling = live & eligible
+            if p.members_max > 0:  # the tracker lists the earliest announcers only
+                pulling[np.flatnonzero(pulling)[p.members_max:]] = False
             if pulling_prev is None or (pulling != pulling_prev).any():
                 if pulling.any():
                     owners = _owners(table, pulling, pulling_prev, owners)
@@ -357,10 +418,11 @@ def simulate(strategy: str, model: Model, nodes: int, params: Params,
                     if changes & (changes - 1) == 0:  # the 1st, 2nd, 4th, 8th... member set
                         check_owners(table, model, ranges, members, pulling, rng, samples=4)
                 pulling_prev = pulling
-                waiting = (slot_r >= 0) & (slot_src >= 0) & (slot_done == 0)
-                wr, wc = np.nonzero(waiting & ~have[slot_src.clip(0), slot_r.clip(0)])
-                if len(wr):
-                    slot_src[wr, wc] = pick_source(wr, slot_r[wr, wc], complete)
+                if p.repick:
+                    waiting = (slot_r >= 0) & (slot_src >= 0) & (slot_done == 0)
+                    wr, wc = np.nonzero(waiting & ~have[slot_src.clip(0), slot_r.clip(0)])
+                    if len(wr):
+                        slot_src[wr, wc] = pick_source(wr, slot_r[wr, wc], complete)
             newly = live & ~ordered
             for j in np.flatnonzero(newly):
                 ordered[j] = True
@@ -383,6 +445,7 @@ def simulate(strategy: str, model: Model, nodes: int, params: Params,
                 slot_done[free_r, free_c] = 0
                 slot_failed[free_r, free_c] = 0
                 slot_since[free_r, free_c] = t
+                slot_src[free_r, free_c] = PENDING  # not reading yet (the runner-up rule)
                 slot_src[free_r, free_c] = pick_source(free_r, rs, complete)
 
         # -- stalls: a request that waited too long goes to the origin -------------------------
@@ -396,11 +459,12 @@ def simulate(strategy: str, model: Model, nodes: int, params: Params,
 
         # -- rates ---------------------------------------------------------------------------
         fr, fc = np.nonzero(busy & src_has)
-        if not len(fr):
-            pending = rstart[rstart > t]
-            if not len(pending):
+        if not len(fr):  # every request waits: the next start, or the next stall fallback
+            waits = slot_since[busy & (slot_src >= 0)] + p.stall_timeout + 1e-6
+            nxt = np.concatenate([rstart[rstart > t], waits[waits > t]])
+            if not len(nxt):
                 raise RuntimeError(f"{strategy} x{nodes}: deadlock at t={t:.1f}s")
-            t = float(pending.min())
+            t = float(nxt.min())
             continue
         rng_idx = slot_r[fr, fc]
         src = slot_src[fr, fc]

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from fleet_model import STRATEGIES, Model, Params, Ranges, node_names, simulate, weights_table
 
+from sidecar.peers.service import FRESH_SECONDS, POLL_SECONDS
 from streamer.sizes import parse_size
 
 ORIGIN_TARGET = 1.1
@@ -58,7 +59,10 @@ def _params(args: argparse.Namespace) -> Params:
         peer_failure_rate=args.peer_failure_rate, stall_timeout=args.stall_timeout,
         reshare=args.reshare, inflight=args.inflight, holder=args.holder, join=args.join,
         join_window=args.join_window,
-        fallback=args.fallback, order=args.order, start_spread=args.start_spread,
+        fallback=args.fallback, sample=args.sample, sample_rounds=args.sample_rounds,
+        runner_up=args.runner_up, members_max=args.members_max, repick=args.repick,
+        order=args.order,
+        start_spread=args.start_spread,
         gpus_per_node=args.gpus_per_node, gpu_mem=parse_size(args.gpu_mem),
     )
 
@@ -244,6 +248,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     engine.add_argument("--fallback", choices=("origin", "peer"), default="peer",
                         help="after a failed peer read: one other peer first, then the "
                              "origin (peer, as the daemon does), or the origin at once")
+    engine.add_argument("--sample", type=int, default=8,
+                        help="peers whose holdings a reader knows per request, drawn at "
+                             "random among the daemons the tracker lists (the daemon's "
+                             "--peer-sample); 0: every daemon")
+    engine.add_argument("--sample-rounds", type=int,
+                        default=round(FRESH_SECONDS / POLL_SECONDS),
+                        help="samples a reader's knowledge is the union of (a status is "
+                             "kept FRESH_SECONDS, polled every POLL_SECONDS); 1: K peers only")
+    engine.add_argument("--no-runner-up", dest="runner_up", action="store_false",
+                        help="an owner that knows no holder reads from the origin at once "
+                             "(default: it asks the member ranked next first)")
+    engine.add_argument("--members-max", type=int, default=0,
+                        help="swarm members: the earliest this many daemons pulling "
+                             "(0: every daemon pulling)")
+    engine.add_argument("--repick", action="store_true",
+                        help="requests waiting on a peer pick a source again whenever the "
+                             "members change (the daemon does not)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--docs-img", type=Path, default=Path("docs/img/fleet_sim.png"))

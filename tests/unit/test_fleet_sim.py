@@ -92,7 +92,8 @@ def test_owner_table_is_the_swarm_rule() -> None:
         initializer_bw=1e8, initializer_window=4, range_size=32 << 20, shard_size=1 << 30,
         peer_rate=0, peer_rate_per_peer=0, peer_failure_rate=0, stall_timeout=10,
         reshare="file", inflight=True, holder="rank", join="member", join_window=1,
-        fallback="origin", order="file",
+        fallback="origin", sample=0, sample_rounds=1, runner_up=False,
+        members_max=0, repick=True, order="file",
         start_spread=0, gpus_per_node=8, gpu_mem=80 << 30)
     model = fm.Model("m", "v-test", 3 << 30)
     ranges = fm.Ranges.plan(model, params)
