@@ -79,8 +79,10 @@ reads from page cache/disk on the serving side are free, one rollout at a time (
 models' traffic is not on the origin), and a node never dies mid-rollout (only reads fail).
 Not modelled from ``sidecar/peers/fill.py``: a range a peer asked for is read from the
 origin (no wait chains; here the reader waits on the owner, who reads it as its owner),
-a peer banned after 3 failures, and the engine defers ranges others own in file order
-(here from a per-daemon offset).
+a peer banned after 3 failures, the engine defers ranges others own in file order
+(here from a per-daemon offset), and an owner skips a runner-up whose status it polled
+in the last 3 s and that listed nothing of the range (here it asks any runner-up that
+has the range or is reading it).
 """
 
 from __future__ import annotations

@@ -13,11 +13,13 @@ For each range (``read_to_file``):
    from the origin right now;
 3. otherwise the swarm rule (:mod:`.swarm`): the owner among this daemon and the peers
    pulling the version reads it from the origin; the others read it from the owner (which
-   prioritises it). An owner first asks the runner-up (the member ranked next for the
-   range): when this daemon joined a running swarm, the runner-up owned the range before
-   and has it or is reading it, and otherwise it reads it from the origin for both, so the
-   origin still sends it once (holders are known only from sampled statuses, see
-   :mod:`.service`, so an owner cannot tell). A range a peer asked this daemon for and no
+   prioritises it). An owner that has no fresh status of the runner-up (the member ranked
+   next for the range) asks it first: when this daemon joined a running swarm, the
+   runner-up owned the range before and has it or is reading it, and otherwise it reads
+   it from the origin for both, so the origin still sends it once (holders are known only
+   from sampled statuses, see :mod:`.service`; a runner-up whose status is known and
+   lists nothing of the range is skipped, so a fleet small enough to be polled whole
+   never takes this detour). A range a peer asked this daemon for and no
    peer has is read from the origin, so waits never chain from peer to peer;
 4. a peer failure (refused, error, stall past ``--peer-timeout``, short or wrong range)
    -> the next candidate of 2-3 (another holder), at most :data:`PEER_TRIES` peers per
@@ -217,7 +219,10 @@ class Fill:
         peers = [p for p in map(self._view.peer, names) if p is not None]
         wanted = self._wanted.get(f.rel)
         if not peers and not (wanted is not None and wanted.covers(start, end)):
-            owner = self._owner(f.rel, start) or self._runner_up(f.rel, start)
+            owner = self._owner(f.rel, start)
+            if owner is None:  # this daemon owns it: the runner-up, unless its status is
+                runner = self._runner_up(f.rel, start)  # known (and has nothing of it)
+                owner = runner if runner is not None and runner.name not in statuses else None
             return [owner] if owner is not None else []
         return peers[:PEER_TRIES]
 
