@@ -24,4 +24,5 @@ workers="${PYTEST_WORKERS:-1}"
 if [[ "$workers" == 1 ]]; then
     exec .venv/bin/python -m pytest --durations=25 "$@"
 fi
-exec .venv/bin/python -m pytest --durations=25 -n "$workers" --dist loadgroup "$@"
+exec .venv/bin/python -m pytest --durations=25 -n "$workers" --dist loadgroup \
+    --no-loadscope-reorder "$@"

@@ -141,14 +141,28 @@ def xdist_group(path: Path) -> str:
     return _SHARED_GROUPS.get(rel.split("/", 1)[0], rel)
 
 
+# Under xdist the longest groups start first (scripts/test.sh passes
+# --no-loadscope-reorder, so groups are handed out in collection order): vLLM's, then the
+# control plane's, then the image build, each on its own worker while the others share the
+# many short modules. Without workers the order is pytest's own.
+_FIRST = ("vllm", "k8s-control-plane", "e2e/test_image.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, str] = {}
     for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
+        marker = item.get_closest_marker("xdist_group")
+        if marker is not None:
+            groups[item.nodeid] = str(marker.args[0]) if marker.args else ""
             continue
         # A test that runs vLLM (marked ``vllm``, wherever it lives) joins the vLLM group:
         # two vLLM processes at once would each take GiBs and both CPUs.
         group = "vllm" if item.get_closest_marker("vllm") else xdist_group(Path(item.path))
         item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = group
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
+        rank = {g: i for i, g in enumerate(_FIRST)}
+        items.sort(key=lambda it: rank.get(groups[it.nodeid], len(_FIRST)))  # stable
 
 
 # Tests require what they use (scripts/test.sh installs all of it) instead of skipping
