@@ -5,7 +5,8 @@
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh tests/unit -x   # extra arguments go to pytest
-#   PYTEST_WORKERS=1 scripts/test.sh   # one pytest process (default: 2 pytest-xdist workers)
+#   PYTEST_WORKERS=1 scripts/test.sh   # one pytest process (default: 3 pytest-xdist workers;
+#                                      # many tests wait on real servers, so 3 beat 2 on 2 cores)
 #
 # With workers, tests that share an expensive server stay on one worker (tests/conftest.py:
 # one group per module, one for the Kubernetes control plane, one for vLLM).
@@ -19,7 +20,7 @@ echo "test: ruff"
 echo "test: lint-imports"
 .venv/bin/lint-imports
 echo "test: pytest"
-workers="${PYTEST_WORKERS:-2}"
+workers="${PYTEST_WORKERS:-3}"
 # The 25 slowest steps end every log: where CI time goes, run by run.
 if [[ "$workers" == 1 ]]; then
     exec .venv/bin/python -m pytest --durations=25 "$@"
