@@ -536,6 +536,14 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 @pytest.mark.timeout(60)
 def test_servers_die_with_the_test_process():
     """A server started through dies_with_parent dies when its parent is SIGKILLed (a
@@ -556,6 +564,12 @@ def test_servers_die_with_the_test_process():
                               env=clean_env())
     wrapped, plain = map(int, parent.stdout.readline().split())
     try:
+        # setpriv sets the signal, then execs: wait for the exec (a server is killed long
+        # after it started; a parent dying in that first millisecond is not the case here).
+        deadline = time.monotonic() + 10
+        while _comm(wrapped) != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _comm(wrapped) == "sleep"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 10

@@ -36,7 +36,8 @@ def dies_with_parent(argv: Sequence[str]) -> list[str]:
     """``argv`` run through util-linux ``setpriv --pdeathsig KILL``, which sets the
     parent-death signal and execs it (same PID, no shell, no ``preexec_fn``); ``argv``
     unchanged where setpriv is missing. Start the process from the thread that lives as
-    long as the test process (the kernel ties the signal to the creating thread)."""
+    long as the test process (the kernel ties the signal to the creating thread); a parent
+    that dies before setpriv has set the signal (its first millisecond) leaves it running."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
 
