@@ -118,15 +118,17 @@ class Puller:
                 log.error("pull %s failed", entry.id, exc_info=e)
             else:
                 log.warning("pull %s: %s failed: %s: %s", entry.id, entry.source, code, message)
-            entry.state = State.FAILED
-            entry.error = (code, message)
-            entry.failed_at = self._clock()
             if flight is not None:
                 flight.schedule.fail(e)
-            self._on_failed(entry)
-            self._metrics.pulls.labels(code).inc()
-            if staging is not None:
-                await self._space.keep_or_discard(staging, code)
+            try:  # the space is given back before anyone can read "failed"
+                if staging is not None:
+                    await self._space.keep_or_discard(staging, code)
+            finally:
+                entry.state = State.FAILED
+                entry.error = (code, message)
+                entry.failed_at = self._clock()
+                self._on_failed(entry)
+                self._metrics.pulls.labels(code).inc()
         else:
             now = self._clock()
             entry.state = State.READY

@@ -76,11 +76,13 @@ def test_large_tensors_get_madvised_huge_pages_where_the_kernel_has_them() -> No
 
 
 def test_small_tensors_and_the_switch_use_torch_empty() -> None:
+    # torch.empty's storage is torch's own (resizable); ours wraps an mmap (frombuffer, not
+    # resizable). The mapping's flags would not tell: glibc may serve torch.empty from a
+    # heap region that something else in the process madvised.
     for t in (alloc.empty(64 * MiB, huge_pages=False), alloc.empty(64 * 1024)):
         t.fill_(1)
-        entry = _mapping(t.data_ptr())
-        assert entry is not None
-        assert "hg" not in entry["VmFlags"].split(), entry
+        assert t.untyped_storage().resizable()
+    assert not alloc.empty(64 * MiB).untyped_storage().resizable() or not alloc.huge_page_size()
     assert alloc.empty(0).numel() == 0
 
 
